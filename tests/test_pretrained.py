@@ -1,0 +1,126 @@
+"""Checkpoint import: pytorchvideo and PySlowFast key schemes, mismatches listed, weights_only."""
+import re
+
+import pytest
+import torch
+
+from ada3d_edge.models import CheckpointMismatchError, build_ada3d, build_backbone, load_pretrained, Ada3DConfig
+
+
+def _to_pytorchvideo(state, pool_block):
+    out = {}
+    for k, v in state.items():
+        k2 = re.sub(r"^stem\.conv\.", "blocks.0.conv.", k)
+        k2 = re.sub(r"^stem\.bn\.", "blocks.0.norm.", k2)
+        m = re.match(r"stages\.(\d)\.blocks\.(\d+)\.(.+)$", k2)
+        if m:
+            s = int(m.group(1)) + 1
+            if pool_block and s >= 2:
+                s += 1
+            rest = m.group(3)
+            rest = re.sub(r"^shortcut\.conv\.", "branch1_conv.", rest)
+            rest = re.sub(r"^shortcut\.bn\.", "branch1_norm.", rest)
+            rest = re.sub(r"^(conv_[abc])\.", r"branch2.\1.", rest)
+            rest = re.sub(r"^bn_([abc])\.", r"branch2.norm_\1.", rest)
+            k2 = f"blocks.{s}.res_blocks.{m.group(2)}.{rest}"
+        k2 = re.sub(r"^head\.proj\.", f"blocks.{6 if pool_block else 5}.proj.", k2)
+        out[k2] = v
+    return out
+
+
+def _to_pyslowfast(state):
+    out = {}
+    for k, v in state.items():
+        k2 = re.sub(r"^stem\.", "s1.pathway0_stem.", k)
+        m = re.match(r"stages\.(\d)\.blocks\.(\d+)\.(.+)$", k2)
+        if m:
+            rest = m.group(3)
+            rest = re.sub(r"^shortcut\.conv\.", "branch1.", rest)
+            rest = re.sub(r"^shortcut\.bn\.", "branch1_bn.", rest)
+            rest = re.sub(r"^conv_([abc])\.", r"branch2.\1.", rest)
+            rest = re.sub(r"^bn_([abc])\.", r"branch2.\1_bn.", rest)
+            k2 = f"s{int(m.group(1)) + 2}.pathway0_res{m.group(2)}.{rest}"
+        k2 = re.sub(r"^head\.proj\.", "head.projection.", k2)
+        if not k2.endswith("num_batches_tracked"):
+            out["model." + k2] = v
+    return out
+
+
+def _randomised(arch, classes=6, **kw):
+    model = build_backbone(arch, num_classes=classes, **kw)
+    with torch.no_grad():
+        for p in model.state_dict().values():
+            if p.is_floating_point():
+                p.copy_(torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("arch,pool", [("slow_tiny", False), ("i3d_tiny", True)])
+def test_pytorchvideo_checkpoint(tmp_path, arch, pool):
+    src = _randomised(arch, temporal_pool=pool)
+    path = tmp_path / "SLOW_8x8_R50.pyth"
+    torch.save({"model_state": _to_pytorchvideo(src.state_dict(), pool)}, path)
+    dst = build_backbone(arch, num_classes=6, temporal_pool=pool)
+    load_pretrained(dst, path)
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(dst.state_dict()[k], v)
+
+
+@pytest.mark.parametrize("arch", ["slow_tiny", "i3d_tiny"])
+def test_pyslowfast_checkpoint_into_ada3d(tmp_path, arch):
+    src = _randomised(arch)
+    path = tmp_path / "ckpt.pyth"
+    torch.save({"model_state": _to_pyslowfast(src.state_dict()), "epoch": 3}, path)
+    model = build_ada3d(Ada3DConfig(arch=arch, num_classes=6, selection_width=0.35))
+    load_pretrained(model, path)
+    for k, v in src.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            torch.testing.assert_close(model.backbone.state_dict()[k], v)
+
+
+def test_mismatches_are_listed(tmp_path):
+    state = _to_pyslowfast(_randomised("slow_tiny").state_dict())
+    state.pop("model.s2.pathway0_res0.branch2.a.weight")
+    state["model.s9.extra.weight"] = torch.zeros(1)
+    path = tmp_path / "bad.pyth"
+    torch.save({"model_state": state}, path)
+    with pytest.raises(CheckpointMismatchError) as e:
+        load_pretrained(build_backbone("slow_tiny", num_classes=6), path)
+    msg = str(e.value)
+    assert "missing (1): stages.0.blocks.0.conv_a.weight" in msg and "unexpected (1): s9.extra.weight" in msg
+
+
+def test_wrong_temporal_kernels_are_listed(tmp_path):
+    path = tmp_path / "i3d.pyth"
+    torch.save({"model_state": _randomised("slow_tiny").state_dict()}, path)
+    other = build_backbone("slow_tiny", num_classes=6, stem_kernel_t=5)
+    with pytest.raises(CheckpointMismatchError, match=r"shape mismatch \(1\): stem.conv.weight"):
+        load_pretrained(other, path)
+
+
+def test_head_with_other_class_count_only_reset_when_asked(tmp_path):
+    path = tmp_path / "k400.pyth"
+    src = _randomised("slow_tiny", classes=400)
+    torch.save({"model_state": _to_pytorchvideo(src.state_dict(), False)}, path)
+    dst = build_backbone("slow_tiny", num_classes=6)
+    with pytest.raises(CheckpointMismatchError, match="reset_head=True"):
+        load_pretrained(dst, path)
+    head_before = dst.head.proj.weight.clone()
+    skipped = load_pretrained(dst, path, reset_head=True)
+    assert skipped["reset_head"] == ["head.proj.weight", "head.proj.bias"]
+    torch.testing.assert_close(dst.head.proj.weight, head_before)
+    torch.testing.assert_close(dst.stem.conv.weight, src.stem.conv.weight)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def test_weights_only_and_missing_files(tmp_path):
+    path = tmp_path / "evil.pyth"
+    torch.save({"model_state": {"x": torch.zeros(1)}, "obj": _Evil()}, path)
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_pretrained(build_backbone("slow_tiny"), path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_pretrained(build_backbone("slow_tiny"), tmp_path / "none.pyth")

@@ -1,0 +1,62 @@
+"""Selection network and Ada3D packing."""
+import pytest
+import torch
+
+from ada3d_edge.models import Actions, Ada3DConfig, build_ada3d, greedy_actions, pack_frames, sample_actions
+from ada3d_edge.models.selection import SelectionNet
+from ada3d_edge.models.specs import SelectionSpec
+
+
+def test_selection_shapes_and_range():
+    net = SelectionNet(8, 2, num_classes=5, spec=SelectionSpec(width_mult=0.35)).eval()
+    m, n = net(torch.randn(3, 3, 8, 112, 112))
+    assert m.shape == (3, 8) and n.shape == (3, 2)
+    assert ((m >= 0) & (m <= 1)).all() and ((n >= 0) & (n <= 1)).all()
+    assert net.classify(torch.randn(2, 3, 8, 112, 112)).shape == (2, 5)
+    with pytest.raises(ValueError, match="T=8"):
+        net(torch.randn(1, 3, 4, 112, 112))
+
+
+def test_greedy_keeps_at_least_one_frame_and_follows_threshold():
+    m = torch.tensor([[0.1, 0.3, 0.2, 0.05], [0.9, 0.6, 0.4, 0.7]])
+    n = torch.tensor([[0.2, 0.8], [0.55, 0.45]])
+    a = greedy_actions(m, n, threshold=0.5)
+    assert a.frames.tolist() == [[False, True, False, False], [True, True, False, True]]
+    assert a.stages.tolist() == [[False, True], [True, False]]
+    b = greedy_actions(m, n, threshold=0.65)
+    assert b.frames.sum() < a.frames.sum() + 1 and b.frames[1].tolist() == [True, False, False, True]
+
+
+def test_sampled_actions_log_prob_matches_bernoulli():
+    torch.manual_seed(0)
+    m = torch.rand(6, 8).clamp(0.05, 0.95).requires_grad_()
+    n = torch.rand(6, 3).clamp(0.05, 0.95)
+    a = sample_actions(m, n)
+    assert a.frames.any(1).all()
+    ref = torch.distributions.Bernoulli(probs=m).log_prob(a.frames.float()).sum(1)
+    torch.testing.assert_close(a.log_prob_frames, ref)
+    a.log_prob_frames.sum().backward()
+    assert m.grad is not None
+
+
+def test_pack_frames_keeps_order():
+    clip = torch.arange(6).float().view(1, 6, 1, 1).expand(3, 6, 2, 2)
+    out = pack_frames(clip, torch.tensor([0, 1, 0, 1, 1, 0]).bool())
+    assert out[0, :, 0, 0].tolist() == [1, 3, 4]
+
+
+def test_ada3d_forward_equals_backbone_on_packed_clip():
+    model = build_ada3d(Ada3DConfig(arch="i3d_tiny", num_classes=4, selection_width=0.35)).eval()
+    clip = torch.randn(4, 3, 8, 32, 32)
+    frames = torch.tensor([[1, 0, 1, 1, 0, 0, 1, 0], [1] * 8, [0, 0, 0, 1, 0, 0, 0, 0], [1, 1, 0, 0, 1, 1, 0, 1]]).bool()
+    stages = torch.tensor([[1, 0, 1, 0, 1], [1] * 5, [0] * 5, [0, 1, 1, 0, 0]]).bool()
+    out = model(clip, Actions(frames, stages))
+    for i in range(4):
+        ref = model.backbone(pack_frames(clip[i], frames[i])[None], stages[i])
+        torch.testing.assert_close(out[i:i + 1], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_ada3d_rejects_mismatched_actions():
+    model = build_ada3d(Ada3DConfig(selection_width=0.35)).eval()
+    with pytest.raises(ValueError, match="do not match"):
+        model(torch.randn(2, 3, 8, 32, 32), Actions(torch.ones(2, 4).bool(), torch.ones(2, 2).bool()))
