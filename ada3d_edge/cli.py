@@ -35,6 +35,35 @@ def flops(arch: str, frames, crop, policy_width: float, as_json: bool) -> None:
 
 # --- data: synth -------------------------------------------------------------------------------
 
+@main.command("synth")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--classes", "num_classes", type=int, default=8, show_default=True,
+              help="Number of classes: 4, 8, 12 or 16; half static, half motion (in pairs).")
+@click.option("--videos-per-class", type=int, default=20, show_default=True,
+              help="Training videos per class.")
+@click.option("--val-per-class", type=int, default=5, show_default=True,
+              help="Validation videos per class.")
+@click.option("--size", type=int, default=64, show_default=True, help="Frame width and height.")
+@click.option("--frames", type=int, default=40, show_default=True, help="Frames per video.")
+@click.option("--fps", type=float, default=25.0, show_default=True, help="Frame rate written.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed; same seed, same data.")
+@click.option("--overwrite", is_flag=True, help="Write into OUT even if it is not empty.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def synth(out: str, num_classes: int, videos_per_class: int, val_per_class: int, size: int,
+          frames: int, fps: float, seed: int, overwrite: bool, quiet: bool) -> None:
+    """Write a synthetic static/motion video dataset (mp4 + list files) to OUT."""
+    from .data.synth import make_synth_dataset
+
+    try:
+        info = make_synth_dataset(out, num_classes=num_classes, videos_per_class=videos_per_class,
+                                  val_per_class=val_per_class, size=size, frames=frames, fps=fps,
+                                  seed=seed, progress=not quiet, overwrite=overwrite)
+    except (ValueError, FileExistsError) as e:
+        raise click.UsageError(str(e)) from None
+    click.echo(f"wrote {info['num_train']} train + {info['num_val']} val videos of "
+               f"{info['num_classes']} classes to {out} (lists: train.txt, val.txt, classes.txt)")
+
+
 # --- training: train / eval --------------------------------------------------------------------
 
 # --- export: export / build-engines ------------------------------------------------------------

@@ -1,0 +1,415 @@
+"""The bundle: a directory of ONNX/TensorRT files described by ``manifest.json``.
+
+The manifest is the only contract between export and runtime (schema in ``docs/INTERFACES.md``).
+This module reads and writes it with JSON only (never pickle) and never imports torch.
+
+Typical use::
+
+    bundle = open_bundle("out/bundle")           # checks format version, files, sha256
+    bundle.engine_path("10")                     # -> Path to backbone_10.onnx
+    bundle.gflops("10", num_kept_frames=5)       # backbone GFLOPs for T' = 5
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+FORMAT = "ada3d-bundle"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+# ONNX I/O names (docs/INTERFACES.md); backends for PyTorch modules reuse them.
+POLICY_NAME = "policy"
+POLICY_INPUT = "frames"
+POLICY_OUTPUTS = ("frame_probs", "stage_probs")
+BACKBONE_INPUT = "clip"
+BACKBONE_OUTPUT = "logits"
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used: bad manifest, missing or modified file, unknown version."""
+
+
+def engine_name(mask: str) -> str:
+    """Name a backend uses for the backbone of one stage mask: ``backbone_<mask>``."""
+    return f"backbone_{mask}"
+
+
+def default_io(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(input names, output names) of the model called ``name`` (``policy`` or ``backbone_*``)."""
+    if name == POLICY_NAME:
+        return (POLICY_INPUT,), POLICY_OUTPUTS
+    if name.startswith("backbone_"):
+        return (BACKBONE_INPUT,), (BACKBONE_OUTPUT,)
+    raise ValueError(f"unknown model name {name!r}: expected 'policy' or 'backbone_<mask>'")
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def all_masks(num_stages: int) -> list[str]:
+    """Every stage mask for ``num_stages`` stages, as bit strings ("00", "01", "10", "11")."""
+    return [format(i, f"0{num_stages}b") for i in range(2 ** num_stages)]
+
+
+# --- manifest dataclasses ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of the bundle with its checksum. ``size`` (bytes) is optional, for better errors."""
+
+    file: str
+    sha256: str
+    size: int | None = None
+
+    @classmethod
+    def _hash_fields(cls, bundle_dir: str | os.PathLike, file: str) -> dict[str, Any]:
+        path = Path(bundle_dir) / file
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; write it before adding it to the manifest")
+        return {"file": file, "sha256": sha256_file(path), "size": path.stat().st_size}
+
+
+@dataclass(frozen=True)
+class PolicyEntry(FileEntry):
+    """The selection network ``policy.onnx``; GFLOPs per input frame at ``policy_size``."""
+
+    gflops_per_frame: float = 0.0
+
+    @classmethod
+    def for_file(cls, bundle_dir: str | os.PathLike, file: str, gflops_per_frame: float) -> "PolicyEntry":
+        """Entry for an existing file, hashing it."""
+        return cls(**cls._hash_fields(bundle_dir, file), gflops_per_frame=float(gflops_per_frame))
+
+
+@dataclass(frozen=True)
+class EngineEntry(FileEntry):
+    """One ONNX backbone: ``mask`` (one char per stage, ``1`` = 3D) and GFLOPs per kept frame."""
+
+    mask: str = ""
+    gflops_per_frame: float = 0.0
+
+    @classmethod
+    def for_file(
+        cls, bundle_dir: str | os.PathLike, file: str, mask: str, gflops_per_frame: float
+    ) -> "EngineEntry":
+        """Entry for an existing file, hashing it."""
+        return cls(**cls._hash_fields(bundle_dir, file), mask=mask, gflops_per_frame=float(gflops_per_frame))
+
+
+@dataclass(frozen=True)
+class TrtEngineEntry(FileEntry):
+    """A TensorRT plan built on the target; only valid for that TensorRT version and GPU.
+
+    ``mask`` is the backbone's stage mask, or ``"policy"`` for the selection network's plan.
+    """
+
+    mask: str = ""
+    tensorrt_version: str = ""
+    gpu_name: str = ""
+    precision: str = "fp32"
+    max_batch: int = 1
+
+    @classmethod
+    def for_file(cls, bundle_dir: str | os.PathLike, file: str, **fields: Any) -> "TrtEngineEntry":
+        """Entry for an existing plan file, hashing it; ``fields`` are mask, tensorrt_version, ..."""
+        return cls(**cls._hash_fields(bundle_dir, file), **fields)
+
+
+@dataclass
+class Manifest:
+    """Everything the runtime needs to know; see docs/INTERFACES.md for the JSON layout."""
+
+    arch: str
+    stages: list[str]
+    num_frames: int
+    stride: int
+    crop_size: int
+    policy_size: int
+    mean: list[float]
+    std: list[float]
+    classes: list[str]
+    policy: PolicyEntry
+    engines: list[EngineEntry]
+    channel_order: str = "RGB"
+    multi_label: bool = False
+    threshold: float = 0.5
+    short_side: int | None = None  # resize target before the centre crop; None = crop_size
+    trt_engines: list[TrtEngineEntry] = field(default_factory=list)
+    versions: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_stages(self) -> int:
+        """K, the number of degradable stages."""
+        return len(self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; optional ``size`` / ``short_side`` left out when unknown."""
+        out = dataclasses.asdict(self)
+        if out["short_side"] is None:
+            del out["short_side"]
+        for entry in [out["policy"], *out["engines"], *out["trt_engines"]]:
+            if entry.get("size") is None:
+                entry.pop("size", None)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = MANIFEST_NAME) -> "Manifest":
+        """Parse and validate a manifest dict; raises BundleError naming the bad key."""
+        if not isinstance(data, Mapping):
+            raise BundleError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        check_format(data, source)
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - set(kwargs))
+        if missing:
+            raise BundleError(f"{source}: missing key(s) {missing}; re-export the bundle with `ada3d export`")
+        try:
+            kwargs["policy"] = _entry(PolicyEntry, data["policy"], source, "policy")
+            kwargs["engines"] = [_entry(EngineEntry, e, source, "engines") for e in data["engines"]]
+            kwargs["trt_engines"] = [_entry(TrtEngineEntry, e, source, "trt_engines")
+                                     for e in data.get("trt_engines", [])]
+            manifest = cls(**kwargs)
+        except TypeError as exc:
+            raise BundleError(f"{source}: malformed manifest ({exc})") from exc
+        manifest.validate(source)
+        return manifest
+
+    def validate(self, source: str = MANIFEST_NAME) -> None:
+        """Check shapes of the fields and that every stage mask has exactly one ONNX engine."""
+        k = self.num_stages
+        if k < 1 or len(set(self.stages)) != k:
+            raise BundleError(f"{source}: 'stages' must be distinct stage names, got {self.stages}")
+        for key in ("num_frames", "crop_size", "policy_size", "stride"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise BundleError(f"{source}: {key!r} must be a positive integer, got {value!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise BundleError(f"{source}: 'mean'/'std' need 3 values (std > 0), got {self.mean} / {self.std}")
+        if self.channel_order != "RGB":
+            raise BundleError(f"{source}: channel_order {self.channel_order!r} unsupported; only 'RGB'")
+        if not self.classes:
+            raise BundleError(f"{source}: 'classes' is empty")
+        if not 0.0 <= float(self.threshold) <= 1.0:
+            raise BundleError(f"{source}: 'threshold' must be in [0, 1], got {self.threshold}")
+        masks = [e.mask for e in self.engines]
+        expected = all_masks(k)
+        bad = [m for m in masks if m not in expected]
+        if bad:
+            raise BundleError(f"{source}: engine mask(s) {bad} invalid for {k} stages {self.stages}; "
+                              f"masks are {k}-character strings of 0/1")
+        if sorted(masks) != expected:
+            lacking = sorted(set(expected) - set(masks))
+            dupes = sorted({m for m in masks if masks.count(m) > 1})
+            raise BundleError(f"{source}: need one engine per stage mask {expected}; "
+                              f"missing {lacking}, duplicated {dupes}")
+        for entry in self.trt_engines:
+            if entry.mask not in expected and entry.mask != POLICY_NAME:
+                raise BundleError(f"{source}: trt engine {entry.file} has invalid mask {entry.mask!r}; "
+                                  f"expected one of {expected} or {POLICY_NAME!r} (the selection net)")
+        for entry in self.all_files():
+            _check_plain_name(entry.file, source)
+
+    def all_files(self) -> list[FileEntry]:
+        """Every file the manifest lists: policy, ONNX engines, TensorRT engines."""
+        return [self.policy, *self.engines, *self.trt_engines]
+
+
+def check_format(data: Mapping[str, Any], source: str = MANIFEST_NAME) -> None:
+    """Refuse a manifest that is not an ada3d bundle or has a format version this code cannot read."""
+    if data.get("format") != FORMAT:
+        raise BundleError(f"{source}: 'format' is {data.get('format')!r}, expected {FORMAT!r}; "
+                          "this is not an ada3d bundle")
+    version = data.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BundleError(f"{source}: unknown format_version {version!r}; "
+                          f"this ada3d_edge reads format_version {FORMAT_VERSION}")
+    if version > FORMAT_VERSION:
+        raise BundleError(f"{source}: format_version {version} is newer than this ada3d_edge reads "
+                          f"(format_version {FORMAT_VERSION}); upgrade ada3d-edge or re-export the bundle")
+
+
+def _entry(cls: type, data: Any, source: str, key: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise BundleError(f"{source}: each {key!r} entry must be an object, got {data!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return cls(**{k: v for k, v in data.items() if k in known})
+    except TypeError as exc:
+        raise BundleError(f"{source}: malformed {key!r} entry {dict(data)} ({exc})") from exc
+
+
+def _check_plain_name(file: str, source: str) -> None:
+    if not isinstance(file, str) or not file or Path(file).name != file or file in (".", ".."):
+        raise BundleError(f"{source}: file name {file!r} must be a plain name inside the bundle directory")
+
+
+# --- reading and writing ----------------------------------------------------------------------
+
+
+def write_manifest(bundle_dir: str | os.PathLike, manifest: Manifest) -> Path:
+    """Validate and write ``manifest.json`` atomically (temp file in the same dir + os.replace)."""
+    bundle_dir = Path(bundle_dir)
+    manifest.validate(str(bundle_dir / MANIFEST_NAME))
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=bundle_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, bundle_dir / MANIFEST_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return bundle_dir / MANIFEST_NAME
+
+
+def read_manifest(bundle_dir: str | os.PathLike) -> Manifest:
+    """Parse ``manifest.json`` (JSON only) without checking the listed files."""
+    path = _manifest_path(bundle_dir)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc}); the manifest is corrupt, re-export") from exc
+    return Manifest.from_dict(data, source=str(path))
+
+
+def verify_file(bundle_dir: str | os.PathLike, entry: FileEntry, check_hash: bool = True) -> None:
+    """Raise BundleError if the file is missing, has the wrong size or the wrong sha256."""
+    path = Path(bundle_dir) / entry.file
+    if not path.is_file():
+        raise BundleError(f"{entry.file}: missing from bundle {bundle_dir} (listed in {MANIFEST_NAME}); "
+                          "copy the whole bundle directory again or re-export")
+    size = path.stat().st_size
+    if entry.size is not None and size != entry.size:
+        what = "truncated" if size < entry.size else "larger than written"
+        raise BundleError(f"{entry.file}: {what}: {size} bytes, manifest says {entry.size} bytes; "
+                          "copy the bundle again or re-export")
+    if check_hash:
+        actual = sha256_file(path)
+        if actual != entry.sha256:
+            raise BundleError(f"{entry.file}: sha256 mismatch, expected {entry.sha256[:12]}..., "
+                              f"got {actual[:12]}... ({size} bytes); the file is truncated or modified, "
+                              "copy the bundle again or re-export")
+
+
+def open_bundle(path: str | os.PathLike, verify: bool = True) -> "Bundle":
+    """Open a bundle directory (or its manifest.json).
+
+    Always checks the format version and that every listed file exists (and its size when
+    recorded); ``verify=True`` also checks every sha256.
+    """
+    root = _manifest_path(path).parent
+    manifest = read_manifest(root)
+    for entry in manifest.all_files():
+        verify_file(root, entry, check_hash=verify)
+    return Bundle(root=root, manifest=manifest)
+
+
+def add_trt_engines(bundle_dir: str | os.PathLike, entries: Iterable[TrtEngineEntry]) -> Manifest:
+    """Add TensorRT engines to the manifest atomically, verifying each new file.
+
+    An entry replaces an older one with the same file name, or with the same mask, GPU,
+    TensorRT version and precision.
+    """
+    root = _manifest_path(bundle_dir).parent
+    manifest = read_manifest(root)
+    new = list(entries)
+    for entry in new:
+        verify_file(root, entry)
+
+    def key(e: TrtEngineEntry) -> tuple:
+        return (e.mask, e.gpu_name, e.tensorrt_version, e.precision)
+
+    replaced_files = {e.file for e in new}
+    replaced_keys = {key(e) for e in new}
+    kept = [e for e in manifest.trt_engines if e.file not in replaced_files and key(e) not in replaced_keys]
+    manifest.trt_engines = kept + new
+    write_manifest(root, manifest)
+    return manifest
+
+
+def _manifest_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no bundle manifest here; pass a directory written by `ada3d export`")
+    return path
+
+
+@dataclass
+class Bundle:
+    """An opened bundle: the manifest plus its directory."""
+
+    root: Path
+    manifest: Manifest
+
+    @property
+    def masks(self) -> list[str]:
+        """Every stage mask with an ONNX backbone, in manifest order."""
+        return [e.mask for e in self.manifest.engines]
+
+    @property
+    def upper_mask(self) -> str:
+        """The all-3D configuration ("Upper")."""
+        return "1" * self.manifest.num_stages
+
+    @property
+    def policy_path(self) -> Path:
+        """Path to the selection network ONNX file."""
+        return self.root / self.manifest.policy.file
+
+    def engine(self, mask: str) -> EngineEntry:
+        """The ONNX engine entry for ``mask``."""
+        for entry in self.manifest.engines:
+            if entry.mask == mask:
+                return entry
+        raise ValueError(f"no engine for stage mask {mask!r}; valid masks: {self.masks}")
+
+    def engine_path(self, mask: str) -> Path:
+        """Path to ``backbone_<mask>.onnx``."""
+        return self.root / self.engine(mask).file
+
+    def trt_engines(self, mask: str) -> list[TrtEngineEntry]:
+        """TensorRT plans built for ``mask`` or ``"policy"`` (possibly several GPUs); may be empty."""
+        if mask != POLICY_NAME:
+            self.engine(mask)  # validates the mask
+        return [e for e in self.manifest.trt_engines if e.mask == mask]
+
+    def gflops(self, mask: str, num_kept_frames: int) -> float:
+        """Backbone GFLOPs for ``mask`` on T' kept frames (``gflops_per_frame * T'``)."""
+        t = self.manifest.num_frames
+        if not 1 <= int(num_kept_frames) <= t:
+            raise ValueError(f"num_kept_frames must be in 1..{t}, got {num_kept_frames}")
+        return self.engine(mask).gflops_per_frame * int(num_kept_frames)
+
+    def policy_gflops(self, num_frames: int | None = None) -> float:
+        """Selection-network GFLOPs on ``num_frames`` frames (default: the clip's T)."""
+        t = self.manifest.num_frames if num_frames is None else int(num_frames)
+        return self.manifest.policy.gflops_per_frame * t
+
+    def mask_from_bools(self, bits: Sequence[bool]) -> str:
+        """Stage mask string from K booleans (True = 3D)."""
+        if len(bits) != self.manifest.num_stages:
+            raise ValueError(f"need {self.manifest.num_stages} stage flags, got {len(bits)}")
+        return "".join("1" if b else "0" for b in bits)

@@ -1,0 +1,321 @@
+"""The adaptive predictor: selection net -> greedy actions -> the backbone for the chosen stages.
+
+One clip ``(T, H, W, 3) uint8 RGB`` is centre-cropped once; the selection net sees all T crops at
+``policy_size``; only the kept frames' crops are normalised for the backbone. Every engine is
+loaded (and warmed at every T') when the predictor starts, so no call ever loads one.
+
+    with AdaptivePredictor("out/bundle") as predictor:
+        pred = predictor.predict(frames)
+        print(pred.topk(3), pred.stage_mask, pred.num_frames_kept, pred.gflops)
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import preprocess
+from ..bundle import (BACKBONE_INPUT, BACKBONE_OUTPUT, POLICY_INPUT, POLICY_NAME, Bundle, BundleError,
+                      engine_name, open_bundle)
+from .backends import Backend, make_backend
+from .trt_backend import EngineMismatchError
+
+
+def greedy_actions(frame_probs: np.ndarray, stage_probs: np.ndarray,
+                   threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy rule of docs/INTERFACES.md: keep what is ``> threshold``; at least one frame (argmax).
+
+    Args:
+        frame_probs: ``(B, T)`` (or ``(T,)``) sigmoids of the frame head.
+        stage_probs: ``(B, K)`` (or ``(K,)``) sigmoids of the stage head.
+
+    Returns:
+        ``(u, v)``: ``(B, T)`` and ``(B, K)`` bool arrays (``v`` True = stage stays 3D).
+    """
+    fp = np.atleast_2d(np.asarray(frame_probs, dtype=np.float64))
+    sp = np.atleast_2d(np.asarray(stage_probs, dtype=np.float64))
+    u = fp > threshold
+    empty = ~u.any(axis=1)
+    u[empty, fp[empty].argmax(axis=1)] = True
+    return u, sp > threshold
+
+
+def logits_to_scores(logits: np.ndarray, multi_label: bool = False) -> np.ndarray:
+    """Softmax over the last axis, or element-wise sigmoid when ``multi_label``."""
+    x = np.asarray(logits, dtype=np.float64)
+    if multi_label:
+        return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+    x = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(x)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+@dataclass
+class Prediction:
+    """The result for one clip.
+
+    ``timings_ms`` (policy, preprocess, backbone, total) are those of the call that produced it:
+    in a batch, ``policy`` and ``total`` are the batch's, ``backbone`` is its group's engine call.
+    """
+
+    scores: np.ndarray  # (C,)
+    classes: Sequence[str]
+    frame_mask: np.ndarray  # (T,) bool
+    stage_mask: str
+    gflops: float  # backbone + selection net
+    gflops_backbone: float
+    gflops_policy: float
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    frame_probs: np.ndarray | None = None  # (T,), None when the actions were given
+    stage_probs: np.ndarray | None = None  # (K,)
+
+    @property
+    def num_frames_kept(self) -> int:
+        """T', the number of frames the backbone ran on."""
+        return int(np.count_nonzero(self.frame_mask))
+
+    @property
+    def num_3d_stages(self) -> int:
+        """Number of stages kept 3D."""
+        return self.stage_mask.count("1")
+
+    def topk(self, k: int = 5) -> list[tuple[str, float]]:
+        """The ``k`` best ``(label, score)`` pairs, best first."""
+        order = np.argsort(-self.scores, kind="stable")[: max(int(k), 0)]
+        return [(self.classes[i], float(self.scores[i])) for i in order]
+
+    @property
+    def label(self) -> str:
+        """Top-1 class name."""
+        return self.topk(1)[0][0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (top-5, actions, cost, timings)."""
+        return {"top": self.topk(5), "stage_mask": self.stage_mask,
+                "frame_mask": [bool(b) for b in self.frame_mask], "num_frames_kept": self.num_frames_kept,
+                "gflops": round(self.gflops, 4), "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()}}
+
+
+class AdaptivePredictor:
+    """Runs an Ada3D bundle on clips with one backend.
+
+    Args:
+        bundle: a ``Bundle`` or a bundle directory (opened and verified).
+        backend: "ort", "trt", "torch" or a ``Backend`` instance (not closed by ``close``).
+        device: passed to ``make_backend`` (None = the backend's default).
+        threshold: greedy threshold; None = the manifest's ``threshold``.
+        warmup: run every engine once at every T' in 1..T (batch 1) at start-up.
+        max_batch: split batches larger than this; TensorRT plans default to their ``max_batch``.
+        backend_options: passed to ``make_backend`` (e.g. ``intra_op_threads`` for "ort").
+    """
+
+    def __init__(self, bundle: Bundle | str, backend: str | Backend = "ort", device: str | None = None,
+                 threshold: float | None = None, warmup: bool = True, max_batch: int | None = None,
+                 **backend_options: Any) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
+        self.manifest = m = self.bundle.manifest
+        self.threshold = m.threshold if threshold is None else float(threshold)
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if max_batch is not None and int(max_batch) < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self._owns_backend = not isinstance(backend, Backend)
+        self.backend = make_backend(backend, device=device, **backend_options) if self._owns_backend else backend
+        self.max_batch = max_batch
+        try:
+            self._load_all()
+            if warmup:
+                self.warmup()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- start-up -------------------------------------------------------------------------------
+    def _load_all(self) -> None:
+        """Load the policy and all 2^K backbones once."""
+        plan_batches = [self._load(POLICY_NAME, POLICY_NAME)]
+        plan_batches += [self._load(engine_name(mask), mask) for mask in self.bundle.masks]
+        if self.backend.file_kind == "plan":
+            limit = min(plan_batches)
+            self.max_batch = limit if self.max_batch is None else min(self.max_batch, limit)
+
+    def _load(self, name: str, key: str) -> int:
+        """Load one model (trying every matching TensorRT plan); returns its max batch."""
+        if self.backend.file_kind != "plan":
+            entry = self.manifest.policy if key == POLICY_NAME else self.bundle.engine(key)
+            self.backend.load(name, self.bundle.root / entry.file, dataclasses.asdict(entry))
+            return 0
+        candidates = self.bundle.trt_engines(key)
+        if not candidates:
+            raise BundleError(f"{self.bundle.root}: no TensorRT plan for {name!r}; run "
+                              f"`ada3d build-engines {self.bundle.root}` on this device")
+        reasons = []
+        for entry in candidates:
+            try:
+                self.backend.load(name, self.bundle.root / entry.file, dataclasses.asdict(entry))
+                return int(entry.max_batch)
+            except EngineMismatchError as exc:
+                reasons.append(str(exc))
+        raise EngineMismatchError(f"no usable TensorRT plan for {name!r}: " + " | ".join(reasons))
+
+    def warmup(self) -> None:
+        """Run the policy and every backbone at every T' in 1..T once (batch 1)."""
+        m = self.manifest
+        p, s = m.policy_size, m.crop_size
+        self.backend.run(POLICY_NAME, {POLICY_INPUT: np.zeros((1, 3, m.num_frames, p, p), np.float32)})
+        for mask in self.bundle.masks:
+            for t in range(1, m.num_frames + 1):
+                self.backend.run(engine_name(mask), {BACKBONE_INPUT: np.zeros((1, 3, t, s, s), np.float32)})
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def _check_frames(self, frames: np.ndarray) -> np.ndarray:
+        frames = np.asarray(frames)
+        t = self.manifest.num_frames
+        if frames.ndim != 4 or frames.shape[0] != t or frames.shape[-1] != 3:
+            raise ValueError(f"a clip must be (T={t}, H, W, 3) uint8 RGB frames sampled every "
+                             f"{self.manifest.stride} frames, got shape {frames.shape}")
+        return frames
+
+    def _crop(self, frames: np.ndarray) -> np.ndarray:
+        m = self.manifest
+        return preprocess.center_crop_frames(frames, m.crop_size, m.short_side)
+
+    def _batches(self, n: int) -> list[slice]:
+        step = n if self.max_batch is None else self.max_batch
+        return [slice(i, min(i + step, n)) for i in range(0, n, max(step, 1))]
+
+    def _select_crops(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                    np.ndarray, dict[str, float]]:
+        """Policy on all T crops of each clip -> (u (B,T), v (B,K), frame_probs, stage_probs, ms)."""
+        m = self.manifest
+        t0 = time.perf_counter()
+        x = np.stack([preprocess.to_policy_tensor(c, m.policy_size, m.mean, m.std) for c in crops])
+        t1 = time.perf_counter()
+        outs = [self.backend.run(POLICY_NAME, {POLICY_INPUT: x[sl]}) for sl in self._batches(len(x))]
+        fp = np.concatenate([o["frame_probs"] for o in outs])
+        sp = np.concatenate([o["stage_probs"] for o in outs])
+        t2 = time.perf_counter()
+        u, v = greedy_actions(fp, sp, self.threshold)
+        return u, v, fp, sp, {"preprocess": (t1 - t0) * 1e3, "policy": (t2 - t1) * 1e3}
+
+    def _classify_crops(self, kept: Sequence[np.ndarray], mask: str) -> tuple[np.ndarray, dict[str, float]]:
+        """Backbone ``mask`` on clips of kept crops that share one T' -> (scores (B,C), ms)."""
+        m = self.manifest
+        if len({len(c) for c in kept}) != 1:
+            raise ValueError(f"clips batched together must keep the same number of frames, got {[len(c) for c in kept]}")
+        t0 = time.perf_counter()
+        x = np.stack([preprocess.to_clip_tensor(c, m.mean, m.std) for c in kept])
+        t1 = time.perf_counter()
+        name = engine_name(mask)
+        logits = np.concatenate([self.backend.run(name, {BACKBONE_INPUT: x[sl]})[BACKBONE_OUTPUT]
+                                 for sl in self._batches(len(x))])
+        t2 = time.perf_counter()
+        return logits_to_scores(logits, m.multi_label), {"preprocess": (t1 - t0) * 1e3, "backbone": (t2 - t1) * 1e3}
+
+    def _mask_string(self, stage_mask: str | Sequence[bool]) -> str:
+        mask = stage_mask if isinstance(stage_mask, str) else self.bundle.mask_from_bools(list(stage_mask))
+        if mask not in self.bundle.masks:
+            raise ValueError(f"stage mask {stage_mask!r} unknown; valid masks: {self.bundle.masks}")
+        return mask
+
+    def _frame_mask(self, frame_mask: Sequence[bool]) -> np.ndarray:
+        u = np.asarray(frame_mask, dtype=bool).reshape(-1)
+        if u.shape != (self.manifest.num_frames,) or not u.any():
+            raise ValueError(f"frame_mask must be {self.manifest.num_frames} booleans with at least one True, "
+                             f"got {list(np.asarray(frame_mask).reshape(-1))}")
+        return u
+
+    # -- public ---------------------------------------------------------------------------------
+    def select(self, frames_list: Sequence[np.ndarray]) -> tuple[np.ndarray, list[str], dict[str, float]]:
+        """Selection net on B clips -> (frame_masks (B, T) bool, stage masks, timings in ms)."""
+        t0 = time.perf_counter()
+        crops = [self._crop(self._check_frames(f)) for f in frames_list]
+        t1 = time.perf_counter()
+        u, v, _, _, ms = self._select_crops(crops)
+        ms["preprocess"] += (t1 - t0) * 1e3
+        return u, ["".join("1" if b else "0" for b in row) for row in v], ms
+
+    def classify(self, frames_list: Sequence[np.ndarray], frame_masks: np.ndarray,
+                 stage_mask: str | Sequence[bool]) -> tuple[np.ndarray, dict[str, float]]:
+        """Backbone ``stage_mask`` on clips that keep the same number of frames -> (scores (B, C), ms)."""
+        mask = self._mask_string(stage_mask)
+        t0 = time.perf_counter()
+        kept = []
+        for frames, u in zip(frames_list, frame_masks):
+            u = self._frame_mask(u)
+            kept.append(self._crop(self._check_frames(frames)[u]))  # per-frame crop: same as crop-all
+        t1 = time.perf_counter()
+        scores, ms = self._classify_crops(kept, mask)
+        ms["preprocess"] += (t1 - t0) * 1e3
+        return scores, ms
+
+    def predict(self, frames: np.ndarray) -> Prediction:
+        """Classify one clip ``(T, H, W, 3) uint8 RGB``."""
+        return self.predict_batch([frames])[0]
+
+    def predict_batch(self, frames_list: Sequence[np.ndarray]) -> list[Prediction]:
+        """Classify B clips: one batched policy call, then one backbone call per (stage mask, T')."""
+        if len(frames_list) == 0:
+            return []
+        t0 = time.perf_counter()
+        crops = [self._crop(self._check_frames(f)) for f in frames_list]
+        t_crop = (time.perf_counter() - t0) * 1e3
+        u, v, fp, sp, sel_ms = self._select_crops(crops)
+        masks = ["".join("1" if b else "0" for b in row) for row in v]
+        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for i, mask in enumerate(masks):
+            groups[(mask, int(u[i].sum()))].append(i)
+        scores: list[np.ndarray | None] = [None] * len(crops)
+        backbone_ms: list[float] = [0.0] * len(crops)
+        pre_ms = t_crop + sel_ms["preprocess"]
+        for (mask, _), idx in groups.items():
+            group_scores, ms = self._classify_crops([crops[i][u[i]] for i in idx], mask)
+            pre_ms += ms["preprocess"]
+            for j, i in enumerate(idx):
+                scores[i], backbone_ms[i] = group_scores[j], ms["backbone"]
+        total = (time.perf_counter() - t0) * 1e3
+        policy_gflops = self.bundle.policy_gflops()
+        out = []
+        for i in range(len(crops)):
+            gb = self.bundle.gflops(masks[i], int(u[i].sum()))
+            out.append(Prediction(
+                scores=scores[i], classes=self.manifest.classes, frame_mask=u[i].copy(), stage_mask=masks[i],
+                gflops=gb + policy_gflops, gflops_backbone=gb, gflops_policy=policy_gflops,
+                timings_ms={"policy": sel_ms["policy"], "preprocess": pre_ms, "backbone": backbone_ms[i],
+                            "total": total},
+                frame_probs=fp[i], stage_probs=sp[i]))
+        return out
+
+    def run_fixed(self, frames: np.ndarray, frame_mask: Sequence[bool],
+                  stage_mask: str | Sequence[bool]) -> Prediction:
+        """Classify one clip with given actions (no selection net): for parity with PyTorch."""
+        t0 = time.perf_counter()
+        u = self._frame_mask(frame_mask)
+        mask = self._mask_string(stage_mask)
+        scores, ms = self.classify([frames], u[None], mask)
+        gb = self.bundle.gflops(mask, int(u.sum()))
+        return Prediction(scores=scores[0], classes=self.manifest.classes, frame_mask=u, stage_mask=mask,
+                          gflops=gb, gflops_backbone=gb, gflops_policy=0.0,
+                          timings_ms={"policy": 0.0, "preprocess": ms["preprocess"], "backbone": ms["backbone"],
+                                      "total": (time.perf_counter() - t0) * 1e3})
+
+    def describe(self) -> str:
+        """One line: bundle, arch, backend."""
+        m = self.manifest
+        return (f"{self.bundle.root} ({m.arch}, K={m.num_stages}, T={m.num_frames}, {len(m.classes)} classes) "
+                f"on {self.backend.describe()}, threshold {self.threshold}")
+
+    def close(self) -> None:
+        """Close the backend if this predictor created it."""
+        if self._owns_backend and getattr(self, "backend", None) is not None:
+            self.backend.close()
+
+    def __enter__(self) -> "AdaptivePredictor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,133 @@
+"""Synthetic dataset: files and lists, mp4 round trip, determinism, and motion pairs that only
+temporal order separates."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ada3d_edge.cli import main
+from ada3d_edge.data.lists import load_classes, load_list
+from ada3d_edge.data.synth import (_place, _sprite, load_class_kinds, make_synth_dataset,
+                                   render_video, synth_classes)
+from ada3d_edge.data.video import probe_video, read_video_frames
+
+
+def _cls(name, n=16):
+    return next(c for c in synth_classes(n) if c.name == name)
+
+
+def test_dataset_files_and_lists(tiny_synth_dataset):
+    root = tiny_synth_dataset
+    classes = load_classes(root / "classes.txt")
+    kinds = load_class_kinds(root / "classes.json")
+    assert list(kinds) == classes and len(classes) == 8
+    assert [kinds[c] for c in classes] == ["static"] * 4 + ["motion"] * 4
+    assert classes[4:] == ["move_right", "move_left", "rotate_cw", "rotate_ccw"]
+    train, val = load_list(root / "train.txt", root, 8), load_list(root / "val.txt", root, 8)
+    assert len(train) == 16 and len(val) == 8
+    assert sorted(r.label for r in val) == list(range(8))
+    info = json.loads((root / "dataset.json").read_text())
+    assert info["flip_safe"] is False and info["frames"] == 16 and (root / "README.md").exists()
+    for rec in train + val:                                   # every file decodes fully
+        probed = probe_video(rec.path)
+        assert (probed.num_frames, probed.width, probed.height) == (16, 32, 32)
+        assert read_video_frames(rec.path, [15]).shape == (1, 32, 32, 3)
+
+
+def test_mp4_round_trip_matches_render(tiny_synth_dataset):
+    # make_synth_dataset seeds each video with [seed, split_id, class_idx, video_idx]
+    frames = render_video(synth_classes(8)[6], np.random.default_rng([0, 0, 6, 1]), 32, 16)
+    decoded = read_video_frames(tiny_synth_dataset / "train/rotate_cw/rotate_cw_0001.mp4", range(16))
+    assert np.abs(decoded.astype(int) - frames.astype(int)).mean() < 8
+
+
+def test_render_deterministic_with_seed():
+    cls = _cls("rotate_cw")
+    a = render_video(cls, np.random.default_rng(5), 32, 8)
+    assert a.shape == (8, 32, 32, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, render_video(cls, np.random.default_rng(5), 32, 8))
+    assert not np.array_equal(a, render_video(cls, np.random.default_rng(6), 32, 8))
+
+
+def test_dataset_deterministic_with_seed(tmp_path):
+    kw = dict(num_classes=4, videos_per_class=1, val_per_class=0, size=32, frames=8, progress=False)
+    make_synth_dataset(tmp_path / "a", seed=3, **kw)
+    make_synth_dataset(tmp_path / "b", seed=3, **kw)
+    rel = "train/move_left/move_left_0000.mp4"
+    np.testing.assert_array_equal(read_video_frames(tmp_path / "a" / rel, range(8)),
+                                  read_video_frames(tmp_path / "b" / rel, range(8)))
+    assert (tmp_path / "a/train.txt").read_text() == (tmp_path / "b/train.txt").read_text()
+    with pytest.raises(FileExistsError, match="not empty"):
+        make_synth_dataset(tmp_path / "a", seed=3, **kw)
+
+
+@pytest.mark.parametrize("fwd, rev", [("move_right", "move_left"), ("rotate_cw", "rotate_ccw"),
+                                      ("move_down", "move_up"), ("grow", "shrink")])
+def test_pair_same_frames_up_to_order(fwd, rev):
+    """Same draw: the reversed class shows exactly the same frames in reverse order."""
+    a = render_video(_cls(fwd), np.random.default_rng(11), 32, 12)
+    b = render_video(_cls(rev), np.random.default_rng(11), 32, 12)
+    np.testing.assert_array_equal(a[::-1], b)
+    assert not np.array_equal(a, b)
+
+
+def test_left_right_indistinguishable_per_frame():
+    """Independent draws: per-frame and time-pooled statistics of left and right agree as closely as
+    two independent samples of one class do; the temporal trend of the object has opposite signs."""
+    def pooled(name, seeds):
+        vids = [render_video(_cls(name), np.random.default_rng(s), 32, 12, return_track=True)
+                for s in seeds]
+        frames = np.stack([v for v, _ in vids]).astype(np.float32)
+        trend = np.mean([t[-1, 0] - t[0, 0] for _, t in vids])
+        return frames.mean(axis=(0, 1)), frames.mean(axis=1).std(axis=0), trend
+
+    right_a, spread_a, trend_right = pooled("move_right", range(0, 40))
+    right_b, spread_b, _ = pooled("move_right", range(40, 80))
+    left, spread_l, trend_left = pooled("move_left", range(80, 120))
+    for stat_a, stat_b, stat_left in ((right_a, right_b, left), (spread_a, spread_b, spread_l)):
+        same_class = np.abs(stat_a - stat_b).mean()
+        assert np.abs(stat_a - stat_left).mean() < 1.5 * same_class + 0.5
+    assert trend_right > 5 and trend_left < -5
+
+
+def test_track_directions():
+    for name, col, sign in [("move_right", 0, 1), ("move_left", 0, -1), ("move_down", 1, 1),
+                            ("move_up", 1, -1), ("rotate_cw", 2, 1), ("rotate_ccw", 2, -1),
+                            ("grow", 3, 1), ("shrink", 3, -1)]:
+        _, track = render_video(_cls(name), np.random.default_rng(0), 32, 10, return_track=True)
+        assert np.sign(track[-1, col] - track[0, col]) == sign, name
+    _, track = render_video(_cls("red_circle_striped"), np.random.default_rng(0), 32, 10,
+                            return_track=True)
+    assert np.ptp(track[:, :2], axis=0).max() <= 2.0 and np.ptp(track[:, 2:], axis=0).max() == 0
+
+
+def test_rotation_sense_on_screen():
+    """angle_cw=90 maps an offset (x, y) to (-y, x) in image coordinates (y down): clockwise."""
+    sprite, mask = _sprite(("red", "ell", "solid"), 20)
+    yy, xx = np.mgrid[0:64, 0:64]
+    offsets = []
+    for angle in (0, 90):
+        _, alpha = _place(sprite, mask, 64, 32, 32, angle, 1.0)
+        offsets.append(((xx * alpha).sum() / alpha.sum() - 32, (yy * alpha).sum() / alpha.sum() - 32))
+    (x0, y0), (x90, y90) = offsets
+    assert np.hypot(x0, y0) > 1                     # the L's centroid is off its centre
+    assert abs(x90 - (-y0)) < 0.3 and abs(y90 - x0) < 0.3
+
+
+def test_bad_class_count():
+    with pytest.raises(ValueError, match="4, 8, 12 or 16"):
+        synth_classes(6)
+
+
+def test_cli_synth(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "syn"
+    res = runner.invoke(main, ["synth", str(out), "--classes", "4", "--videos-per-class", "1",
+                               "--val-per-class", "0", "--size", "32", "--frames", "8", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert (out / "train.txt").read_text().count("\n") == 4 and (out / "classes.json").exists()
+    res = runner.invoke(main, ["synth", str(tmp_path / "x"), "--classes", "6"])
+    assert res.exit_code == 2 and "4, 8, 12 or 16" in res.output
