@@ -69,6 +69,41 @@ def synth(out: str, num_classes: int, videos_per_class: int, val_per_class: int,
 # --- export: export / build-engines ------------------------------------------------------------
 
 # --- runtime: run ------------------------------------------------------------------------------
+@main.command("run")
+@click.argument("bundle", type=click.Path(exists=True))
+@click.option("--source", "-s", "sources", multiple=True, required=True,
+              help="Camera index, video file, rtsp:// or http(s):// URL, or GStreamer pipeline. Repeatable.")
+@click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), default="ort", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: the backend's.")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Greedy policy threshold (default: the bundle's).")
+@click.option("--hop", type=click.IntRange(1), default=None, help="Sampled frames between windows (default: T).")
+@click.option("--max-batch", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--queue", "queue_size", type=click.IntRange(1), default=4, show_default=True,
+              help="Windows queued per source before the oldest is dropped.")
+@click.option("--jsonl", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Write JSON lines to FILE ('-' = stdout).")
+@click.option("--overlay", type=click.Path(dir_okay=False), default=None,
+              help="Write annotated video (OUT_<i>.mp4 per source when several).")
+@click.option("--show", is_flag=True, help="Display the annotated frames (needs a display).")
+@click.option("--topk", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--max-windows", type=click.IntRange(1), default=None, help="Stop after N windows.")
+@click.option("--duration", type=click.FloatRange(0.0, min_open=True), default=None, help="Stop after S seconds.")
+@click.option("--max-reconnects", type=click.IntRange(0), default=None,
+              help="Consecutive failed reopens of a live source before giving up (default: never).")
+def run_cmd(bundle: str, sources: tuple[str, ...], backend: str, device, threshold, hop, max_batch: int,
+            queue_size: int, jsonl, overlay, show: bool, topk: int, max_windows, duration, max_reconnects) -> None:
+    """Classify streams from one or more sources with the bundle; prints a summary at the end."""
+    from .runtime.app import run_streams
+    from .runtime.sources import SourceError
+
+    try:
+        run_streams(bundle, list(sources), backend=backend, device=device, threshold=threshold, hop=hop,
+                    max_batch=max_batch, queue_size=queue_size, jsonl=jsonl, overlay=overlay, show=show,
+                    topk=topk, max_windows=max_windows, duration=duration, max_reconnects=max_reconnects)
+    except SourceError as e:
+        raise click.BadParameter(str(e), param_hint="--source") from e
+
 
 # --- bench / demo ------------------------------------------------------------------------------
 

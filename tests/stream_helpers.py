@@ -1,0 +1,164 @@
+"""Shared helpers for the stream runtime tests: tiny clips, free ports, loopback servers, a stand-in predictor.
+
+Servers are started with ``subprocess.Popen`` and stopped by their own PID only (``stop_process``).
+Run as a script (``python tests/stream_helpers.py SRC [SRC ...]``) it runs ``run_streams`` with the
+stand-in predictor, which the SIGINT test uses as its subprocess.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+FFMPEG = shutil.which("ffmpeg")
+RTSP_RELAY = shutil.which("rtsp-server-perl") or (
+    "/usr/bin/rtsp-server-perl" if os.path.exists("/usr/bin/rtsp-server-perl") else None
+)
+
+
+def make_clip(path: Path, num_frames: int = 60, size: int = 64, fps: float = 25.0) -> Path:
+    """Write a tiny mp4 (mpeg4) with a moving square; frame ``i`` has mean brightness rising with ``i``."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size, size))
+    if not writer.isOpened():
+        raise RuntimeError(f"cv2.VideoWriter could not open {path}")
+    for i in range(num_frames):
+        frame = np.full((size, size, 3), (i * 3) % 256, np.uint8)
+        x = (i * 4) % (size - 16)
+        frame[16:32, x:x + 16] = (0, 0, 255)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port on 127.0.0.1 that was free a moment ago (bind port 0)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> bool:
+    """True once a TCP socket listens on port ``port`` (read from /proc/net/tcp, without connecting:
+    ``ffmpeg -listen 1`` serves exactly one client, so a probing connection would use it up)."""
+    deadline = time.monotonic() + timeout
+    needle = f":{port:04X} "
+    while time.monotonic() < deadline:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            # columns: sl local_address rem_address st ...; st 0A = LISTEN
+            if any(needle in ln.split()[1] + " " and ln.split()[3] == "0A" for ln in lines):
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
+    """Terminate one process we started (by its PID), then kill it if it lingers."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+def start_http_server(clip: Path, port: int) -> subprocess.Popen:
+    """ffmpeg serving ``clip`` looped, in real time, as MPEG-TS over HTTP on 127.0.0.1:port."""
+    cmd = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1",
+           "-i", str(clip), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+           "-g", "10", "-f", "mpegts", "-listen", "1", f"http://127.0.0.1:{port}/live.ts"]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def start_rtsp_relay(client_port: int, source_port: int, rtp_port: int) -> subprocess.Popen:
+    """rtsp-server-perl: takes an RTSP push on ``source_port`` and serves clients on ``client_port``."""
+    cmd = [RTSP_RELAY, "--clientport", str(client_port), "--serverport", str(source_port),
+           "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1",
+           "--rtp_start_port", str(rtp_port), "--loglevel", "1"]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def start_rtsp_push(clip: Path, source_port: int) -> subprocess.Popen:
+    """ffmpeg pushing ``clip`` looped, in real time, to the relay (RTSP over UDP)."""
+    cmd = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1",
+           "-i", str(clip), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+           "-g", "10", "-f", "rtsp", "-rtsp_transport", "udp", f"rtsp://127.0.0.1:{source_port}/live"]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+@dataclass
+class FakePrediction:
+    """Same fields as the runtime's Prediction, filled with fixed values."""
+
+    scores: np.ndarray
+    frame_mask: np.ndarray
+    stage_mask: str
+    num_frames_kept: int
+    gflops: float
+    timings_ms: dict = field(default_factory=dict)
+    classes: tuple = ("static", "motion")
+
+    def topk(self, k: int = 5) -> list[tuple[str, float]]:
+        order = np.argsort(-self.scores)[:k]
+        return [(self.classes[i], float(self.scores[i])) for i in order]
+
+
+class StandInPredictor:
+    """Predictor stand-in: same methods as AdaptivePredictor, optional sleep per batch, records calls."""
+
+    def __init__(self, num_frames: int = 4, stride: int = 2, delay_s: float = 0.0) -> None:
+        self.num_frames, self.stride, self.delay_s = num_frames, stride, delay_s
+        self.batches: list[int] = []
+        self.times: list[float] = []  # time.monotonic() of every clip predicted
+
+    def predict(self, frames: np.ndarray) -> FakePrediction:
+        return self.predict_batch([frames])[0]
+
+    def predict_batch(self, clips: list[np.ndarray]) -> list[FakePrediction]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        self.batches.append(len(clips))
+        self.times.extend([time.monotonic()] * len(clips))
+        out = []
+        for clip in clips:
+            if clip.ndim != 4 or clip.shape[0] != self.num_frames or clip.dtype != np.uint8:
+                raise ValueError(f"bad clip {clip.shape} {clip.dtype}")
+            bright = float(clip.mean()) / 255.0
+            kept = 1 + int(clip.shape[0] * bright) % clip.shape[0]
+            mask = np.zeros(clip.shape[0], bool)
+            mask[:kept] = True
+            out.append(FakePrediction(scores=np.array([1 - bright, bright], np.float32),
+                                      frame_mask=mask, stage_mask="10" if kept % 2 else "11",
+                                      num_frames_kept=kept, gflops=0.1 * kept,
+                                      timings_ms={"total": 1000 * self.delay_s}))
+        return out
+
+
+def main(argv: list[str]) -> None:
+    """Run the stream app with the stand-in predictor on the given sources (used by the SIGINT test)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from ada3d_edge.runtime.app import run_streams
+
+    run_streams(None, argv, predictor=StandInPredictor(delay_s=0.05), jsonl="-", topk=2, hop=2,
+                max_reconnects=None, source_options={"reconnect_backoff": (0.05, 0.2)})
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
