@@ -91,8 +91,11 @@ def synth(out: str, num_classes: int, videos_per_class: int, val_per_class: int,
 @click.option("--duration", type=click.FloatRange(0.0, min_open=True), default=None, help="Stop after S seconds.")
 @click.option("--max-reconnects", type=click.IntRange(0), default=None,
               help="Consecutive failed reopens of a live source before giving up (default: never).")
+@click.option("--realtime/--no-realtime", default=None,
+              help="Drop the oldest windows when inference falls behind (default: live sources yes, files no).")
 def run_cmd(bundle: str, sources: tuple[str, ...], backend: str, device, threshold, hop, max_batch: int,
-            queue_size: int, jsonl, overlay, show: bool, topk: int, max_windows, duration, max_reconnects) -> None:
+            queue_size: int, jsonl, overlay, show: bool, topk: int, max_windows, duration, max_reconnects,
+            realtime) -> None:
     """Classify streams from one or more sources with the bundle; prints a summary at the end."""
     from .runtime.app import run_streams
     from .runtime.sources import SourceError
@@ -100,7 +103,8 @@ def run_cmd(bundle: str, sources: tuple[str, ...], backend: str, device, thresho
     try:
         run_streams(bundle, list(sources), backend=backend, device=device, threshold=threshold, hop=hop,
                     max_batch=max_batch, queue_size=queue_size, jsonl=jsonl, overlay=overlay, show=show,
-                    topk=topk, max_windows=max_windows, duration=duration, max_reconnects=max_reconnects)
+                    topk=topk, max_windows=max_windows, duration=duration, max_reconnects=max_reconnects,
+                    realtime=realtime)
     except SourceError as e:
         raise click.BadParameter(str(e), param_hint="--source") from e
 

@@ -49,18 +49,26 @@ def test_file_source_ends_cleanly_with_summary(clip, capsys):
 def test_drop_oldest_is_counted_under_a_slow_predictor(clip):
     pred = StandInPredictor(num_frames=4, stride=1, delay_s=0.15)
     summary = run_streams(None, [str(clip)], predictor=pred, hop=1, queue_size=2, max_batch=1,
-                          jsonl=os.devnull)
+                          jsonl=os.devnull, realtime=True)
     src = summary["sources"][0]
     assert src["windows"] == 57  # 60 frames, T=4, hop 1
     assert src["dropped"] > 0 and src["processed"] + src["dropped"] == src["windows"]
     assert summary["dropped"] == src["dropped"] and summary["stop_reason"] == "sources_ended"
 
 
+def test_file_source_waits_instead_of_dropping_by_default(clip):
+    pred = StandInPredictor(num_frames=4, stride=1, delay_s=0.02)
+    summary = run_streams(None, [str(clip)], predictor=pred, hop=1, queue_size=2, max_batch=1,
+                          jsonl=os.devnull)
+    src = summary["sources"][0]
+    assert src["windows"] == 57 and src["dropped"] == 0 and src["processed"] == 57
+
+
 def test_jsonl_records_and_newest_windows_survive(clip, tmp_path):
     out = tmp_path / "res.jsonl"
     pred = StandInPredictor(num_frames=4, stride=1, delay_s=0.1)
     run_streams(None, [str(clip)], predictor=pred, hop=4, queue_size=1, max_batch=1, jsonl=out,
-                topk=1)
+                topk=1, realtime=True)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert records and set(records[0]) == {"source", "timestamp", "frame_index", "topk",
                                            "stage_mask", "frames_kept", "latency_ms"}

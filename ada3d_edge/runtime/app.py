@@ -41,14 +41,16 @@ def run_streams(bundle_path: str | os.PathLike | None, sources: Sequence[str | i
                 show: bool = False, topk: int = 5, max_windows: int | None = None,
                 duration: float | None = None, max_reconnects: int | None = None,
                 source_options: dict[str, Any] | None = None, predictor: Any = None,
-                stop_event: threading.Event | None = None) -> dict:
+                stop_event: threading.Event | None = None, realtime: bool | None = None) -> dict:
     """Run the bundle on every source; returns (and prints) the summary dict.
 
     ``hop`` is in sampled frames (default: T, back-to-back windows). ``source_options`` go to every
     ``SourceReader`` (``reconnect_backoff``, ``resize``, ``max_frames``, ``open_timeout_s``,
     ``read_timeout_s``). ``predictor`` replaces the one built from ``bundle_path`` (tests, embedding);
     it needs ``predict_batch`` and ``num_frames``/``stride`` (directly or on ``.manifest``).
-    Setting ``stop_event`` from another thread ends the run like Ctrl-C does.
+    Setting ``stop_event`` from another thread ends the run like Ctrl-C does. ``realtime`` (default:
+    live sources yes, files no) drops the oldest window when inference falls behind; otherwise the
+    reader waits.
     """
     if not sources:
         raise ValueError("no source given; pass --source SRC (camera index, file, URL or pipeline)")
@@ -68,7 +70,7 @@ def run_streams(bundle_path: str | os.PathLike | None, sources: Sequence[str | i
     stop, notify = stop_event or threading.Event(), threading.Event()
     readers = [SourceReader(spec, num_frames=num_frames, stride=stride, hop=hop,
                             queue_size=queue_size, notify=notify, max_reconnects=max_reconnects,
-                            **(source_options or {}))
+                            realtime=realtime, **(source_options or {}))
                for spec in specs]
     scheduler = Scheduler(predictor, readers, sinks, max_batch=max_batch, max_windows=max_windows,
                           duration=duration, stop_event=stop, notify=notify)

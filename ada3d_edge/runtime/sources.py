@@ -248,14 +248,19 @@ class SourceReader(threading.Thread):
         max_reconnects: live sources only; consecutive failed reopens before giving up (None: never).
         reconnect_backoff: (first, max) seconds between reopens, doubling after each failure.
         max_frames: stop after this many raw frames (tests); resize: (width, height) of kept frames.
+        realtime: drop the oldest window when the queue is full (the default for live sources); when
+            False (the default for files) the reader waits for room instead, so every window of a
+            file is classified.
     """
 
     def __init__(self, spec: SourceSpec, *, num_frames: int, stride: int = 1, hop: int | None = None,
                  queue_size: int = 4, notify: threading.Event | None = None,
                  max_reconnects: int | None = None, reconnect_backoff: tuple[float, float] = (0.5, 8.0),
                  max_frames: int | None = None, resize: tuple[int, int] | None = None,
-                 open_timeout_s: float = 10.0, read_timeout_s: float = 10.0) -> None:
+                 open_timeout_s: float = 10.0, read_timeout_s: float = 10.0,
+                 realtime: bool | None = None) -> None:
         super().__init__(name=f"ada3d-source-{spec.index}", daemon=True)
+        self.realtime = spec.live if realtime is None else bool(realtime)
         self.spec, self.max_reconnects, self.backoff = spec, max_reconnects, reconnect_backoff
         self.max_frames, self.resize = max_frames, resize
         self.timeouts = (open_timeout_s, read_timeout_s)
@@ -339,6 +344,9 @@ class SourceReader(threading.Thread):
                 frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
             clip = self.buffer.push(frame)
             if clip is not None:
+                while not self.realtime and self.queue.pending_windows() >= self.queue.maxsize:
+                    if self.stop_event.wait(0.005):  # back-pressure: a file waits, it never drops
+                        return got, "stopped"
                 self.queue.put(Window(self.spec.name, self.spec.index, clip, time.time(),
                                       self.stats.frames - 1, self.stats.windows,
                                       self.buffer.last_new_frames, fps, time.perf_counter()))
