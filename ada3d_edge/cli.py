@@ -111,6 +111,82 @@ def run_cmd(bundle: str, sources: tuple[str, ...], backend: str, device, thresho
 
 # --- bench / demo ------------------------------------------------------------------------------
 
+def _int_list(ctx, param, value: str | None) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers like 1,4,8, got {value!r}") from None
+
+
+def _str_list(ctx, param, value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The command as typed, rebuilt from the parsed parameters (non-default options only)."""
+    import shlex
+
+    words = [ctx.command_path]
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        if isinstance(p, click.Argument):
+            words.append(shlex.quote(str(value)))
+        elif value is not None and value is not False and value != p.default:
+            flag = max(p.opts, key=len)
+            if isinstance(value, bool):
+                words.append(flag)
+            else:
+                text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+                words += [flag, shlex.quote(text)]
+    return " ".join(words)
+
+
+@main.command("bench")
+@click.argument("bundle", type=click.Path(exists=True))
+@click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), default="ort", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: the backend's.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Checkpoint for --backend torch (the bundle holds no PyTorch weights).")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="List file of videos for the end-to-end run (default: generated noise clips).")
+@click.option("--root", type=click.Path(exists=True, file_okay=False), default=None, help="Folder of --data's paths.")
+@click.option("--clips", type=click.IntRange(1), default=None,
+              help="Videos (centre clip each) from --data, spread over the list; generated clips: default 16.")
+@click.option("--repeats", type=click.IntRange(1), default=20, show_default=True, help="Timed round-robin rounds.")
+@click.option("--warmup", type=click.IntRange(0), default=3, show_default=True, help="Untimed rounds first.")
+@click.option("--passes", type=click.IntRange(1), default=1, show_default=True,
+              help="Passes over the clips for adaptive vs Upper end to end.")
+@click.option("--batch", type=click.IntRange(1), default=4, show_default=True, help="Larger batch besides 1.")
+@click.option("--frames", callback=_int_list, default=None, help="T' subset, e.g. 1,4,8 (default: 1..T).")
+@click.option("--masks", callback=_str_list, default=None, help="Stage masks subset, e.g. 11,00 (default: all).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="ORT intra-op (or torch) threads.")
+@click.option("--no-memory", is_flag=True, help="Skip the memory probes (two subprocesses).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None, help="Write latency vs GFLOPs PNG.")
+def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, repeats: int, warmup: int,
+              passes: int, batch: int, frames, masks, threads, no_memory: bool, json_out, plot_out) -> None:
+    """Latency of every configuration and of adaptive inference against Upper, in one process."""
+    from .bundle import BundleError
+    from .runtime.bench import run_bench
+    from .runtime.bench_report import format_table, plot, write_json
+
+    command = _command_line(click.get_current_context())
+    try:
+        result = run_bench(bundle, backend, device, data=data, root=root, clips=clips, repeats=repeats,
+                           warmup=warmup, batch=batch, frames=frames, masks=masks, threads=threads, passes=passes,
+                           checkpoint=checkpoint, memory=not no_memory, command=command,
+                           log=lambda msg: click.echo(msg, err=True))
+    except (ValueError, BundleError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(format_table(result))
+    if json_out:
+        click.echo(f"wrote {write_json(result, json_out)}")
+    if plot_out:
+        click.echo(f"wrote {plot(result, plot_out)}")
+
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,243 @@
+"""The bench's result: rows and summaries as JSON, the console table, the latency-vs-GFLOPs plot.
+
+No torch; matplotlib is imported only by `plot`.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..bundle import POLICY_NAME, Bundle
+from .backends import Backend
+
+# Targets the project reports against (ARCHITECTURE.md section 6, issue 5).
+TARGET_SAVING_EFFICIENCY = 0.90  # adaptive latency saving / GFLOPs saving
+TARGET_POLICY_FRACTION = 0.05  # selection net latency / Upper latency
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), else platform.processor()."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(backend: Backend | None = None, threads: int | None = None) -> dict[str, Any]:
+    """What the numbers were measured on: CPU, cores, OS, library versions, backend, threads, load."""
+    import numpy
+
+    info: dict[str, Any] = {
+        "cpu": cpu_model(), "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "os": platform.platform(), "python": platform.python_version(), "numpy": numpy.__version__,
+        "threads": threads if threads else "backend default",
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        info["onnxruntime"] = None
+    if backend is not None:
+        info["backend"] = backend.kind
+        info["backend_detail"] = backend.describe()
+    return info
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def assemble(bundle: Bundle, jobs: Sequence[Any], samples: Mapping[Any, list[float]], errors: Mapping[Any, str],
+             e2e: Mapping[str, Any] | None, clip_source: str | None, adaptive_error: str | None,
+             memory: Mapping[str, Any] | None, machine: Mapping[str, Any], settings: Mapping[str, Any],
+             command: str | None) -> dict[str, Any]:
+    """The JSON result from the raw measurements of `bench.run_bench`."""
+    from .bench import latency_stats
+
+    m = bundle.manifest
+    t, upper_mask = m.num_frames, bundle.upper_mask
+    upper_gflops = bundle.gflops(upper_mask, t)
+    stats = {j: latency_stats(samples.get(j, [])) for j in jobs}
+    upper_by_batch = {j.batch: stats[j] for j in jobs if j.mask == upper_mask and j.frames == t}
+    configs, policy_rows = [], []
+    for j in jobs:
+        s, ref = stats[j], upper_by_batch.get(j.batch)
+        row = {"mask": j.mask, "frames": j.frames, "batch": j.batch,
+               "status": "ok" if j not in errors and s else f"error: {errors.get(j, 'no sample')}",
+               "latency_ms": s,
+               "latency_ratio": _ratio(s and s["p50"], ref and ref["p50"]),
+               "p95_ratio": _ratio(s and s["p95"], ref and ref["p95"]),
+               "clips_per_s": (1e3 * j.batch / s["p50"]) if s else None}
+        if j.mask == POLICY_NAME:
+            policy_rows.append(row)
+            continue
+        g = bundle.gflops(j.mask, j.frames)
+        configs.append({**row, "gflops": g, "gflops_ratio": g / upper_gflops})
+    pol1 = next((r for r in policy_rows if r["batch"] == 1), None)
+    up1 = upper_by_batch.get(1)
+    result: dict[str, Any] = {
+        "bundle": str(bundle.root), "arch": m.arch, "stages": list(m.stages), "num_frames": t,
+        "crop_size": m.crop_size, "upper_mask": upper_mask, "settings": dict(settings),
+        "clips": clip_source,
+        "upper": {"gflops": upper_gflops, "latency_ms": up1, "latency_source": "engine only (batch 1)",
+                  "engine_latency_ms": up1, "accuracy": None},
+        "policy": {"gflops": bundle.policy_gflops(), "latency_ms": pol1 and pol1["latency_ms"],
+                   "fraction_of_upper": pol1 and _ratio(pol1["latency_ms"] and pol1["latency_ms"]["p50"],
+                                                        up1 and up1["p50"]),
+                   "fraction_of_upper_mean": pol1 and _ratio(pol1["latency_ms"] and pol1["latency_ms"]["mean"],
+                                                             up1 and up1["mean"]),
+                   "rows": policy_rows},
+        "adaptive": {"status": "ok" if e2e else f"error: {adaptive_error}", "gflops": None, "latency_ms": None,
+                     "accuracy": None},
+        "configs": configs, "memory_mb": _memory(memory), "machine": dict(machine), "command": command,
+    }
+    if e2e:
+        up, ad = e2e["upper"], e2e["adaptive"]
+        result["upper"].update({k: up[k] for k in ("latency_ms", "parts_ms", "accuracy")})
+        result["upper"]["latency_source"] = "end to end: preprocess + Upper engine on all T frames"
+        lat_saving = 1.0 - ad["latency_ms"]["mean"] / up["latency_ms"]["mean"]
+        gf_saving = 1.0 - ad["gflops"] / up["gflops"]
+        result["adaptive"].update(ad)
+        result["adaptive"].update({"latency_saving": lat_saving, "gflops_saving": gf_saving,
+                                   "saving_efficiency": lat_saving / gf_saving if gf_saving > 0 else None})
+    result["targets"] = _targets(result)
+    return result
+
+
+def _memory(memory: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if memory is None:
+        return None
+    out: dict[str, Any] = {"all_engines": None, "upper_only": None, "detail": dict(memory)}
+    for key, which in (("all_engines", "all"), ("upper_only", "upper")):
+        probe = memory.get(which) or {}
+        out[key] = probe.get("rss_mb")
+        out[key + "_loaded"] = probe.get("loaded_mb")
+        out[key + "_gpu"] = probe.get("gpu_peak_mb")
+    out["ratio"] = _ratio(out["all_engines"], out["upper_only"])
+    out["note"] = ("RSS after loading and running every model at batch 1, each set in a fresh process; "
+                   "*_loaded = RSS growth over the process before loading (runtime libraries excluded)")
+    return out
+
+
+def _targets(r: Mapping[str, Any]) -> dict[str, Any]:
+    ad, up, pol = r["adaptive"], r["upper"], r["policy"]
+    eff = ad.get("saving_efficiency")
+    frac = pol.get("fraction_of_upper")
+    p95a = (ad.get("latency_ms") or {}).get("p95")
+    p95u = (up.get("latency_ms") or {}).get("p95")
+    return {
+        "saving_efficiency": {"value": eff, "target": f">= {TARGET_SAVING_EFFICIENCY}",
+                              "met": None if eff is None else eff >= TARGET_SAVING_EFFICIENCY},
+        "policy_fraction": {"value": frac, "target": f"<= {TARGET_POLICY_FRACTION}",
+                            "met": None if frac is None else frac <= TARGET_POLICY_FRACTION},
+        "p95_no_worse": {"value": _ratio(p95a, p95u), "target": "adaptive p95 <= Upper p95",
+                         "met": None if p95a is None or p95u is None else p95a <= p95u},
+    }
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def _f(x: Any, fmt: str = ".2f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def format_table(r: Mapping[str, Any]) -> str:
+    """Console report: configuration table, selection net, adaptive vs Upper, memory, targets."""
+    mc = r["machine"]
+    lines = [f"{r['arch']} bundle {r['bundle']}: T={r['num_frames']}, crop {r['crop_size']}, stages "
+             f"{','.join(r['stages'])} (1 = 3D); Upper = {r['upper_mask']} on {r['num_frames']} frames",
+             f"{mc.get('backend_detail', mc.get('backend'))}, threads {mc['threads']}; {mc['cpu']} "
+             f"({mc['cores']} cores), load {_f((mc.get('loadavg') or [None])[0])}",
+             f"round-robin: {r['settings']['warmup']} warm-up + {r['settings']['repeats']} rounds, shuffled; "
+             "ratios are to Upper at the same batch", "",
+             f"{'mask':>6} {'T':>3} {'B':>2} {'GFLOPs':>8} {'ratio':>6} {'p50 ms':>9} {'p95 ms':>9} "
+             f"{'lat ratio':>9} {'clips/s':>8}  status"]
+    for c in r["configs"]:
+        s = c["latency_ms"] or {}
+        lines.append(f"{c['mask']:>6} {c['frames']:>3} {c['batch']:>2} {c['gflops']:>8.3f} {c['gflops_ratio']:>6.3f} "
+                     f"{_f(s.get('p50')):>9} {_f(s.get('p95')):>9} {_f(c['latency_ratio'], '.3f'):>9} "
+                     f"{_f(c['clips_per_s'], '.1f'):>8}  {c['status']}")
+    pol = r["policy"]
+    lines += ["", f"selection net (T={r['num_frames']}, batch 1): {_f((pol['latency_ms'] or {}).get('p50'))} ms p50, "
+                  f"{_f(pol['fraction_of_upper'], '.3f')} of Upper's engine latency (p50), "
+                  f"{_f(pol['fraction_of_upper_mean'], '.3f')} (mean); {pol['gflops']:.3f} GFLOPs"]
+    ad, up = r["adaptive"], r["upper"]
+    if ad["status"] == "ok":
+        a, u = ad["latency_ms"], up["latency_ms"]
+        lines += [f"end to end on {r['clips']}", f"{'':>9} {'GFLOPs':>8} {'mean ms':>9} {'p50 ms':>9} {'p95 ms':>9} {'acc':>6}",
+                  f"{'Upper':>9} {up['gflops']:>8.3f} {u['mean']:>9.2f} {u['p50']:>9.2f} {u['p95']:>9.2f} "
+                  f"{_f(up['accuracy'], '.3f'):>6}",
+                  f"{'adaptive':>9} {ad['gflops']:>8.3f} {a['mean']:>9.2f} {a['p50']:>9.2f} {a['p95']:>9.2f} "
+                  f"{_f(ad['accuracy'], '.3f'):>6}",
+                  f"saving: latency {ad['latency_saving']:.1%} vs GFLOPs {ad['gflops_saving']:.1%} "
+                  f"(efficiency {_f(ad['saving_efficiency'], '.2f')}); mean frames {ad['mean_frames']:.2f}, "
+                  f"mean 3D stages {ad['mean_3d_stages']:.2f}; adaptive parts ms "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in ad["parts_ms"].items())]
+    else:
+        lines.append(f"adaptive end to end: {ad['status']}")
+    mem = r.get("memory_mb")
+    if mem:
+        lines.append(f"memory (RSS MiB, fresh processes): all engines {_f(mem['all_engines'], '.0f')} "
+                     f"(+{_f(mem['all_engines_loaded'], '.0f')} loaded), Upper alone {_f(mem['upper_only'], '.0f')} "
+                     f"(+{_f(mem['upper_only_loaded'], '.0f')}), ratio {_f(mem['ratio'])}")
+    for name, tg in r["targets"].items():
+        verdict = "n/a" if tg["met"] is None else ("met" if tg["met"] else "MISSED")
+        lines.append(f"target {name}: {_f(tg['value'], '.3f')} ({tg['target']}) {verdict}")
+    return "\n".join(lines)
+
+
+def write_json(r: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write the result as indented JSON (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def plot(r: Mapping[str, Any], path: str | os.PathLike, batch: int = 1) -> Path:
+    """PNG of p50 latency vs GFLOPs per configuration at ``batch``, Upper and the adaptive mean marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [c for c in r["configs"] if c["batch"] == batch and c["latency_ms"]]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for mask in sorted({c["mask"] for c in rows}):
+        pts = sorted((c["gflops"], c["latency_ms"]["p50"]) for c in rows if c["mask"] == mask)
+        ax.plot(*zip(*pts), marker="o", ms=4, lw=1, label=f"mask {mask}")
+    up = next((c for c in rows if c["mask"] == r["upper_mask"] and c["frames"] == r["num_frames"]), None)
+    if up:
+        ax.scatter([up["gflops"]], [up["latency_ms"]["p50"]], s=150, marker="*", c="k", zorder=5, label="Upper (engine)")
+    ad, u = r["adaptive"], r["upper"]
+    if ad["status"] == "ok":
+        ax.scatter([u["gflops"]], [u["latency_ms"]["mean"]], s=90, marker="s", facecolors="none", edgecolors="k",
+                   zorder=5, label="Upper end to end (mean)")
+        ax.scatter([ad["gflops"]], [ad["latency_ms"]["mean"]], s=110, marker="D", c="red", zorder=6,
+                   label="adaptive end to end (mean)")
+    ax.set_xlabel("GFLOPs per clip (backbone; end to end adds the selection net)")
+    ax.set_ylabel(f"latency ms (p50, batch {batch})")
+    ax.set_title(f"{r['arch']}: latency vs GFLOPs ({r['machine'].get('backend', '')}, "
+                 f"{r['machine'].get('threads')} threads)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

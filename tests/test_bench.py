@@ -1,0 +1,121 @@
+"""`ada3d bench` on the fake bundle: JSON keys, one row per configuration, ratios, failures as statuses."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fake_bundle import NUM_FRAMES, make_fake_bundle
+
+from ada3d_edge.cli import main
+from ada3d_edge.runtime.backends import OrtBackend
+from ada3d_edge.runtime.bench import run_bench
+from ada3d_edge.runtime.bench_report import format_table, plot
+
+TINY = {"repeats": 2, "warmup": 1, "batch": 2, "clips": 3, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_fake_bundle(tmp_path_factory.mktemp("bench") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def result(bundle: Path) -> dict:
+    return run_bench(bundle, "ort", memory=True, command="test", **TINY)
+
+
+def test_json_keys(result: dict) -> None:
+    assert result["upper"]["gflops"] == pytest.approx(3.0 * NUM_FRAMES)  # fake: (1 + #3D) GFLOPs a frame
+    for section in ("upper", "adaptive"):
+        assert set(result[section]["latency_ms"]) >= {"mean", "p50", "p95"}
+        assert "accuracy" in result[section] and result[section]["gflops"] > 0
+    assert result["adaptive"]["status"] == "ok" and result["adaptive"]["accuracy"] is None  # noise: no labels
+    assert result["policy"]["latency_ms"]["mean"] > 0 and result["policy"]["fraction_of_upper"] > 0
+    mem = result["memory_mb"]
+    assert mem["all_engines"] > 0 and mem["upper_only"] > 0, mem["detail"]
+    machine = result["machine"]
+    assert {"cpu", "cores", "os", "onnxruntime", "backend", "threads"} <= set(machine) and machine["threads"] == 1
+    assert result["command"] == "test" and "generated" in result["clips"]
+    assert set(result["targets"]) == {"saving_efficiency", "policy_fraction", "p95_no_worse"}
+    json.dumps(result)  # JSON-ready
+
+
+def test_every_config_row_and_upper_ratio(result: dict) -> None:
+    rows = result["configs"]
+    keys = {(r["mask"], r["frames"], r["batch"]) for r in rows}
+    assert keys == {(m, t, b) for m in ("00", "01", "10", "11") for t in range(1, NUM_FRAMES + 1) for b in (1, 2)}
+    for r in rows:
+        assert r["status"] == "ok" and r["latency_ms"]["n"] == TINY["repeats"]
+        assert set(r) >= {"gflops", "gflops_ratio", "latency_ratio", "p95_ratio"}
+    for b in (1, 2):
+        upper = next(r for r in rows if r["mask"] == "11" and r["frames"] == NUM_FRAMES and r["batch"] == b)
+        assert upper["gflops_ratio"] == 1.0 and upper["latency_ratio"] == 1.0
+    small = next(r for r in rows if r["mask"] == "00" and r["frames"] == 1 and r["batch"] == 1)
+    assert small["gflops_ratio"] == pytest.approx(1.0 / 12.0)
+
+
+def test_table_and_plot(result: dict, tmp_path: Path) -> None:
+    text = format_table(result)
+    assert "selection net" in text and "Upper" in text and "target policy_fraction" in text
+    png = plot(result, tmp_path / "lat.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+class FlakyBackend(OrtBackend):
+    """Fails on one configuration: ``backbone_01`` at T' = 2."""
+
+    def run(self, name, inputs):
+        if name == "backbone_01" and next(iter(inputs.values())).shape[2] == 2:
+            raise RuntimeError("injected failure")
+        return super().run(name, inputs)
+
+
+def test_failing_config_becomes_status(bundle: Path) -> None:
+    r = run_bench(bundle, FlakyBackend(intra_op_threads=1), memory=False, masks=["01", "11"], frames=[2, 4],
+                  **{**TINY, "clips": 1})
+    status = {(c["mask"], c["frames"], c["batch"]): c["status"] for c in r["configs"]}
+    assert status[("01", 2, 1)].startswith("error: RuntimeError: injected failure")
+    assert status[("01", 2, 2)].startswith("error:")
+    assert all(s == "ok" for k, s in status.items() if k[:2] != ("01", 2))
+    assert "injected failure" in format_table(r)
+
+
+def test_corrupt_engine_becomes_status(bundle: Path, tmp_path: Path) -> None:
+    broken = shutil.copytree(bundle, tmp_path / "broken")
+    path = broken / "backbone_10.onnx"
+    path.write_bytes(b"\0" * path.stat().st_size)  # same size: only the sha256 tells
+    r = run_bench(broken, "ort", memory=False, masks=["10", "11"], frames=[NUM_FRAMES], **TINY)
+    status = {(c["mask"], c["batch"]): c["status"] for c in r["configs"]}
+    assert "sha256" in status[("10", 1)] and status[("11", 1)] == "ok"
+    assert r["adaptive"]["status"].startswith("error") and r["adaptive"]["latency_ms"] is None
+    format_table(r)
+
+
+def test_list_data_gives_accuracy(tiny_synth_dataset: Path, tmp_path: Path) -> None:
+    names = [f"c{i}" for i in range(8)]
+    b = make_fake_bundle(tmp_path / "b8", classes=names, crop_size=16, policy_size=8)
+    r = run_bench(b, "ort", memory=False, data=str(tiny_synth_dataset / "val.txt"), root=str(tiny_synth_dataset),
+                  masks=["11"], frames=[NUM_FRAMES], **{**TINY, "clips": 4})
+    assert "centre clips" in r["clips"]
+    assert 0.0 <= r["adaptive"]["accuracy"] <= 1.0 and 0.0 <= r["upper"]["accuracy"] <= 1.0
+
+
+def test_cli(bundle: Path, tmp_path: Path) -> None:
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    res = CliRunner().invoke(main, ["bench", str(bundle), "--repeats", "1", "--warmup", "0", "--batch", "2",
+                                    "--frames", "1,4", "--masks", "11,00", "--clips", "2", "--threads", "1",
+                                    "--no-memory", "--json", str(out), "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    assert len(r["configs"]) == 2 * 2 * 2 and png.is_file()
+    assert r["command"].startswith("main bench") or r["command"].startswith("ada3d bench")
+    assert "--masks 11,00" in r["command"] and r["memory_mb"] is None
+
+
+def test_cli_bad_mask(bundle: Path) -> None:
+    res = CliRunner().invoke(main, ["bench", str(bundle), "--masks", "111", "--no-memory"])
+    assert res.exit_code != 0 and "--masks ['111'] not in this bundle" in res.output
