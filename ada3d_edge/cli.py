@@ -67,6 +67,71 @@ def synth(out: str, num_classes: int, videos_per_class: int, val_per_class: int,
 # --- training: train / eval --------------------------------------------------------------------
 
 # --- export: export / build-engines ------------------------------------------------------------
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "-o", "out", type=click.Path(file_okay=False), required=True, help="Bundle directory to write.")
+@click.option("--opset", type=click.IntRange(17), default=17, show_default=True, help="ONNX opset.")
+@click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check of every file.")
+@click.option("--fold", "fold", type=click.Choice(["auto", "all", "degraded"]), default="auto", show_default=True,
+              help="Which temporal-kernel-1 convs become Conv2d over folded frames: the 2D tail of each "
+                   "configuration (auto), all of them, or only degraded stages (always folded).")
+@click.option("--no-fold", is_flag=True, help="Same as --fold degraded.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def export_cmd(checkpoint: str, out: str, opset: int, no_verify: bool, fold: str, no_fold: bool,
+               overwrite: bool, quiet: bool) -> None:
+    """Export CHECKPOINT to a bundle: policy.onnx + one backbone ONNX per stage mask + manifest.json."""
+    from .export.exporter import export_bundle
+    from .export.verify import VerificationError
+
+    try:
+        path = export_bundle(checkpoint, out, opset=opset, verify=not no_verify,
+                             fold_frames="degraded" if no_fold else fold,
+                             overwrite=overwrite, progress=not quiet)
+    except FileExistsError as e:
+        raise click.UsageError(str(e)) from None
+    except (ValueError, VerificationError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote bundle {path}" + (" (not verified)" if no_verify else " (verified in ONNX Runtime)"))
+
+
+@main.command("build-engines")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--profile", "profile_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Target profile YAML, e.g. export/jetson-orin-nano-fp16.yaml.")
+@click.option("--fp16", is_flag=True, help="Build FP16 engines (overrides the profile).")
+@click.option("--int8", is_flag=True, help="Build INT8 engines (needs --calib).")
+@click.option("--calib", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="List file of calibration videos ('path label' lines, paths relative to its folder).")
+@click.option("--calib-clips", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--workspace", type=click.IntRange(1), default=None, help="Builder workspace in MB.")
+@click.option("--max-batch", type=click.IntRange(1), default=None, help="Largest batch the engines accept.")
+@click.option("--device", default="cuda", show_default=True, help="cuda or cuda:N.")
+def build_engines_cmd(bundle: str, profile_path, fp16: bool, int8: bool, calib, calib_clips: int, workspace,
+                      max_batch, device: str) -> None:
+    """Build TensorRT engines for BUNDLE on this device and record them in its manifest."""
+    from .export.profiles import EngineProfile, load_profile
+    from .export.tensorrt import build_engines
+
+    if fp16 and int8:
+        raise click.UsageError("choose one of --fp16 and --int8")
+    try:
+        profile = load_profile(profile_path) if profile_path else EngineProfile()
+        precision = "int8" if int8 else "fp16" if fp16 else None
+        profile = profile.with_overrides(precision=precision, workspace_mb=workspace, max_batch=max_batch)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    if profile.precision == "int8" and calib is None:
+        raise click.UsageError("INT8 needs calibration clips: pass --calib LIST (list file of videos)")
+    try:
+        entries = build_engines(bundle, profile, calib_list=calib, calib_clips=calib_clips, device=device,
+                                progress=click.echo)
+    except (ImportError, ValueError, FileNotFoundError, RuntimeError) as e:  # no TensorRT, bad bundle, failed build
+        raise click.ClickException(str(e)) from None
+    click.echo(f"built {len(entries)} engines ({profile.precision}, max batch {profile.max_batch}) "
+               f"on {entries[0].gpu_name} with TensorRT {entries[0].tensorrt_version}; "
+               f"run them with `ada3d run {bundle} --backend trt`")
+
 
 # --- runtime: run ------------------------------------------------------------------------------
 @main.command("run")

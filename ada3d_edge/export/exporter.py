@@ -1,0 +1,158 @@
+"""``export_bundle``: a checkpoint -> a verified bundle directory (policy + 2^K backbones + manifest).
+
+Everything is written to a temporary sibling directory that is renamed into place at the end, so a
+failed or interrupted export leaves no half bundle.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+from tqdm import tqdm
+
+from .. import __version__
+from ..bundle import EngineEntry, Manifest, PolicyEntry, engine_name, write_manifest
+from ..flops import backbone_macs, selection_macs
+from ..models.specs import BackboneSpec, all_masks
+from .onnx_export import check_opset, export_backbone, export_policy, fold_mode
+from .verify import verify_backbone, verify_policy
+
+PathLike = Union[str, Path]
+
+
+def engine_cost(spec: BackboneSpec, mask: str, crop: int) -> Tuple[float, float]:
+    """(GFLOPs per kept frame without the head, GFLOPs of the fc head): cost(T') = per_frame * T' + head.
+
+    Convs cost exactly T' times one frame (no temporal stride); the head is paid once per clip.
+    """
+    head = spec.num_features * spec.num_classes / 1e9
+    return backbone_macs(spec, mask, 1, crop) / 1e9 - head, head
+
+
+def policy_gflops_per_frame(model: Any, num_frames: int, policy_size: int) -> float:
+    """Selection-net GFLOPs per frame (MobileNetV2 per frame + its two heads spread over T frames)."""
+    sel = model.selection
+    macs = selection_macs(sel.spec, frames=num_frames, size=policy_size, num_stages=sel.num_stages,
+                          num_frames_out=num_frames)
+    return macs / num_frames / 1e9
+
+
+def _versions(opset: int, fold: str) -> Dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {"ada3d_edge": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "opset": int(opset),
+            "exporter": "torch.onnx TorchScript (dynamo=False)", "fold_frames": fold}
+
+
+def _data_fields(ckpt: Mapping[str, Any], model: Any, path: PathLike) -> Dict[str, Any]:
+    """Manifest fields from the checkpoint's ``data`` dict; clear errors for what is missing."""
+    data = dict(ckpt.get("data") or {})
+    t = model.num_frames
+    if int(data.get("num_frames", t)) != t:
+        raise ValueError(f"{path}: data.num_frames={data['num_frames']} but the model takes T={t}")
+    num_classes = model.backbone.num_classes
+    classes = list(data.get("classes") or [f"class_{i}" for i in range(num_classes)])
+    if len(classes) != num_classes:
+        raise ValueError(f"{path}: {len(classes)} class names for a {num_classes}-class model")
+    missing = [k for k in ("stride", "mean", "std") if k not in data]
+    if missing:
+        raise ValueError(f"{path}: checkpoint data lacks {missing}; re-save it with the trainer "
+                         "(ckpt['data'] holds num_frames, stride, crop sizes, mean/std, classes)")
+    crop = int(data.get("test_crop_size") or data.get("crop_size") or model.backbone.spec.crop_size)
+    policy_size = int(data.get("policy_size") or model.selection.spec.policy_size)
+    return {"num_frames": t, "stride": int(data["stride"]), "crop_size": crop, "policy_size": policy_size,
+            "mean": [float(v) for v in data["mean"]], "std": [float(v) for v in data["std"]],
+            "classes": [str(c) for c in classes], "multi_label": bool(data.get("multi_label", False)),
+            "threshold": float(data.get("threshold", 0.5)),
+            "short_side": int(data["short_side"]) if data.get("short_side") else None}
+
+
+def _engine_entry(root: Path, file: str, mask: str, spec: BackboneSpec, crop: int) -> EngineEntry:
+    return EngineEntry.for_file(root, file, mask, *engine_cost(spec, mask, crop))
+
+
+def _prepare_out(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a directory; choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} is not empty; pass --overwrite (overwrite=True) to replace it")
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename ``tmp`` to ``out_dir``; an old ``out_dir`` is moved aside first and removed after."""
+    old: Optional[Path] = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.rmdir(old)
+        os.replace(out_dir, old)
+    try:
+        os.replace(tmp, out_dir)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, verify: bool = True,
+                  fold_frames: Union[bool, str] = True, overwrite: bool = False, progress: bool = True) -> Path:
+    """Export a checkpoint to a bundle directory and return its path.
+
+    Args:
+        checkpoint: an ada3d checkpoint (``train/checkpoint.py``).
+        out_dir: bundle directory to create; must be absent or empty unless ``overwrite``.
+        opset: ONNX opset (>= 17).
+        verify: check every file in ONNX Runtime against PyTorch (``verify.py``).
+        fold_frames: which temporal-kernel-1 convs run as Conv2d over frames folded into the batch:
+            True / "auto" (the 2D tail of each configuration), "all", or False / "degraded" (only
+            degraded stages, which are always folded); see ``onnx_export.fold_plan``.
+        overwrite: replace an existing non-empty ``out_dir``.
+        progress: show a tqdm bar over the configurations.
+    """
+    from ..train.checkpoint import load_model
+
+    opset = check_opset(opset)
+    fold_frames = fold_mode(fold_frames)
+    out_dir = Path(out_dir)
+    _prepare_out(out_dir, overwrite)
+    model, ckpt = load_model(checkpoint)
+    backbone, spec = model.backbone, model.backbone.spec
+    if spec.temporal_pool:
+        raise ValueError(f"{checkpoint}: arch {spec.name} with temporal_pool=True cannot be exported: its "
+                         "cost is not linear in T' and its T'<2 branch cannot be traced; use temporal_pool=False")
+    fields = _data_fields(ckpt, model, checkpoint)
+    t, crop, p = fields["num_frames"], fields["crop_size"], fields["policy_size"]
+    masks: List[str] = all_masks(backbone.num_stages_3d)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        export_policy(model, tmp / "policy.onnx", t, p, opset)
+        if verify:
+            verify_policy(tmp / "policy.onnx", model.selection, t, p)
+        engines = []
+        for mask in tqdm(masks, desc="export", unit="config", disable=not progress):
+            file = f"{engine_name(mask)}.onnx"
+            export_backbone(backbone, mask, tmp / file, crop, opset, fold_frames=fold_frames, num_frames=t)
+            if verify:
+                verify_backbone(tmp / file, backbone, mask, t, crop)
+            engines.append(_engine_entry(tmp, file, mask, spec, crop))
+        manifest = Manifest(
+            arch=str(model.config.get("arch", spec.name)), stages=list(backbone.stage_names),
+            policy=PolicyEntry.for_file(tmp, "policy.onnx", policy_gflops_per_frame(model, t, p)),
+            engines=engines, versions=_versions(opset, fold_frames),
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **fields)
+        write_manifest(tmp, manifest)
+        _move_into_place(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

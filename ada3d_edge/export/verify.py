@@ -1,0 +1,90 @@
+"""Check exported ONNX files against PyTorch (the unfolded model, eval mode) in ONNX Runtime.
+
+Each backbone configuration runs at T' in {1, middle, T} and batch sizes {1, 2}; the largest
+absolute difference of the logits must be <= ``rtol * max(1, max|logits|)``. A failure raises
+``VerificationError`` naming the configuration, T', batch and the difference.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..bundle import BACKBONE_INPUT, BACKBONE_OUTPUT, POLICY_INPUT, POLICY_OUTPUTS
+from ..models.backbone import Backbone
+from ..models.selection import SelectionNet
+
+RTOL = 1e-4
+BATCH_SIZES = (1, 2)
+PathLike = Union[str, Path]
+
+
+class VerificationError(RuntimeError):
+    """An exported graph disagrees with PyTorch."""
+
+
+def frame_counts(num_frames: int) -> List[int]:
+    """T' values to check: 1, the middle, T (deduplicated, ascending)."""
+    t = int(num_frames)
+    return sorted({1, (t + 1) // 2, t})
+
+
+def ort_session(path: PathLike):
+    """A CPU InferenceSession; honours ``OMP_NUM_THREADS`` for its intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        options.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _check(name: str, where: str, got: np.ndarray, ref: np.ndarray, rtol: float) -> float:
+    if got.shape != ref.shape:
+        raise VerificationError(f"{name}: {where}: ONNX output shape {got.shape} != PyTorch {ref.shape}")
+    diff = float(np.abs(got.astype(np.float64) - ref).max()) if ref.size else 0.0
+    bound = rtol * max(1.0, float(np.abs(ref).max()) if ref.size else 0.0)
+    if not np.isfinite(diff) or diff > bound:
+        raise VerificationError(f"{name}: {where}: max |ONNX - PyTorch| = {diff:.3g} exceeds {bound:.3g} "
+                                f"({rtol:g} x max(1, max|logits|)); the export is wrong, not saved")
+    return diff
+
+
+def verify_backbone(path: PathLike, backbone: Backbone, mask: str, num_frames: int, crop: int,
+                    batch_sizes: Sequence[int] = BATCH_SIZES, rtol: float = RTOL, seed: int = 0) -> float:
+    """Compare ``backbone_<mask>.onnx`` with ``backbone(clip, mask)``; returns the largest difference."""
+    session = ort_session(path)
+    gen = torch.Generator().manual_seed(seed)
+    backbone.eval()
+    worst = 0.0
+    for t in frame_counts(num_frames):
+        for b in batch_sizes:
+            clip = torch.randn(b, 3, t, crop, crop, generator=gen)
+            with torch.no_grad():
+                ref = backbone(clip, mask).double().numpy()
+            got = session.run([BACKBONE_OUTPUT], {BACKBONE_INPUT: clip.numpy()})[0]
+            worst = max(worst, _check(f"configuration {mask} ({Path(path).name})", f"T'={t}, batch={b}",
+                                      got, ref, rtol))
+    return worst
+
+
+def verify_policy(path: PathLike, selection: SelectionNet, num_frames: int, policy_size: int,
+                  batch_sizes: Sequence[int] = BATCH_SIZES, rtol: float = RTOL, seed: int = 0) -> float:
+    """Compare ``policy.onnx`` with the selection network; returns the largest difference."""
+    session = ort_session(path)
+    gen = torch.Generator().manual_seed(seed)
+    selection.eval()
+    worst = 0.0
+    for b in batch_sizes:
+        x = torch.randn(b, 3, num_frames, policy_size, policy_size, generator=gen)
+        with torch.no_grad():
+            refs: Tuple[torch.Tensor, ...] = selection(x)
+        outs = session.run(list(POLICY_OUTPUTS), {POLICY_INPUT: x.numpy()})
+        for name, got, ref in zip(POLICY_OUTPUTS, outs, refs):
+            worst = max(worst, _check(f"policy ({Path(path).name})", f"{name}, batch={b}", got,
+                                      ref.double().numpy(), rtol))
+    return worst

@@ -1,0 +1,160 @@
+"""Export: a tiny checkpoint -> a verified bundle (policy + 2^K backbones + manifest)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from ada3d_edge.bundle import open_bundle, sha256_file
+from ada3d_edge.cli import main
+from ada3d_edge.export import exporter
+from ada3d_edge.export.exporter import export_bundle
+from ada3d_edge.export.onnx_export import expected_conv_ranks, export_backbone, onnx_conv_ranks
+from ada3d_edge.export.verify import VerificationError, frame_counts
+from ada3d_edge.flops import backbone_macs
+from ada3d_edge.models import all_masks
+from ada3d_edge.train.checkpoint import load_model
+from test_export_utils import CLASSES, MEAN, STD, make_checkpoint
+
+T, CROP = 4, 32
+
+
+@pytest.fixture(scope="module")
+def slow_ckpt(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "slow.pt", "slow_tiny", T, CROP, threshold=0.4)
+
+
+@pytest.fixture(scope="module")
+def slow_bundle(slow_ckpt, tmp_path_factory) -> Path:
+    return export_bundle(slow_ckpt, tmp_path_factory.mktemp("out") / "bundle", progress=False)
+
+
+def _leftovers(parent: Path) -> list:
+    return [p.name for p in parent.iterdir() if p.name.startswith(".")]
+
+
+def test_manifest_content_and_files(slow_bundle, slow_ckpt):
+    bundle = open_bundle(slow_bundle)  # checks format, files, sizes and every sha256
+    m = bundle.manifest
+    model, _ = load_model(slow_ckpt)
+    spec = model.backbone.spec
+    assert (m.arch, m.stages, m.num_frames, m.stride, m.crop_size, m.policy_size) == \
+        ("slow_tiny", ["res4", "res5"], T, 2, CROP, 32)
+    assert (m.classes, m.mean, m.std, m.threshold, m.multi_label) == (CLASSES, MEAN, STD, 0.4, False)
+    assert sorted(bundle.masks) == sorted(all_masks(2))
+    assert set(m.versions) >= {"ada3d_edge", "torch", "onnx", "onnxruntime", "opset"} and m.versions["opset"] == 17
+    for e in m.engines:
+        assert e.file == f"backbone_{e.mask}.onnx"
+        assert e.sha256 == sha256_file(slow_bundle / e.file)
+        # exact for every T': convs per kept frame + the head once
+        for t in range(1, T + 1):
+            assert bundle.gflops(e.mask, t) == pytest.approx(backbone_macs(spec, e.mask, t, CROP) / 1e9, rel=1e-9)
+    assert m.policy.sha256 == sha256_file(slow_bundle / "policy.onnx") and m.policy.gflops_per_frame > 0
+    listed = {e.file for e in m.all_files()} | {"manifest.json"}
+    assert {p.name for p in slow_bundle.iterdir()} == listed
+    assert _leftovers(slow_bundle.parent) == []
+    raw = json.loads((slow_bundle / "manifest.json").read_text())
+    assert raw["format"] == "ada3d-bundle" and raw["channel_order"] == "RGB"
+
+
+def test_onnx_io_names_and_dynamic_axes(slow_bundle):
+    g = onnx.load(str(slow_bundle / "backbone_10.onnx")).graph
+    assert [i.name for i in g.input] == ["clip"] and [o.name for o in g.output] == ["logits"]
+    dims = g.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and dims[2].dim_param and not dims[1].dim_param  # B, T' dynamic; C fixed
+    p = onnx.load(str(slow_bundle / "policy.onnx")).graph
+    assert [i.name for i in p.input] == ["frames"]
+    assert [o.name for o in p.output] == ["frame_probs", "stage_probs"]
+    assert p.input[0].type.tensor_type.shape.dim[0].dim_param
+
+
+# slow_tiny: stem (1 conv) + res2..res5 of one block each (conv_a, conv_b, conv_c, shortcut) = 17 convs;
+# a 3D stage's conv_a is 3x1x1. Rank-3 Conv nodes expected per fold mode and mask:
+RANK3 = {
+    "auto": {"11": 17, "10": 13, "01": 13, "00": 0},  # 2D tail folded; 3D blocks and what precedes them not
+    "all": {"11": 2, "10": 1, "01": 1, "00": 0},  # only the 3x1x1 convs stay 3D
+    "degraded": {"11": 17, "10": 13, "01": 13, "00": 9},  # only degraded stages folded
+}
+
+
+def test_degraded_stages_are_2d_convs_in_graph(slow_bundle, slow_ckpt):
+    model, _ = load_model(slow_ckpt)
+    for mask in all_masks(2):
+        ranks = onnx_conv_ranks(slow_bundle / f"backbone_{mask}.onnx")
+        assert sum(ranks.values()) == 17 and ranks.get(3, 0) == RANK3["auto"][mask], (mask, ranks)
+        assert ranks == {r: n for r, n in expected_conv_ranks(model.backbone, mask).items() if n}, mask
+
+
+@pytest.mark.parametrize("mode", ["all", "degraded"])
+def test_fold_modes_in_graph(slow_ckpt, tmp_path, mode):
+    model, _ = load_model(slow_ckpt)
+    for mask in ("10", "00"):
+        path = export_backbone(model.backbone, mask, tmp_path / f"{mask}.onnx", CROP, fold_frames=mode, num_frames=T)
+        ranks = onnx_conv_ranks(path)
+        assert ranks.get(3, 0) == RANK3[mode][mask] and ranks.get(2, 0) == 17 - RANK3[mode][mask], (mask, ranks)
+    assert not any(getattr(c, "fold_frames", False) for c in model.backbone.modules())  # restored after export
+
+
+def test_frame_counts():
+    assert frame_counts(8) == [1, 4, 8] and frame_counts(4) == [1, 2, 4] and frame_counts(1) == [1]
+
+
+def test_failed_verification_names_configuration(slow_ckpt, tmp_path, monkeypatch):
+    real = exporter.export_backbone
+
+    def corrupt_01(backbone, mask, path, *args, **kwargs):
+        out = real(backbone, mask, path, *args, **kwargs)
+        if mask == "01":  # tamper with a weight after export
+            model = onnx.load(str(out))
+            init = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+            arr = onnx.numpy_helper.to_array(init).copy()
+            arr += 0.5
+            init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+            onnx.save(model, str(out))
+        return out
+
+    monkeypatch.setattr(exporter, "export_backbone", corrupt_01)
+    out = tmp_path / "bad"
+    with pytest.raises(VerificationError, match=r"configuration 01 .*T'=1, batch=1.*exceeds"):
+        export_bundle(slow_ckpt, out, progress=False)
+    assert not out.exists() and _leftovers(tmp_path) == []  # no half bundle
+
+
+def test_overwrite_refusal_and_cli(slow_ckpt, tmp_path):
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "junk.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_bundle(slow_ckpt, out, verify=False, progress=False)
+    runner = CliRunner()
+    res = runner.invoke(main, ["export", str(slow_ckpt), "--out", str(out), "--no-verify", "--quiet"])
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    assert (out / "junk.txt").read_text() == "keep me"
+    res = runner.invoke(main, ["export", str(slow_ckpt), "--out", str(out), "--no-verify", "--quiet",
+                               "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert "not verified" in res.output and not (out / "junk.txt").exists()
+    open_bundle(out)
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_i3d_all_32_configurations_verified(tmp_path):
+    """K = 5: 32 backbones, each verified at T' in {1, 2, 4} x batch {1, 2} (about a minute)."""
+    ckpt = make_checkpoint(tmp_path / "i3d.pt", "i3d_tiny", T, CROP)
+    bundle = open_bundle(export_bundle(ckpt, tmp_path / "bundle", progress=False))
+    assert bundle.manifest.stages == ["stem", "res2", "res3", "res4", "res5"]
+    assert sorted(bundle.masks) == sorted(all_masks(5))
+    model, _ = load_model(ckpt)
+    for mask in bundle.masks:
+        ranks = onnx_conv_ranks(bundle.engine_path(mask))
+        assert ranks == {r: n for r, n in expected_conv_ranks(model.backbone, mask).items() if n}, mask
+    assert 3 not in onnx_conv_ranks(bundle.engine_path("00000"))
+    # mask 11111: res5's last block holds a 3x1x1 conv, so nothing is folded under "auto"
+    assert 2 not in onnx_conv_ranks(bundle.engine_path("11111"))
+    # mask 11110: res5 degraded (2 blocks, 7 convs with the shortcut) and res4's last block (3x1x1 only
+    # in its first block; 3 convs) form the 2D tail
+    assert onnx_conv_ranks(bundle.engine_path("11110"))[2] == 7 + 3
