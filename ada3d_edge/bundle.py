@@ -97,17 +97,24 @@ class PolicyEntry(FileEntry):
 
 @dataclass(frozen=True)
 class EngineEntry(FileEntry):
-    """One ONNX backbone: ``mask`` (one char per stage, ``1`` = 3D) and GFLOPs per kept frame."""
+    """One ONNX backbone: ``mask`` (one char per stage, ``1`` = 3D) and its cost.
+
+    GFLOPs on T' kept frames = ``gflops_per_frame * T' + head_gflops`` (convs scale with T'; the fc
+    head is paid once per clip).
+    """
 
     mask: str = ""
     gflops_per_frame: float = 0.0
+    head_gflops: float = 0.0
 
     @classmethod
     def for_file(
-        cls, bundle_dir: str | os.PathLike, file: str, mask: str, gflops_per_frame: float
+        cls, bundle_dir: str | os.PathLike, file: str, mask: str, gflops_per_frame: float,
+        head_gflops: float = 0.0,
     ) -> "EngineEntry":
         """Entry for an existing file, hashing it."""
-        return cls(**cls._hash_fields(bundle_dir, file), mask=mask, gflops_per_frame=float(gflops_per_frame))
+        return cls(**cls._hash_fields(bundle_dir, file), mask=mask, gflops_per_frame=float(gflops_per_frame),
+                   head_gflops=float(head_gflops))
 
 
 @dataclass(frozen=True)
@@ -397,11 +404,12 @@ class Bundle:
         return [e for e in self.manifest.trt_engines if e.mask == mask]
 
     def gflops(self, mask: str, num_kept_frames: int) -> float:
-        """Backbone GFLOPs for ``mask`` on T' kept frames (``gflops_per_frame * T'``)."""
+        """Backbone GFLOPs for ``mask`` on T' kept frames (``gflops_per_frame * T' + head_gflops``)."""
         t = self.manifest.num_frames
         if not 1 <= int(num_kept_frames) <= t:
             raise ValueError(f"num_kept_frames must be in 1..{t}, got {num_kept_frames}")
-        return self.engine(mask).gflops_per_frame * int(num_kept_frames)
+        entry = self.engine(mask)
+        return entry.gflops_per_frame * int(num_kept_frames) + entry.head_gflops
 
     def policy_gflops(self, num_frames: int | None = None) -> float:
         """Selection-network GFLOPs on ``num_frames`` frames (default: the clip's T)."""

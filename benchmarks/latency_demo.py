@@ -33,7 +33,7 @@ def main() -> None:
     write_json(r, out.with_suffix(".json"))
     plot(r, out.with_suffix(".png"))
     table = format_table(r)
-    text = "\n".join([f"# `ada3d bench` on the demo bundle", "", f"Command: `{cmd}`", "", *machine_lines(r["machine"]),
+    text = "\n".join(["# `ada3d bench` on the demo bundle", "", f"Command: `{cmd}`", "", *machine_lines(r["machine"]),
                       "", "```", table, "```", ""])
     out.with_suffix(".md").write_text(text, encoding="utf-8")
     print(table)

@@ -36,7 +36,7 @@ def export_slow_bundle(out: Path) -> Path:
         return out
     import torch
 
-    from ada3d_edge.export.exporter import backbone_gflops_per_frame
+    from ada3d_edge.export.exporter import engine_cost
     from ada3d_edge.export.onnx_export import export_backbone, export_policy
     from ada3d_edge.flops import selection_macs
     from ada3d_edge.models import SelectionNet, build_backbone
@@ -56,7 +56,7 @@ def export_slow_bundle(out: Path) -> Path:
         export_backbone(backbone, mask, out / f"{engine_name(mask)}.onnx", CROP, num_frames=T)
         print(f"exported slow_r50 {mask} in {time.time() - t0:.0f}s", flush=True)
         engines.append(EngineEntry.for_file(out, f"{engine_name(mask)}.onnx", mask,
-                                            backbone_gflops_per_frame(backbone.spec, mask, T, CROP)))
+                                            *engine_cost(backbone.spec, mask, CROP)))
     pol = selection_macs(sel.spec, frames=T, size=112, num_stages=2, num_frames_out=T) / T / 1e9
     write_manifest(out, Manifest(
         arch="slow_r50", stages=list(backbone.stage_names), num_frames=T, stride=8, crop_size=CROP, policy_size=112,
