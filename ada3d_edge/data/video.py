@@ -253,6 +253,16 @@ def read_frames(path: PathLike, indices: Sequence[int],
     return read_video_frames(path, indices)
 
 
+def read_center_clip(path: PathLike, num_frames: int, stride: int,
+                     template: str = DEFAULT_TEMPLATE) -> np.ndarray:
+    """The eval's single test clip of a video (T frames every ``stride``, centred): ``(T, H, W, 3)`` RGB."""
+    from ..preprocess import clip_indices, uniform_clip_starts
+
+    n = probe(path, template).num_frames
+    start = uniform_clip_starts(n, num_frames, stride, 1)[0]
+    return read_frames(path, clip_indices(start, num_frames, stride, n), template)
+
+
 def write_video(path: PathLike, frames: np.ndarray, fps: float = 25.0, fourcc: str = "mp4v") -> None:
     """Write ``(T, H, W, 3) uint8 RGB`` frames to a video file with cv2.VideoWriter.
 

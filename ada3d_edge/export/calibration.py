@@ -29,7 +29,7 @@ def calibration_batches(list_file: PathLike, manifest: Manifest, kind: str = "ba
         max_clips: stop after this many clips.
     """
     from ..data.lists import load_list
-    from ..data.video import probe, read_frames
+    from ..data.video import read_center_clip
 
     if kind not in ("backbone", "policy"):
         raise ValueError(f"kind must be 'backbone' or 'policy', got {kind!r}")
@@ -38,9 +38,7 @@ def calibration_batches(list_file: PathLike, manifest: Manifest, kind: str = "ba
     m = manifest
     batch: List[np.ndarray] = []
     for rec in records:
-        n = probe(rec.path).num_frames
-        start = preprocess.uniform_clip_starts(n, m.num_frames, m.stride, 1)[0]
-        frames = read_frames(rec.path, preprocess.clip_indices(start, m.num_frames, m.stride, n))
+        frames = read_center_clip(rec.path, m.num_frames, m.stride)
         crops = preprocess.center_crop_frames(frames, m.crop_size, m.short_side)
         x = (preprocess.to_clip_tensor(crops, m.mean, m.std) if kind == "backbone"
              else preprocess.to_policy_tensor(crops, m.policy_size, m.mean, m.std))

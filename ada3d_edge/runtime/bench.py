@@ -178,9 +178,8 @@ def torch_modules(checkpoint: str, threads: int | None = None) -> dict[str, Any]
 def list_clips(bundle: Bundle, list_file: str, root: str, num_videos: int | None, log: Log | None = None
                ) -> list[tuple[np.ndarray, tuple[int, ...]]]:
     """The centre test clip (eval sampling) of ``num_videos`` videos spread over the list (all: None)."""
-    from .. import preprocess
     from ..data.lists import load_list
-    from ..data.video import VideoReadError, probe, read_frames
+    from ..data.video import VideoReadError, read_center_clip
 
     m = bundle.manifest
     records = load_list(list_file, root, len(m.classes), list_option="--data", root_option="--root")
@@ -189,9 +188,7 @@ def list_clips(bundle: Bundle, list_file: str, root: str, num_videos: int | None
     clips = []
     for rec in records:
         try:
-            n = probe(rec.path).num_frames
-            start = preprocess.uniform_clip_starts(n, m.num_frames, m.stride, 1)[0]
-            frames = read_frames(rec.path, preprocess.clip_indices(start, m.num_frames, m.stride, n))
+            frames = read_center_clip(rec.path, m.num_frames, m.stride)
         except VideoReadError as exc:
             if log:
                 log(f"skipped {exc}")
