@@ -65,6 +65,11 @@ def synth(out: str, num_classes: int, videos_per_class: int, val_per_class: int,
 
 
 # --- training: train / eval --------------------------------------------------------------------
+from .train.commands import COMMANDS as _TRAIN_COMMANDS  # noqa: E402  (click only; torch loads on use)
+
+for _cmd in _TRAIN_COMMANDS:  # ada3d train | eval | sweep
+    main.add_command(_cmd)
+
 
 # --- export: export / build-engines ------------------------------------------------------------
 @main.command("export")
@@ -251,6 +256,22 @@ def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, 
     if plot_out:
         click.echo(f"wrote {plot(result, plot_out)}")
 
+
+@main.command("demo")
+@click.option("--workdir", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
+              help="Every output goes here; finished steps are reused on a re-run.")
+@click.option("--quick", is_flag=True, help="Toy sizes (< 3 min): the CI smoke test.")
+@click.option("--recipe", default=None, type=click.Path(dir_okay=False),
+              help="Training recipe (default: train/demo.yaml of the source tree).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo_cmd(workdir: str, quick: bool, recipe, quiet: bool) -> None:
+    """Synthesize data, train upper -> policy -> joint, evaluate, export, run on a stream, bench vs Upper."""
+    from .demo import run_demo
+
+    try:
+        run_demo(workdir, quick=quick, recipe=recipe, progress=not quiet, echo=click.echo)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.UsageError(str(e)) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

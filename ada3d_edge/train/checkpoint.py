@@ -5,7 +5,12 @@ A checkpoint is a dict of plain types and tensors:
   "data": {num_frames, stride, crop_size, test_crop_size, policy_size, mean, std, classes,
            multi_label, threshold}, "stage": "upper" | "policy" | "joint" | "random_ft",
   "epoch": int, "step": int, "model": state_dict, "optimizer": state_dict | None,
-  "scheduler": state_dict | None, "metrics": dict, "rng": dict | None}`
+  "scheduler": state_dict | None, "metrics": dict, "rng": dict | None,
+  "recipe": dict (the resolved training recipe), "train_state": {baseline, epochs, world_size,
+  random_policy, init}}`
+`data` also holds `num_clips` (the recipe's test clips per video). `optimizer`, `scheduler` and `rng`
+are None in `final.pt` (only `last.pt` resumes). `metrics` holds the last epoch's training means and
+validation results (`val_metric`, `val_frames`, `val_stages3d`, `val_frames_frac`, ...).
 Export and eval rebuild the model from `model_config` and never guess shapes or classes.
 """
 from __future__ import annotations

@@ -1,0 +1,172 @@
+"""From a recipe to datasets, the model, the stage's starting weights and its optimiser."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..data.dataset import VideoListDataset
+from ..data.lists import load_classes, require_dir, require_file
+from ..models.ada3d import Ada3D, Ada3DConfig, build_ada3d
+from .checkpoint import FORMAT, read_checkpoint
+from .config import Recipe
+
+PREVIOUS = {"upper": None, "policy": "upper", "joint": "policy", "random_ft": "upper"}
+MODEL_KEYS = ("arch", "num_classes", "num_frames", "selection_width", "policy_size")
+
+
+def check_data_paths(recipe: Recipe) -> None:
+    """Fail before any work when a list, the classes file or the root is missing."""
+    d = recipe.data
+    require_dir(d.root, "data root", "data.root")
+    require_file(d.classes, "classes file", "data.classes")
+    require_file(d.train_list, "training list", "data.train_list")
+    require_file(d.val_list, "validation list", "data.val_list")
+
+
+def _path(recipe: Recipe, p: str) -> str:
+    """List/classes paths: absolute, relative to data.root when found there, else as given."""
+    if Path(p).is_absolute():
+        return p
+    under_root = Path(recipe.data.root) / p
+    return str(under_root) if under_root.exists() else p
+
+
+def resolve_data_paths(recipe: Recipe) -> None:
+    d = recipe.data
+    if d.root:
+        for name in ("train_list", "val_list", "classes"):
+            if getattr(d, name):
+                setattr(d, name, _path(recipe, getattr(d, name)))
+
+
+def make_dataset(recipe: Recipe, split: str, list_file: Optional[str] = None,
+                 num_clips: Optional[int] = None) -> VideoListDataset:
+    d = recipe.data
+    return VideoListDataset(
+        list_file or (d.train_list if split == "train" else d.val_list), d.root, d.classes,
+        split=split, num_frames=d.num_frames, stride=d.stride, crop_size=d.crop,
+        short_side_range=tuple(d.short_side_range), test_crop_size=d.test_crop,
+        num_clips=num_clips or d.num_clips, policy_size=recipe.model.policy_size, mean=d.mean,
+        std=d.std, multi_label=d.multi_label, seed=recipe.seed, flip=d.flip)
+
+
+def model_config(recipe: Recipe, num_classes: int) -> Ada3DConfig:
+    m, d = recipe.model, recipe.data
+    if m.num_classes is not None and m.num_classes != num_classes:
+        raise ValueError(f"model.num_classes={m.num_classes} but {d.classes} lists {num_classes} classes; "
+                         f"leave model.num_classes null to take it from the classes file")
+    overrides = dict(m.backbone)
+    overrides.setdefault("crop_size", d.crop)
+    overrides.setdefault("sampling_stride", d.stride)
+    return Ada3DConfig(arch=m.arch, num_classes=num_classes, num_frames=d.num_frames,
+                       backbone_overrides=overrides, selection_width=m.selection_width,
+                       policy_size=m.policy_size)
+
+
+def data_info(recipe: Recipe, classes: List[str], multi_label: bool) -> Dict[str, Any]:
+    """The checkpoint's `data` entry (what eval and export need to preprocess like training)."""
+    d = recipe.data
+    return {"num_frames": d.num_frames, "stride": d.stride, "crop_size": d.crop,
+            "test_crop_size": d.test_crop, "policy_size": recipe.model.policy_size,
+            "mean": list(d.mean), "std": list(d.std), "classes": list(classes),
+            "multi_label": bool(multi_label), "threshold": recipe.threshold, "num_clips": d.num_clips}
+
+
+def init_path(recipe: Recipe, stage: str) -> Optional[str]:
+    """The checkpoint `stage` starts from: init_from.<stage>, else the previous stage's final.pt."""
+    given = getattr(recipe.init_from, stage)
+    if given:
+        if not Path(given).is_file():
+            raise FileNotFoundError(f"init_from.{stage}={given!r} does not exist")
+        return given
+    prev = PREVIOUS[stage]
+    if prev is None:
+        return None
+    path = recipe.stage_dir(prev) / "final.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"stage {stage!r} starts from the {prev!r} stage's checkpoint, but {path} does not exist; "
+            f"run `ada3d train {prev.replace('_', '-')} RECIPE` first or set init_from.{stage}=PATH")
+    return str(path)
+
+
+def is_ada3d_checkpoint(path: str) -> bool:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def load_init(model: Ada3D, path: Optional[str]) -> Dict[str, Any]:
+    """Load an ada3d checkpoint (whole model) or foreign backbone weights (pytorchvideo / PySlowFast,
+    head re-initialised when the class count differs). Returns what was loaded, for the log."""
+    if path is None:
+        return {"init": "scratch"}
+    if is_ada3d_checkpoint(path):
+        ckpt = read_checkpoint(path)
+        mine, theirs = model.config, ckpt["model_config"]
+        diff = [f"{k}: recipe {mine.get(k)!r} vs checkpoint {theirs.get(k)!r}"
+                for k in (*MODEL_KEYS, "backbone_overrides") if mine.get(k) != theirs.get(k)]
+        if diff:
+            raise ValueError(f"{path} was trained with another model than this recipe builds:\n  "
+                             + "\n  ".join(diff))
+        model.load_state_dict(ckpt["model"])
+        return {"init": path, "init_stage": ckpt.get("stage"), "init_metrics": ckpt.get("metrics", {})}
+    from ..models.pretrained import load_pretrained
+    skipped = load_pretrained(model, path, reset_head=True)
+    return {"init": path, "init_stage": "pretrained", **skipped}
+
+
+def build_model(recipe: Recipe, num_classes: int) -> Ada3D:
+    return build_ada3d(model_config(recipe, num_classes))
+
+
+def stage_settings(recipe: Recipe, stage: str) -> Tuple[int, int]:
+    """(epochs, global batch size) of a stage."""
+    if stage == "upper":
+        return recipe.optim.epochs, recipe.optim.batch_size
+    if stage == "policy":
+        return recipe.policy.epochs, recipe.policy.batch_size
+    if stage == "joint":
+        return recipe.joint.epochs, recipe.joint.batch_size
+    rf = recipe.random_ft
+    return rf.epochs or recipe.joint.epochs, rf.batch_size or recipe.joint.batch_size
+
+
+def _trainable(module: nn.Module) -> List[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def make_optimizer(recipe: Recipe, model: Ada3D, stage: str) -> torch.optim.Optimizer:
+    """SGD (momentum from optim.momentum); per-stage learning rates (see config)."""
+    o, j = recipe.optim, recipe.joint
+    if stage == "upper":
+        groups = [{"params": _trainable(model.selection), "lr": o.selection_lr or o.lr,
+                   "weight_decay": o.weight_decay},
+                  {"params": _trainable(model.backbone), "lr": o.lr, "weight_decay": o.weight_decay}]
+    elif stage == "policy":
+        groups = [{"params": _trainable(model.selection), "lr": recipe.policy.lr,
+                   "weight_decay": recipe.policy.weight_decay}]
+    elif stage == "joint":
+        groups = [{"params": _trainable(model.selection), "lr": j.lr, "weight_decay": recipe.policy.weight_decay},
+                  {"params": _trainable(model.backbone), "lr": j.backbone_lr or j.lr,
+                   "weight_decay": o.weight_decay}]
+    else:
+        lr = recipe.random_ft.lr or j.backbone_lr or j.lr
+        groups = [{"params": _trainable(model.backbone), "lr": lr, "weight_decay": o.weight_decay}]
+    return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=o.momentum)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up, then cosine from 1 to 0 over the remaining steps (or constant)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))

@@ -1,0 +1,146 @@
+"""Click commands `ada3d train`, `ada3d eval` and `ada3d sweep` (registered in `ada3d_edge.cli`).
+
+Only click is imported here; torch and the training code load when a command runs.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import click
+
+STAGE_NAMES = {"upper": "upper", "policy": "policy", "joint": "joint", "random-ft": "random_ft",
+               "random_ft": "random_ft"}
+USER_ERRORS = (ValueError, FileNotFoundError, TypeError)
+
+
+def _load(recipe: str, sets: Sequence[str], random_policy: Optional[str], init_from: Optional[str],
+          output_dir: Optional[str], stage: Optional[str]):
+    from .config import load_recipe, parse_random_policy
+
+    extra = list(sets)
+    if output_dir:
+        extra.append(f"output_dir={output_dir}")
+    r = load_recipe(recipe, extra)
+    if random_policy:
+        for k, v in parse_random_policy(random_policy).items():
+            setattr(r.random_policy, k, v)
+    if init_from:
+        if stage is None or stage == "all":
+            raise ValueError("--init-from needs a single stage (it sets init_from.<stage>)")
+        setattr(r.init_from, stage, init_from)
+    return r
+
+
+def _end_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@click.command("train")
+@click.argument("stage", type=click.Choice(["upper", "policy", "joint", "random-ft", "all"]))
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe key (dotted, YAML-typed), e.g. --set policy.gamma=0.3. Repeatable.")
+@click.option("--resume", is_flag=True, help="Continue from <output_dir>/<stage>/last.pt.")
+@click.option("--random-policy", default=None, metavar="frames=F,stages=S",
+              help="Random FT usage targets (fractions of T and K); default: the recipe's, else the "
+                   "joint stage's measured usage.")
+@click.option("--init-from", default=None, type=click.Path(dir_okay=False),
+              help="Checkpoint to start from (ada3d, pytorchvideo or PySlowFast); default: the previous "
+                   "stage's final.pt.")
+@click.option("--output-dir", default=None, help="Override output_dir.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train_cmd(stage: str, recipe: str, sets, resume: bool, random_policy, init_from, output_dir,
+              quiet: bool) -> None:
+    """Train a STAGE of Ada3D from a RECIPE (YAML in train/): upper (stage 0: backbone + MobileNetV2
+    pretraining), policy (stage 1), joint (stage 2), random-ft (baseline), or all (upper, policy,
+    joint). Works under torchrun (DDP)."""
+    key = None if stage == "all" else STAGE_NAMES[stage]
+    try:
+        r = _load(recipe, sets, random_policy, init_from, output_dir, key)
+        from .trainer import train_stage
+
+        stages = ["upper", "policy", "joint"] if key is None else [key]
+        for s in stages:
+            path = train_stage(r, s, resume=resume, progress=not quiet)
+            click.echo(f"{s}: {path}")
+    except USER_ERRORS as e:
+        raise click.UsageError(str(e)) from None
+    except RuntimeError as e:  # too many unreadable videos and the like
+        raise click.ClickException(str(e)) from None
+    finally:
+        _end_distributed()
+
+
+@click.command("eval")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--data", "data_list", required=True, type=click.Path(dir_okay=False),
+              help="List file of the test videos (e.g. val.txt).")
+@click.option("--root", default=None, help="Folder the list's paths are relative to (default: the list's folder).")
+@click.option("--classes", "classes_file", default=None,
+              help="Classes file (default: classes.txt beside the list); classes.json beside it gives kinds.")
+@click.option("--clips", type=click.IntRange(1), default=None, help="Clips per video (default: the recipe's).")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write everything as JSON.")
+@click.option("--random-ft", default=None, type=click.Path(dir_okay=False),
+              help="A random-ft checkpoint: adds the Random FT row.")
+@click.option("--upper", default=None, type=click.Path(dir_okay=False),
+              help="The stage-0 (upper) checkpoint: Upper and Random rows run it, as in the paper "
+                   "(default: the evaluated checkpoint's backbone).")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=None,
+              help="Greedy threshold (default: the checkpoint's).")
+@click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True, help="Videos per batch.")
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random policies.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_cmd(checkpoint: str, data_list: str, root, classes_file, clips, json_out, random_ft, upper, threshold,
+             batch_size: int, workers: int, device: str, seed: int, quiet: bool) -> None:
+    """Table 1 for CHECKPOINT: Upper, Random, Random FT, Ada3D — accuracy (or mAP), GFLOPs per clip,
+    mean # 3D stages and # frames; per-class usage and static/motion means."""
+    try:
+        from .evaluate import evaluate, format_table, write_json
+
+        res = evaluate(checkpoint, data_list, root=root, classes_file=classes_file, num_clips=clips,
+                       random_ft=random_ft, upper=upper, threshold=threshold, batch_size=batch_size, workers=workers,
+                       device=device, seed=seed, progress=not quiet)
+    except USER_ERRORS as e:
+        raise click.UsageError(str(e)) from None
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(format_table(res))
+    if json_out:
+        click.echo(f"wrote {write_json(res, json_out)}")
+
+
+@click.command("sweep")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--gamma", "gammas", default=None, metavar="A,B,C",
+              help="Gamma values (default: the recipe's `gammas`).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe key. Repeatable.")
+@click.option("--output-dir", default=None, help="Override output_dir.")
+@click.option("--no-random-ft", is_flag=True, help="Skip the Random FT runs.")
+@click.option("--clips", type=click.IntRange(1), default=None, help="Eval clips per video.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def sweep_cmd(recipe: str, gammas, sets, output_dir, no_random_ft: bool, clips, quiet: bool) -> None:
+    """Gamma sweep (paper Fig 3): train policy + joint (and Random FT at the resulting usage) per gamma, evaluate, and plot
+    accuracy vs GFLOPs (PNG) with the points as CSV and JSON. Trains `upper` first when missing."""
+    try:
+        r = _load(recipe, sets, None, None, output_dir, None)
+        values = [float(g) for g in gammas.split(",") if g.strip()] if gammas else list(r.gammas)
+        if not values:
+            raise ValueError("no gamma values: pass --gamma 0.2,0.5,1.0 or set `gammas` in the recipe")
+        from .sweep import run_sweep
+
+        out = run_sweep(r, values, random_ft=not no_random_ft, num_clips=clips, progress=not quiet)
+    except USER_ERRORS as e:
+        raise click.UsageError(str(e)) from None
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        _end_distributed()
+    click.echo(f"sweep: {out['png']}, {out['csv']}, {out['json']}")
+
+
+COMMANDS = [train_cmd, eval_cmd, sweep_cmd]

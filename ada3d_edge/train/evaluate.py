@@ -1,0 +1,247 @@
+"""`ada3d eval`: the paper's Table 1 for one checkpoint on a list file.
+
+Rows: Upper (all frames, every stage 3D), Random (random policies whose mean # frames and # 3D stages
+match Ada3D's on this data), Random FT (the same random policies on a Random FT checkpoint's
+backbone, when given), Ada3D (greedy policies). As in the paper, Upper and Random run the stage-0
+model when `upper` (its checkpoint) is given; otherwise they run the evaluated checkpoint's backbone
+(which stage 2 has fine-tuned under adaptive policies). Video-level prediction = mean of the clip scores of
+N uniformly spaced test clips. GFLOPs are per clip; the selection network's cost is included in
+the Random, Random FT and Ada3D rows (as in the paper, where Random matches Ada3D's total), not in
+Upper. Two passes over the data: the first (Upper, Ada3D) measures Ada3D's usage, the second runs
+the random policies matched to it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..data.dataset import VideoListDataset, collate_skip_bad
+from ..data.lists import require_file
+from .checkpoint import load_model
+from .dist import pick_device
+from .inference import CostModel, all_actions, scores_of, test_batches, video_scores
+from .metrics import video_metric
+from .rewards import frame_prob_for, random_actions
+from ..models.selection import Actions, greedy_actions
+
+PathLike = Union[str, Path]
+
+
+def _classes_file(data_list: Path, classes_file: Optional[PathLike]) -> Path:
+    if classes_file is not None:
+        return Path(require_file(classes_file, "classes file", "--classes"))
+    guess = data_list.parent / "classes.txt"
+    if not guess.is_file():
+        raise FileNotFoundError(f"no classes file given and {guess} does not exist; pass --classes FILE")
+    return guess
+
+
+def _kinds(classes_file: Path) -> Dict[str, str]:
+    path = classes_file.with_name("classes.json")
+    if not path.is_file():
+        return {}
+    from ..data.synth import load_class_kinds
+    try:
+        return load_class_kinds(path)
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
+class _Acc:
+    """Per-video scores and per-clip usage of one row."""
+
+    def __init__(self) -> None:
+        self.scores: List[np.ndarray] = []
+        self.frames: List[np.ndarray] = []
+        self.stages: List[np.ndarray] = []
+        self.gflops: List[np.ndarray] = []
+
+    def add(self, logits: torch.Tensor, acts: Actions, cost: CostModel, multi: bool, b: int, n: int) -> None:
+        self.scores.append(video_scores(scores_of(logits, multi), b, n))
+        cpu = Actions(acts.frames.cpu(), acts.stages.cpu())
+        self.frames.append(cpu.frames.sum(1).float().numpy())
+        self.stages.append(cpu.stages.sum(1).float().numpy())
+        self.gflops.append(cost.backbone(cpu))
+
+    def row(self, name: str, labels: np.ndarray, multi: bool, selection: float) -> Dict[str, Any]:
+        gb = float(np.concatenate(self.gflops).mean())
+        return {"method": name, "metric": video_metric(np.concatenate(self.scores), labels, multi),
+                "gflops": gb + selection, "gflops_backbone": gb, "gflops_selection": selection,
+                "includes_selection": selection > 0,
+                "mean_3d": float(np.concatenate(self.stages).mean()),
+                "mean_frames": float(np.concatenate(self.frames).mean())}
+
+
+def _check_same_model(main: Dict[str, Any], other: Dict[str, Any], ck_main, ck_other, path) -> None:
+    keys = ("arch", "num_classes", "num_frames", "backbone_overrides")
+    diff = [k for k in keys if main.get(k) != other.get(k)]
+    if diff or ck_main["data"]["classes"] != ck_other["data"]["classes"]:
+        raise ValueError(f"{path} holds another model or class list than the checkpoint "
+                         f"(differs in {diff or ['classes']})")
+
+
+@torch.no_grad()
+def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike] = None,
+             classes_file: Optional[PathLike] = None, num_clips: Optional[int] = None,
+             random_ft: Optional[PathLike] = None, upper: Optional[PathLike] = None,
+             threshold: Optional[float] = None,
+             batch_size: int = 4, workers: int = 0, device: str = "auto", seed: int = 0,
+             progress: bool = True) -> Dict[str, Any]:
+    """Evaluate `checkpoint` (+ optional Random FT checkpoint) on a list file; returns the result dict
+    (rows, per-class usage, static/motion means) that `format_table` prints and `--json` writes."""
+    t0 = time.time()
+    data_list = Path(require_file(data_list, "list file", "--data"))
+    root = Path(root) if root is not None else data_list.parent
+    cls_file = _classes_file(data_list, classes_file)
+    for path, what, opt in ((random_ft, "Random FT checkpoint", "--random-ft"), (upper, "Upper checkpoint", "--upper")):
+        if path is not None:
+            require_file(path, what, opt)
+    dev = pick_device(device)
+    model, ck = load_model(checkpoint)
+    d = ck["data"]
+    thr = float(d.get("threshold", 0.5) if threshold is None else threshold)
+    n_clips = int(num_clips or d.get("num_clips", 10))
+    ds = VideoListDataset(data_list, root, cls_file, split="test", num_frames=d["num_frames"],
+                          stride=d["stride"], test_crop_size=d["test_crop_size"], num_clips=n_clips,
+                          policy_size=d["policy_size"], mean=d["mean"], std=d["std"],
+                          multi_label=d["multi_label"] or None)
+    if ds.classes != list(d["classes"]):
+        raise ValueError(f"{cls_file} lists other classes than the checkpoint was trained on "
+                         f"({len(ds.classes)} vs {len(d['classes'])}); pass the training classes file")
+    multi = bool(d["multi_label"] or ds.multi_label)
+    rf_model = None
+    if random_ft is not None:
+        rf_model, rf_ck = load_model(random_ft)
+        _check_same_model(model.config, rf_model.config, ck, rf_ck, random_ft)
+        rf_model.to(dev)
+    up_model = model
+    if upper is not None:
+        up_model, up_ck = load_model(upper)
+        _check_same_model(model.config, up_model.config, ck, up_ck, upper)
+        up_model.to(dev)
+    model.to(dev)
+    cost = CostModel(model.config, d["test_crop_size"])
+    t, k = cost.t, cost.k
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad)
+
+    up, ada, labels, indices = _Acc(), _Acc(), [], []
+    for (clip, policy, lab, b, n), batch in tqdm(test_batches(loader, dev), total=len(loader),
+                                                  desc="eval: Upper + Ada3D", disable=not progress):
+        up.add(up_model.backbone(clip), all_actions(clip.shape[0], t, k, dev), cost, multi, b, n)
+        m, s = model.selection(policy)
+        acts = greedy_actions(m, s, thr)
+        ada.add(model(clip, acts), acts, cost, multi, b, n)
+        labels.append(lab.numpy())
+        indices.append(batch["index"].numpy())
+    if not labels:
+        raise RuntimeError(f"no readable video in {data_list}; see the warnings above")
+    labels_np, idx = np.concatenate(labels), np.concatenate(indices)
+    sel = cost.selection_gflops
+    ada_row = ada.row("Ada3D", labels_np, multi, sel)
+    frame_prob = frame_prob_for(min(max(ada_row["mean_frames"], 1.0), t), t)
+    stage_prob = ada_row["mean_3d"] / k if k else 0.0
+
+    rand, rand_ft = _Acc(), _Acc()
+    gen = torch.Generator().manual_seed(seed)
+    for (clip, policy, lab, b, n), _ in tqdm(test_batches(loader, dev), total=len(loader),
+                                             desc="eval: Random" + (" + Random FT" if rf_model else ""),
+                                             disable=not progress):
+        acts = random_actions(clip.shape[0], t, k, frame_prob, stage_prob, generator=gen, device=dev)
+        rand.add(up_model(clip, acts), acts, cost, multi, b, n)
+        if rf_model is not None:
+            rand_ft.add(rf_model(clip, acts), acts, cost, multi, b, n)
+
+    rows = [up.row("Upper", labels_np, multi, 0.0), rand.row("Random", labels_np, multi, sel)]
+    if rf_model is not None:
+        rows.append(rand_ft.row("Random FT", labels_np, multi, sel))
+    rows.append(ada_row)
+    per_class, by_kind = _per_class(ds, idx, ada, up, labels_np, multi, _kinds(cls_file))
+    return {
+        "checkpoint": str(checkpoint), "random_ft_checkpoint": str(random_ft) if random_ft else None,
+        "upper_checkpoint": str(upper) if upper else None,
+        "data": str(data_list), "root": str(root), "num_videos": int(len(labels_np)),
+        "num_videos_skipped": ds.num_bad, "num_clips": n_clips,
+        "metric": "mAP" if multi else "top1", "multi_label": multi, "arch": model.config["arch"],
+        "stages": list(model.backbone.stage_names), "num_frames": t, "num_stages": k,
+        "crop": d["test_crop_size"], "policy_size": d["policy_size"],
+        "selection_width": model.config["selection_width"], "threshold": thr,
+        "selection_gflops_per_clip": sel, "rows": rows,
+        "random_policy": {"frame_prob": frame_prob, "stage_prob": stage_prob, "seed": seed},
+        "gflops_saving_vs_upper": 1.0 - ada_row["gflops"] / rows[0]["gflops"],
+        "per_class": per_class, "by_kind": by_kind, "wall_s": round(time.time() - t0, 2),
+    }
+
+
+def _per_class(ds: VideoListDataset, idx: np.ndarray, ada: _Acc, upper: _Acc, labels: np.ndarray,
+               multi: bool, kinds: Dict[str, str]):
+    """Ada3D's mean # 3D stages and # frames per class (a multi-label video counts for each label)."""
+    n = len(idx)
+    clips_per_video = len(np.concatenate(ada.frames)) // max(n, 1)
+    frames = np.concatenate(ada.frames).reshape(n, clips_per_video).mean(1)
+    stages = np.concatenate(ada.stages).reshape(n, clips_per_video).mean(1)
+    ada_hit = np.concatenate(ada.scores).argmax(1)
+    up_hit = np.concatenate(upper.scores).argmax(1)
+    rows = []
+    for c, name in enumerate(ds.classes):
+        members = np.array([c in ds.records[i].labels for i in idx], dtype=bool)
+        if not members.any():
+            continue
+        row = {"class": name, "kind": kinds.get(name), "num_videos": int(members.sum()),
+               "mean_3d": float(stages[members].mean()), "mean_frames": float(frames[members].mean())}
+        if not multi:
+            row["ada3d_top1"] = 100.0 * float((ada_hit[members] == labels[members]).mean())
+            row["upper_top1"] = 100.0 * float((up_hit[members] == labels[members]).mean())
+        rows.append(row)
+    by_kind: Dict[str, Dict[str, float]] = {}
+    for kind in sorted({r["kind"] for r in rows if r["kind"]}):
+        members = np.array([any(kinds.get(ds.classes[c]) == kind for c in ds.records[i].labels)
+                            for i in idx], dtype=bool)
+        by_kind[kind] = {"num_videos": int(members.sum()), "mean_3d": float(stages[members].mean()),
+                         "mean_frames": float(frames[members].mean())}
+    return rows, by_kind
+
+
+def format_table(res: Dict[str, Any]) -> str:
+    """Table 1 (markdown) + per-class usage + static/motion means."""
+    metric = "mAP" if res["metric"] == "mAP" else "Top-1"
+    upper_src = res.get("upper_checkpoint") or "the evaluated checkpoint's backbone"
+    lines = [f"{res['arch']} (K={res['num_stages']}: {', '.join(res['stages'])}), T={res['num_frames']}, "
+             f"crop {res['crop']}, {res['num_videos']} videos x {res['num_clips']} clips, "
+             f"threshold {res['threshold']}",
+             f"Upper and Random run {upper_src}.",
+             "", f"| Method | {metric} (%) | GFLOPs/clip | backbone | selection | # 3D | # Frame |",
+             "|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        star = "*" if r["includes_selection"] else ""
+        lines.append(f"| {r['method']} | {r['metric']:.1f} | {r['gflops']:.4g}{star} | "
+                     f"{r['gflops_backbone']:.4g} | {r['gflops_selection']:.4g} | "
+                     f"{r['mean_3d']:.2f} | {r['mean_frames']:.2f} |")
+    lines.append(f"\n\\* includes the selection network ({res['selection_gflops_per_clip']:.4g} GFLOPs/clip: "
+                 f"MobileNetV2 x{res['selection_width']} on {res['num_frames']} frames at "
+                 f"{res['policy_size']}px). Random: frame p={res['random_policy']['frame_prob']:.3f}, "
+                 f"stage p={res['random_policy']['stage_prob']:.3f}. Ada3D saves "
+                 f"{100 * res['gflops_saving_vs_upper']:.1f}% GFLOPs vs Upper.")
+    if res["per_class"]:
+        lines += ["", "| Class | kind | videos | Ada3D # 3D | Ada3D # Frame |", "|---|---|---|---|---|"]
+        for r in res["per_class"]:
+            lines.append(f"| {r['class']} | {r['kind'] or '-'} | {r['num_videos']} | {r['mean_3d']:.2f} | "
+                         f"{r['mean_frames']:.2f} |")
+    if res["by_kind"]:
+        lines += ["", "| Kind | videos | Ada3D # 3D | Ada3D # Frame |", "|---|---|---|---|"]
+        for kind, r in res["by_kind"].items():
+            lines.append(f"| {kind} | {r['num_videos']} | {r['mean_3d']:.2f} | {r['mean_frames']:.2f} |")
+    return "\n".join(lines)
+
+
+def write_json(res: Dict[str, Any], path: PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1), encoding="utf-8")
+    return path

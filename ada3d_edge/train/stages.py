@@ -1,0 +1,152 @@
+"""What each training stage optimises: one small module per stage whose forward returns the loss.
+
+* ``upper`` (stage 0): the backbone on all frames with every stage 3D (cross-entropy), plus the
+  selection network's MobileNetV2 as a 2D classifier (`SelectionNet.classify`, temporal average
+  pooling), both in one loss; BatchNorm in train mode.
+* ``policy`` (stage 1): the backbone frozen in eval mode; the selection network samples actions,
+  the backbone predicts under them, REINFORCE with a baseline on the rewards of Eq. 4.
+* ``joint`` (stage 2): the same policy gradient plus cross-entropy for the backbone under the
+  sampled actions (Eq. 8).
+* ``random_ft``: cross-entropy for the backbone under random policies (the Random FT baseline).
+
+In ``joint`` and ``random_ft`` the backbone's BatchNorm layers stay in eval mode (statistics frozen
+from stage 0): a batch is split into groups by kept-frame count T' and by stage mask, and a group of
+one or two clips gives useless batch statistics. Their affine weights are still trained.
+Multi-label data uses binary cross-entropy instead of cross-entropy.
+
+Wrapping one of these modules in DDP synchronises exactly the parameters that receive gradients;
+`prepare(model, stage)` freezes the rest.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..models.ada3d import Ada3D
+from ..models.selection import sample_actions
+from .dist import DistInfo, all_reduce_mean
+from .rewards import Baseline, is_correct, random_actions, reinforce_loss, rewards
+
+Stats = Dict[str, torch.Tensor]
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for (B,) int labels, binary cross-entropy for (B, C) multi-hot labels."""
+    if labels.dim() == 2:
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+    return F.cross_entropy(logits, labels)
+
+
+def _freeze(module: nn.Module, frozen: bool = True) -> None:
+    for p in module.parameters():
+        p.requires_grad_(not frozen)
+
+
+def bn_eval(module: nn.Module) -> None:
+    """Put every BatchNorm of `module` in eval mode (frozen running statistics)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def prepare(model: Ada3D, stage: str) -> None:
+    """Set requires_grad for `stage` (the parameters the stage trains)."""
+    sel = model.selection
+    _freeze(model, False)
+    if stage == "upper":
+        _freeze(sel.frame_head)
+        _freeze(sel.stage_head)
+        if sel.classifier is None:
+            raise ValueError("stage 'upper' pretrains the selection network as a classifier: "
+                             "build it with num_classes")
+    elif stage == "policy":
+        _freeze(model.backbone)
+    elif stage == "random_ft":
+        _freeze(sel)
+    elif stage != "joint":
+        raise ValueError(f"unknown stage {stage!r}")
+    if stage in ("policy", "joint") and sel.classifier is not None:
+        _freeze(sel.classifier)
+
+
+def set_train_modes(model: Ada3D, stage: str) -> None:
+    """Train/eval modes per stage (call at the start of every epoch)."""
+    model.train()
+    if stage == "policy":
+        model.backbone.eval()
+    elif stage in ("joint", "random_ft"):
+        bn_eval(model.backbone)
+    if stage == "random_ft":
+        model.selection.eval()
+
+
+class UpperStep(nn.Module):
+    def __init__(self, model: Ada3D):
+        super().__init__()
+        self.model = model
+
+    def forward(self, clip: torch.Tensor, policy: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, Stats]:
+        logits = self.model.backbone(clip)
+        sel_logits = self.model.selection.classify(policy)
+        loss_b = classification_loss(logits, labels)
+        loss_s = classification_loss(sel_logits, labels)
+        return loss_b + loss_s, {"loss_backbone": loss_b.detach(), "loss_selection": loss_s.detach(),
+                                 "acc": is_correct(logits.detach(), labels).float().mean(),
+                                 "selection_acc": is_correct(sel_logits.detach(), labels).float().mean()}
+
+
+class PolicyStep(nn.Module):
+    """Stage 1 (`train_backbone=False`) and stage 2 (`train_backbone=True`)."""
+
+    def __init__(self, model: Ada3D, gamma: float, baseline: Baseline, train_backbone: bool,
+                 dist_info: Optional[DistInfo] = None):
+        super().__init__()
+        self.model = model
+        self.gamma = float(gamma)
+        self.baseline = baseline
+        self.train_backbone = train_backbone
+        self.dist_info = dist_info or DistInfo()
+
+    def forward(self, clip: torch.Tensor, policy: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, Stats]:
+        m, n = self.model.selection(policy)
+        actions = sample_actions(m, n)
+        if self.train_backbone:
+            logits = self.model(clip, actions)
+            cls_loss = classification_loss(logits, labels)
+        else:
+            with torch.no_grad():
+                logits = self.model(clip, actions)
+            cls_loss = logits.new_zeros(())
+        correct = is_correct(logits.detach(), labels)
+        r_u, r_v = rewards(correct, actions, self.gamma)
+        b_u = self.baseline("u", r_u, all_reduce_mean(float(r_u.mean()), self.dist_info))
+        b_v = self.baseline("v", r_v, all_reduce_mean(float(r_v.mean()), self.dist_info))
+        pg_loss = reinforce_loss(actions, r_u, r_v, b_u, b_v)
+        k = max(actions.stages.shape[1], 1)
+        stats = {"loss_policy": pg_loss.detach(), "loss_cls": cls_loss.detach(),
+                 "acc": correct.float().mean(), "reward": (r_u + r_v).mean(),
+                 "frames": actions.frames.float().sum(1).mean(),
+                 "stages3d": actions.stages.float().sum(1).mean(),
+                 "frames_frac": actions.frames.float().mean(),
+                 "stages_frac": actions.stages.float().sum(1).mean() / k}
+        return cls_loss + pg_loss, stats
+
+
+class RandomFtStep(nn.Module):
+    def __init__(self, model: Ada3D, frame_prob: float, stage_prob: float):
+        super().__init__()
+        self.model = model
+        self.frame_prob, self.stage_prob = float(frame_prob), float(stage_prob)
+
+    def forward(self, clip: torch.Tensor, policy: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, Stats]:
+        b, t = clip.shape[0], clip.shape[2]
+        k = self.model.backbone.num_stages_3d
+        actions = random_actions(b, t, k, self.frame_prob, self.stage_prob, device=clip.device)
+        logits = self.model(clip, actions)
+        loss = classification_loss(logits, labels)
+        return loss, {"acc": is_correct(logits.detach(), labels).float().mean(),
+                      "frames": actions.frames.float().sum(1).mean(),
+                      "stages3d": actions.stages.float().sum(1).mean()}

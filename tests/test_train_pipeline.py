@@ -1,0 +1,180 @@
+"""Training stages end to end on the tiny synthetic dataset: upper -> policy -> joint, Random FT,
+resume after a crash, eval output, sweep, multi-label, and the errors users see first."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from ada3d_edge.cli import main
+from ada3d_edge.train.checkpoint import load_model, read_checkpoint
+from ada3d_edge.train.config import recipe_from_dict
+from ada3d_edge.train.trainer import train_stage
+
+torch.set_num_threads(1)
+
+
+def tiny_recipe(root: Path, out: Path, **sections: Dict[str, Any]) -> Dict[str, Any]:
+    """A recipe dict for the tiny fixture: slow_tiny, T=4, 32 px, 1 epoch per stage."""
+    r = {"model": {"arch": "slow_tiny", "selection_width": 0.35, "policy_size": 32},
+         "data": {"root": str(root), "train_list": "train.txt", "val_list": "val.txt",
+                  "classes": "classes.txt", "num_frames": 4, "stride": 2, "crop": 32,
+                  "short_side_range": [32, 36], "test_crop": 32, "num_clips": 2, "flip": False,
+                  "workers": 0, "max_bad_fraction": 0.0},
+         "optim": {"lr": 0.05, "epochs": 1, "batch_size": 8},
+         "policy": {"lr": 0.01, "epochs": 1, "batch_size": 8, "gamma": 0.5},
+         "joint": {"lr": 0.01, "epochs": 1, "batch_size": 8},
+         "output_dir": str(out), "device": "cpu"}
+    for k, v in sections.items():
+        r[k] = {**r.get(k, {}), **v} if isinstance(v, dict) else v
+    return r
+
+
+def rows(path: Path):
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_synth_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ada3d_run")
+    recipe = recipe_from_dict(tiny_recipe(tiny_synth_dataset, out))
+    for stage in ("upper", "policy", "joint"):
+        train_stage(recipe, stage, progress=False)
+    return out, recipe
+
+
+def test_upper_policy_joint_write_checkpoints_and_metrics(trained):
+    out, _ = trained
+    for stage in ("upper", "policy", "joint"):
+        d = out / stage
+        assert {"config.yaml", "last.pt", "final.pt", "metrics.csv"} <= {p.name for p in d.iterdir()}
+        ck = read_checkpoint(d / "final.pt")
+        assert ck["stage"] == stage and ck["epoch"] == 1 and ck["step"] == 2  # 16 videos / batch 8
+        assert ck["data"]["classes"][0] == "red_circle_striped" and ck["data"]["num_frames"] == 4
+        assert read_checkpoint(d / "last.pt")["optimizer"] is not None
+        (row,) = rows(d / "metrics.csv")
+        assert row["epoch"] == "1" and row["val_metric"] != "" and row["bad_videos"] == "0"
+        assert yaml.safe_load((d / "config.yaml").read_text())["data"]["num_frames"] == 4
+    upper = read_checkpoint(out / "upper" / "final.pt")
+    assert "val_selection_metric" in upper["metrics"]  # MobileNetV2 pretrained as a 2D classifier
+    assert float(rows(out / "policy" / "metrics.csv")[0]["loss_cls"]) == 0.0  # backbone frozen
+    assert float(rows(out / "joint" / "metrics.csv")[0]["loss_cls"]) > 0.0
+    # stage 1 leaves the backbone untouched; stage 2 changes it
+    up, pol, joint = (load_model(out / s / "final.pt")[0] for s in ("upper", "policy", "joint"))
+    key = "backbone.head.proj.weight"
+    assert torch.equal(up.state_dict()[key], pol.state_dict()[key])
+    assert not torch.equal(pol.state_dict()[key], joint.state_dict()[key])
+    assert not torch.equal(up.state_dict()["selection.frame_head.weight"],
+                           pol.state_dict()["selection.frame_head.weight"])
+
+
+def test_random_ft_and_eval_table(trained, tmp_path):
+    out, recipe = trained
+    train_stage(recipe, "random_ft", progress=False)  # usage targets default to the joint model's
+    ck = read_checkpoint(out / "random_ft" / "final.pt")
+    joint = read_checkpoint(out / "joint" / "final.pt")
+    assert ck["train_state"]["random_policy"]["frames"] == pytest.approx(joint["metrics"]["val_frames_frac"])
+    js = tmp_path / "eval.json"
+    res = CliRunner().invoke(main, ["eval", str(out / "joint" / "final.pt"), "--data",
+                                    str(Path(recipe.data.root) / "val.txt"), "--random-ft",
+                                    str(out / "random_ft" / "final.pt"), "--upper", str(out / "upper" / "final.pt"),
+                                    "--json", str(js), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "| Upper |" in res.output and "| Random FT |" in res.output and "static" in res.output
+    r = json.loads(js.read_text())
+    assert [row["method"] for row in r["rows"]] == ["Upper", "Random", "Random FT", "Ada3D"]
+    for row in r["rows"]:
+        assert {"metric", "gflops", "gflops_backbone", "gflops_selection", "includes_selection",
+                "mean_3d", "mean_frames"} <= set(row)
+        assert row["includes_selection"] == (row["method"] != "Upper")
+    assert r["rows"][0]["mean_frames"] == 4 and r["rows"][0]["mean_3d"] == 2
+    assert r["metric"] == "top1" and r["num_videos"] == 8 and r["num_clips"] == 2
+    assert r["upper_checkpoint"].endswith("final.pt") and "Upper and Random run" in res.output
+    assert len(r["per_class"]) == 8 and set(r["by_kind"]) == {"static", "motion"}
+    assert {"class", "kind", "mean_3d", "mean_frames"} <= set(r["per_class"][0])
+    assert {"frame_prob", "stage_prob"} <= set(r["random_policy"])
+
+
+def test_resume_after_crash_finishes_the_same_epochs(tiny_synth_dataset, tmp_path):
+    recipe = recipe_from_dict(tiny_recipe(tiny_synth_dataset, tmp_path, optim={"epochs": 3}))
+
+    def crash(epoch, i, step):
+        if epoch == 1 and i == 0:
+            raise RuntimeError("injected crash")
+
+    with pytest.raises(RuntimeError, match="injected crash"):
+        train_stage(recipe, "upper", progress=False, on_step=crash)
+    d = tmp_path / "upper"
+    assert read_checkpoint(d / "last.pt")["epoch"] == 1 and not (d / "final.pt").exists()
+    res = CliRunner().invoke(main, ["train", "upper", str(_write(recipe, tmp_path)), "--resume", "--quiet"])
+    assert res.exit_code == 0, res.output
+    ck = read_checkpoint(d / "final.pt")
+    assert ck["epoch"] == 3 and ck["step"] == 6
+    assert [r["epoch"] for r in rows(d / "metrics.csv")] == ["1", "2", "3"]
+
+
+def _write(recipe, folder: Path) -> Path:
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe.to_dict()))
+    return path
+
+
+def test_sweep_writes_plot_and_points(trained, tmp_path):
+    out, recipe = trained
+    r = recipe_from_dict(tiny_recipe(Path(recipe.data.root), tmp_path,
+                                     init_from={"policy": str(out / "upper" / "final.pt")}))
+    res = CliRunner().invoke(main, ["sweep", str(_write(r, tmp_path)), "--gamma", "0.2,1.0", "--quiet"])
+    assert res.exit_code == 0, res.output
+    pts = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["points"]
+    assert [p["gamma"] for p in pts] == [0.2, 1.0]
+    assert all(p["random_ft_metric"] is not None for p in pts)
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 1000
+    assert len(rows(tmp_path / "sweep" / "sweep.csv")) == 2
+
+
+def test_multi_label_trains_with_bce_and_evaluates_map(tiny_synth_dataset, tmp_path):
+    src = (tiny_synth_dataset / "train.txt").read_text().split("\n")
+    lines = [f"{ln.split()[0]} {ln.split()[1]},{(int(ln.split()[1]) + 1) % 8}" if i % 2 else ln
+             for i, ln in enumerate(l for l in src if l.strip())]
+    (tmp_path / "ml.txt").write_text("\n".join(lines) + "\n")
+    recipe = recipe_from_dict(tiny_recipe(tiny_synth_dataset, tmp_path / "run",
+                                          data={"train_list": str(tmp_path / "ml.txt"),
+                                                "val_list": str(tmp_path / "ml.txt")}))
+    train_stage(recipe, "upper", progress=False)
+    final = train_stage(recipe, "policy", progress=False)
+    assert read_checkpoint(final)["data"]["multi_label"] is True
+    res = CliRunner().invoke(main, ["eval", str(final), "--data", str(tmp_path / "ml.txt"), "--root",
+                                    str(tiny_synth_dataset), "--classes",
+                                    str(tiny_synth_dataset / "classes.txt"), "--clips", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "| Method | mAP (%)" in res.output
+
+
+def test_clear_errors_before_any_work(tiny_synth_dataset, tmp_path):
+    recipe = recipe_from_dict(tiny_recipe(tiny_synth_dataset, tmp_path / "out"))
+    path = _write(recipe, tmp_path)
+    run = CliRunner().invoke
+    res = run(main, ["train", "upper", str(path), "--set", "data.train_list=missing.txt"])
+    assert res.exit_code == 2 and "data.train_list" in res.output and "missing.txt" in res.output
+    assert not (tmp_path / "out").exists()
+    res = run(main, ["train", "upper", str(path), "--set", "optim.learning_rate=0.1"])
+    assert res.exit_code == 2 and "unknown key 'optim.learning_rate'" in res.output and "optim.lr" in res.output
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("model: {arch: slow_tiny}\n")
+    res = run(main, ["train", "upper", str(bare)])
+    assert res.exit_code == 2 and "missing required key(s)" in res.output and "data.root" in res.output
+    res = run(main, ["train", "joint", str(path)])
+    assert res.exit_code == 2 and "policy/final.pt does not exist" in res.output
+    res = run(main, ["train", "upper", str(path), "--resume"])
+    assert res.exit_code == 2 and "last.pt does not exist" in res.output
+    res = run(main, ["train", "random-ft", str(path), "--random-policy", "frames=2"])
+    assert res.exit_code == 2 and "must be in [0, 1]" in res.output
+    res = run(main, ["eval", str(tmp_path / "nope.pt"), "--data", str(tiny_synth_dataset / "val.txt")])
+    assert res.exit_code == 2 and "nope.pt does not exist" in res.output
