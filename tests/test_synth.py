@@ -131,3 +131,16 @@ def test_cli_synth(tmp_path):
     assert (out / "train.txt").read_text().count("\n") == 4 and (out / "classes.json").exists()
     res = runner.invoke(main, ["synth", str(tmp_path / "x"), "--classes", "6"])
     assert res.exit_code == 2 and "4, 8, 12 or 16" in res.output
+
+
+def test_motion_is_strong_enough_for_stride_4_clips():
+    """At 64 px and 40 frames, an 8-frame clip at stride 4 sees the object travel several cells of a
+    stride-8 feature map: translations cross most of the frame, rotations (about a pivot off the
+    object's centre) turn 45-70 degrees and move the centre between sampled frames."""
+    for seed in range(10):
+        _, track = render_video(_cls("move_right"), np.random.default_rng(seed), 64, 40, return_track=True)
+        assert track[-1, 0] - track[0, 0] > 0.6 * 64
+        _, track = render_video(_cls("rotate_cw"), np.random.default_rng(seed), 64, 40, return_track=True)
+        step = np.diff(track[::4], axis=0)
+        assert np.all((step[:, 2] > 40) & (step[:, 2] < 75))
+        assert np.hypot(step[:, 0], step[:, 1]).min() > 4

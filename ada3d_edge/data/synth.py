@@ -46,6 +46,11 @@ MOTION_PAIRS = [  # (forward class, time-reversed class, motion type)
 ]
 SUPERSAMPLE = 2       # sprites are drawn at this factor and shrunk by the placing warp
 SCALE_RANGE = (0.55, 1.35)
+TRANSLATE_RANGE = (0.8, 1.0)      # travel over the video, as a fraction of the usable width
+TRANSLATE_OUT = 1.0               # ... which extends this many radii past the frame's edges
+ROTATE_DEG_PER_FRAME = (11.0, 17.5)
+OBJECT_RADIUS = 0.15              # of the frame size
+ROTATE_ARM = 0.12                 # rotation is about a pivot this far (x frame size) from the centre
 
 
 @dataclass(frozen=True)
@@ -167,20 +172,36 @@ def _place(sprite: np.ndarray, mask: np.ndarray, size: int, cx: float, cy: float
 
 def _track(cls: SynthClass, rng: np.random.Generator, size: int, frames: int,
            r: float) -> np.ndarray:
-    """``(frames, 4)`` rows ``(cx, cy, angle_cw, scale)`` in forward time order."""
+    """``(frames, 4)`` rows ``(cx, cy, angle_cw, scale)`` in forward time order.
+
+    Motion is strong on purpose: a translation crosses most of the frame during the video (at 64 px
+    and 40 frames, ~1.3 px a frame: ~5 px between frames sampled at stride 4, several cells of a
+    stride-8 feature map over one 8-frame clip); a rotation turns by ROTATE_DEG_PER_FRAME (45-70
+    degrees between frames sampled at stride 4: the sense is unambiguous for a clip with every
+    sampled frame, less so once frames are dropped) about a pivot ROTATE_ARM x size from the
+    object's centre, which therefore moves 6-9 px along a circle between sampled frames.
+    """
     t = np.linspace(0.0, 1.0, frames)
     margin = r * (SCALE_RANGE[1] if cls.motion == "scale" else 1.0) + 1.0
+    if cls.motion == "rotate":
+        margin += ROTATE_ARM * size
     lo, hi = margin, size - 1 - margin
     cx = np.full(frames, rng.uniform(lo, hi))
     cy = np.full(frames, rng.uniform(lo, hi))
     angle = np.full(frames, rng.uniform(-30, 30) if cls.kind == "static" else rng.uniform(0, 360))
     scale = np.full(frames, rng.uniform(0.9, 1.1))
     if cls.motion in ("translate_x", "translate_y"):
-        length = rng.uniform(0.35, 0.55) * (hi - lo)
-        start = rng.uniform(lo, hi - length)
+        # the object may leave the frame by up to TRANSLATE_OUT of its radius at either end
+        t_lo, t_hi = lo - TRANSLATE_OUT * r, hi + TRANSLATE_OUT * r
+        length = rng.uniform(*TRANSLATE_RANGE) * (t_hi - t_lo)
+        start = rng.uniform(t_lo, t_hi - length)
         (cx if cls.motion == "translate_x" else cy)[:] = start + length * t
     elif cls.motion == "rotate":
-        angle = angle + rng.uniform(180, 300) * t
+        # a rigid turn about a pivot off the object's centre (a clock hand): the outline turns and
+        # the centre moves along a circle, so the sense shows at coarse resolution too
+        angle = angle + rng.uniform(*ROTATE_DEG_PER_FRAME) * np.arange(frames)
+        arm, rad = ROTATE_ARM * size, np.deg2rad(angle)
+        cx, cy = cx + arm * np.cos(rad), cy + arm * np.sin(rad)   # image y points down: clockwise
     elif cls.motion == "scale":
         scale = SCALE_RANGE[0] + (SCALE_RANGE[1] - SCALE_RANGE[0]) * t
     jitter = np.clip(rng.normal(0.0, 0.4, (frames, 2)), -1.0, 1.0)
@@ -199,7 +220,7 @@ def render_video(cls: SynthClass, rng: np.random.Generator, size: int = 64, fram
         appearance = cls.appearance
     else:
         appearance = MOTION_POOL[int(rng.integers(len(MOTION_POOL)))]
-    r = 0.15 * size
+    r = OBJECT_RADIUS * size
     sprite, mask = _sprite(appearance, r * SUPERSAMPLE)
     bg = _background(rng, size)
     track = _track(cls, rng, size, frames, r)
