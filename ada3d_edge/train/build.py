@@ -142,20 +142,32 @@ def _trainable(module: nn.Module) -> List[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
+def _policy_groups(model: Ada3D, lr: float, head_lr: Optional[float], weight_decay: float) -> List[Dict[str, Any]]:
+    """The selection network's MobileNetV2 at `lr`, its two policy heads at `head_lr` (None: `lr`).
+
+    REINFORCE moves the heads' biases (input-independent usage) far faster than their weights; a
+    larger head rate lets the policy become input-dependent before it settles on one usage for all.
+    """
+    sel = model.selection
+    heads = {id(p) for h in (sel.frame_head, sel.stage_head) for p in h.parameters()}
+    body = [p for p in _trainable(sel) if id(p) not in heads]
+    head = [p for p in _trainable(sel) if id(p) in heads]
+    return [{"params": body, "lr": lr, "weight_decay": weight_decay},
+            {"params": head, "lr": head_lr or lr, "weight_decay": weight_decay}]
+
+
 def make_optimizer(recipe: Recipe, model: Ada3D, stage: str) -> torch.optim.Optimizer:
     """SGD (momentum from optim.momentum); per-stage learning rates (see config)."""
-    o, j = recipe.optim, recipe.joint
+    o, j, p = recipe.optim, recipe.joint, recipe.policy
     if stage == "upper":
         groups = [{"params": _trainable(model.selection), "lr": o.selection_lr or o.lr,
                    "weight_decay": o.weight_decay},
                   {"params": _trainable(model.backbone), "lr": o.lr, "weight_decay": o.weight_decay}]
     elif stage == "policy":
-        groups = [{"params": _trainable(model.selection), "lr": recipe.policy.lr,
-                   "weight_decay": recipe.policy.weight_decay}]
+        groups = _policy_groups(model, p.lr, p.head_lr, p.weight_decay)
     elif stage == "joint":
-        groups = [{"params": _trainable(model.selection), "lr": j.lr, "weight_decay": recipe.policy.weight_decay},
-                  {"params": _trainable(model.backbone), "lr": j.backbone_lr or j.lr,
-                   "weight_decay": o.weight_decay}]
+        groups = _policy_groups(model, j.lr, p.head_lr, p.weight_decay) + [
+            {"params": _trainable(model.backbone), "lr": j.backbone_lr or j.lr, "weight_decay": o.weight_decay}]
     else:
         lr = recipe.random_ft.lr or j.backbone_lr or j.lr
         groups = [{"params": _trainable(model.backbone), "lr": lr, "weight_decay": o.weight_decay}]

@@ -72,6 +72,7 @@ class DataCfg:
 class OptimCfg:
     lr: float = 0.01
     selection_lr: Optional[float] = None  # stage 0's MobileNetV2 classifier (null = lr)
+    random_policy_prob: float = 0.0  # stage 0: share of steps under a random policy (0 = the paper's Upper)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "cosine"
@@ -86,6 +87,7 @@ class PolicyCfg:
     baseline: str = "batch_mean"
     baseline_momentum: float = 0.9
     lr: float = 1e-4
+    head_lr: Optional[float] = None  # the two policy heads (stages 1-2); None = lr (joint: joint.lr)
     epochs: int = 40
     batch_size: int = 256
     weight_decay: float = 1e-4
@@ -328,6 +330,8 @@ def validate(r: Recipe, check_required: bool = True) -> None:
             raise ValueError(f"recipe is missing required key(s) {missing}; set them in the YAML or "
                              f"with --set (e.g. --set data.root=/path/to/videos)")
     _choice(r.optim.schedule, ("cosine", "constant"), "optim.schedule")
+    if not 0.0 <= r.optim.random_policy_prob <= 1.0:
+        raise ValueError(f"optim.random_policy_prob must be in [0, 1], got {r.optim.random_policy_prob}")
     _choice(r.policy.baseline, ("batch_mean", "moving_average"), "policy.baseline")
     _choice(r.device, ("auto", "cpu", "cuda"), "device")
     for key in ("data.num_frames", "data.stride", "data.crop", "data.test_crop", "data.num_clips",

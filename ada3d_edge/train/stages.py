@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.ada3d import Ada3D
-from ..models.selection import sample_actions
+from ..models.selection import Actions, sample_actions
 from .dist import DistInfo, all_reduce_mean
 from .rewards import Baseline, is_correct, random_actions, reinforce_loss, rewards
 
@@ -84,12 +84,25 @@ def set_train_modes(model: Ada3D, stage: str) -> None:
 
 
 class UpperStep(nn.Module):
-    def __init__(self, model: Ada3D):
+    """Stage 0. With `random_policy_prob` > 0, that share of the steps runs the whole batch under one
+    random policy (frames and stages kept with probability 1/2), so that the backbone also works with
+    stages degraded and frames dropped. The paper gets this from a Kinetics-pretrained 3D model whose
+    centre taps already work; a small model trained from scratch does not (see train/README.md).
+    One policy per batch keeps BatchNorm's batch statistics meaningful. 0 (default) = the paper's Upper.
+    """
+
+    def __init__(self, model: Ada3D, random_policy_prob: float = 0.0):
         super().__init__()
         self.model = model
+        self.random_policy_prob = float(random_policy_prob)
 
     def forward(self, clip: torch.Tensor, policy: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, Stats]:
-        logits = self.model.backbone(clip)
+        if self.random_policy_prob > 0 and float(torch.rand(())) < self.random_policy_prob:
+            b, t, k = clip.shape[0], clip.shape[2], self.model.backbone.num_stages_3d
+            one = random_actions(1, t, k, 0.5, 0.5, device=clip.device)
+            logits = self.model(clip, Actions(one.frames.expand(b, t), one.stages.expand(b, k)))
+        else:
+            logits = self.model.backbone(clip)
         sel_logits = self.model.selection.classify(policy)
         loss_b = classification_loss(logits, labels)
         loss_s = classification_loss(sel_logits, labels)

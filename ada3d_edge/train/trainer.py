@@ -109,7 +109,7 @@ class Trainer:
         prepare(self.model, self.stage)
         self.baseline = Baseline(r.policy.baseline, r.policy.baseline_momentum)
         if self.stage == "upper":
-            step = UpperStep(self.model)
+            step = UpperStep(self.model, r.optim.random_policy_prob)
         elif self.stage == "random_ft":
             step = RandomFtStep(self.model, self.random["frame_prob"], self.random["stage_prob"])
         else:

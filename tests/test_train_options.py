@@ -1,0 +1,45 @@
+"""Recipe options beyond the paper's defaults: policy.head_lr and optim.random_policy_prob."""
+import pytest
+import torch
+
+from ada3d_edge.models import Ada3DConfig, build_ada3d
+from ada3d_edge.train.build import make_optimizer
+from ada3d_edge.train.config import recipe_from_dict
+from ada3d_edge.train.stages import UpperStep
+from test_train_pipeline import tiny_recipe
+
+
+def _recipe(tmp_path, **sections):
+    return recipe_from_dict(tiny_recipe(tmp_path, tmp_path, **sections), check_required=False)
+
+
+def test_head_lr_gives_the_policy_heads_their_own_rate(tmp_path):
+    model = build_ada3d(Ada3DConfig(num_classes=4, selection_width=0.35, policy_size=32))
+    heads = {id(p) for h in (model.selection.frame_head, model.selection.stage_head) for p in h.parameters()}
+    for stage, lr in (("policy", 0.01), ("joint", 0.01)):
+        opt = make_optimizer(_recipe(tmp_path, policy={"head_lr": 0.3}), model, stage)
+        head_group = next(g for g in opt.param_groups if {id(p) for p in g["params"]} == heads)
+        assert head_group["lr"] == 0.3
+        assert all(g["lr"] == lr for g in opt.param_groups[:1])
+    opt = make_optimizer(_recipe(tmp_path), model, "policy")  # default: the same rate
+    assert {g["lr"] for g in opt.param_groups} == {0.01}
+
+
+def test_upper_under_random_policies_runs_degraded_configurations():
+    torch.manual_seed(0)
+    model = build_ada3d(Ada3DConfig(num_classes=4, selection_width=0.35, policy_size=32)).eval()
+    clip, policy = torch.randn(3, 3, 8, 32, 32), torch.randn(3, 3, 8, 32, 32)
+    labels = torch.tensor([0, 1, 2])
+    plain = {round(float(UpperStep(model)(clip, policy, labels)[1]["loss_backbone"]), 6) for _ in range(2)}
+    assert len(plain) == 1  # prob 0: always the all-3D forward
+    seen = set()
+    for _ in range(8):
+        loss, stats = UpperStep(model, random_policy_prob=1.0)(clip, policy, labels)
+        seen.add(round(float(stats["loss_backbone"]), 6))
+        assert torch.isfinite(loss)
+    assert len(seen) > 1  # different random configurations, not the all-3D forward every time
+
+
+def test_random_policy_prob_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="random_policy_prob"):
+        _recipe(tmp_path, optim={"random_policy_prob": 1.5})
