@@ -39,7 +39,7 @@ def test_malformed_lines_name_file_and_line(tmp_path, line, match):
     lst = _write(tmp_path / "bad.txt", f"a.mp4 0\n# c\n{line}\n")
     with pytest.raises(ValueError, match=match) as info:
         load_list(lst, tmp_path, num_classes=3)
-    assert f"bad.txt:3" in str(info.value)
+    assert "bad.txt:3" in str(info.value)
 
 
 def test_missing_paths_name_the_option(tmp_path):

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..data.dataset import VideoListDataset
-from ..data.lists import load_classes, require_dir, require_file
+from ..data.lists import require_dir, require_file
 from ..models.ada3d import Ada3D, Ada3DConfig, build_ada3d
 from .checkpoint import FORMAT, read_checkpoint
 from .config import Recipe
