@@ -71,13 +71,17 @@ def _train(plan: DemoPlan, recipe_path: Path, data: Path, train_dir: Path, steps
 
     overrides = [f"data.root={data}", f"output_dir={train_dir}", *plan.recipe_overrides]
     recipe = load_recipe(recipe_path, overrides)
+    times = train_dir / "times_train.txt"  # "stage seconds" lines, read by benchmarks/train_demo.sh
     for stage in STAGES:
         steps.start(f"train {stage}")
         final = train_dir / stage / "final.pt"
         if final.is_file():
             steps.skip(final)
             continue
+        t0 = time.time()
         train_stage(recipe, stage, resume=(train_dir / stage / "last.pt").is_file(), progress=progress)
+        with times.open("a") as f:
+            f.write(f"{stage} {time.time() - t0:.0f}\n")
     return train_dir / "joint" / "final.pt"
 
 
