@@ -7,6 +7,8 @@
 #   benchmarks/train_demo.sh            # WORK=runs/demo, PY=.venv/bin/python, OMP_NUM_THREADS=1
 #   SKIP_TRAIN=1 benchmarks/train_demo.sh   # evaluate and report the checkpoints already in WORK
 #   STAGES="policy joint random-ft" benchmarks/train_demo.sh   # retrain from the existing upper/final.pt
+#   TRAINED_BY="ada3d demo --workdir runs/demo" WORK=runs/demo/train STAGES=random-ft benchmarks/train_demo.sh
+#       # report on the stages `ada3d demo` trained (its times_train.txt), adding Random FT and the evals
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -42,13 +44,14 @@ t0=$(date +%s)
   --json "$WORK/eval_policy.json" --quiet
 echo "eval $(( $(date +%s) - t0 ))" > "$WORK/times_eval.txt"
 
-"$PY" - "$WORK" "$RECIPE" "$OUT_MD" "$LOAD_START" "${SYNTH_ARGS[*]}" <<'EOF'
+"$PY" - "$WORK" "$RECIPE" "$OUT_MD" "$LOAD_START" "${SYNTH_ARGS[*]}" "${TRAINED_BY:-}" <<'EOF'
 import json, os, platform, sys
 from pathlib import Path
 
 import torch
 
 work, recipe, out_md, load, synth = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5]
+trained_by = sys.argv[6]
 joint = json.loads((work / "eval_joint.json").read_text())
 policy = json.loads((work / "eval_policy.json").read_text())
 times = dict(line.split() for f in ("times_train.txt", "times_eval.txt")
@@ -98,7 +101,7 @@ md = f"""# Training demo: Ada3D on synthetic static/motion videos (2-core CPU)
 
 Written by `benchmarks/train_demo.sh` from `{work}/eval_joint.json` and `{work}/eval_policy.json`.
 
-Machine: {cpu}, {ncpu} CPU cores, no GPU; torch {torch.__version__}; OMP_NUM_THREADS=1; shared with other
+Machine: {cpu}, {ncpu} CPU cores, no GPU; torch {torch.__version__}; OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}; shared with other
 jobs (load average at start: {load}; at the end: {load_end}), so wall times are indicative.
 
 Data: `ada3d synth {synth}` ({joint['num_videos']} validation videos, {joint['num_clips']} clips each).
@@ -142,11 +145,13 @@ the static-vs-motion difference of the paper's Fig. 4 is weak or absent.
 ## Commands
 
 ```
-OMP_NUM_THREADS=1 .venv/bin/python -m ada3d_edge.cli synth {work}/data {synth}
+""" + (f"""{trained_by}   # synth data, then trains upper, policy, joint (torch default threads; its times above)
+OMP_NUM_THREADS=1 .venv/bin/python -m ada3d_edge.cli train random-ft {recipe} --set output_dir={work} --set data.root={work}/data
+""" if trained_by else f"""OMP_NUM_THREADS=1 .venv/bin/python -m ada3d_edge.cli synth {work}/data {synth}
 for s in upper policy joint random-ft; do
   OMP_NUM_THREADS=1 .venv/bin/python -m ada3d_edge.cli train $s {recipe} --set output_dir={work} --set data.root={work}/data
 done
-.venv/bin/python -m ada3d_edge.cli eval {work}/joint/final.pt --data {work}/data/val.txt --upper {work}/upper/final.pt --random-ft {work}/random_ft/final.pt --json {work}/eval_joint.json
+""") + f""".venv/bin/python -m ada3d_edge.cli eval {work}/joint/final.pt --data {work}/data/val.txt --upper {work}/upper/final.pt --random-ft {work}/random_ft/final.pt --json {work}/eval_joint.json
 .venv/bin/python -m ada3d_edge.cli eval {work}/policy/final.pt --data {work}/data/val.txt --upper {work}/upper/final.pt --json {work}/eval_policy.json
 ```
 """
