@@ -89,13 +89,14 @@ def _evaluate(plan: DemoPlan, ckpt: Path, data: Path, out: Path, steps: _Steps, 
               echo: Callable[[str], None]) -> Dict[str, Any]:
     from .train.evaluate import evaluate, format_table
 
-    steps.start("evaluate on val: Upper, Random, Ada3D (Table 1 rows)")
+    steps.start("evaluate on val: Upper (stage-0 model), Random, Ada3D (Table 1 rows)")
     if out.is_file() and out.stat().st_mtime >= ckpt.stat().st_mtime:
         steps.skip(out)
         result = json.loads(out.read_text())
     else:
         result = evaluate(ckpt, data / "val.txt", root=data, classes_file=data / "classes.txt",
-                          num_clips=plan.eval_clips, progress=progress)
+                          num_clips=plan.eval_clips, upper=ckpt.parent.parent / "upper" / "final.pt",
+                          progress=progress)
         out.write_text(json.dumps(result, indent=2))
     echo(format_table(result))
     return result
