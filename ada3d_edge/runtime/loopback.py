@@ -56,13 +56,20 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
         proc.wait(timeout=timeout)
 
 
+def _quiet(cmd: list) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _ffmpeg_live(clip: Path, *output: str) -> subprocess.Popen:
+    """ffmpeg encoding ``clip`` looped, in real time, as low-latency H.264 to ``output``."""
+    return _quiet([FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1",
+                   "-i", str(clip), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+                   "-g", "10", *output])
+
+
 def start_http_server(clip: Path, port: int) -> subprocess.Popen:
     """ffmpeg serving ``clip`` looped, in real time, as MPEG-TS over HTTP on 127.0.0.1:port."""
-    cmd = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1",
-           "-i", str(clip), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-           "-g", "10", "-f", "mpegts", "-listen", "1", f"http://127.0.0.1:{port}/live.ts"]
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return _ffmpeg_live(clip, "-f", "mpegts", "-listen", "1", f"http://127.0.0.1:{port}/live.ts")
 
 
 def start_rtsp_relay(client_port: int, source_port: int, rtp_port: int) -> subprocess.Popen:
@@ -70,14 +77,9 @@ def start_rtsp_relay(client_port: int, source_port: int, rtp_port: int) -> subpr
     cmd = [RTSP_RELAY, "--clientport", str(client_port), "--serverport", str(source_port),
            "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1",
            "--rtp_start_port", str(rtp_port), "--loglevel", "1"]
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return _quiet(cmd)
 
 
 def start_rtsp_push(clip: Path, source_port: int) -> subprocess.Popen:
     """ffmpeg pushing ``clip`` looped, in real time, to the relay (RTSP over UDP)."""
-    cmd = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1",
-           "-i", str(clip), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-           "-g", "10", "-f", "rtsp", "-rtsp_transport", "udp", f"rtsp://127.0.0.1:{source_port}/live"]
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return _ffmpeg_live(clip, "-f", "rtsp", "-rtsp_transport", "udp", f"rtsp://127.0.0.1:{source_port}/live")
