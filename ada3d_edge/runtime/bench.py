@@ -24,7 +24,7 @@ import numpy as np
 
 from ..bundle import (BACKBONE_INPUT, POLICY_INPUT, POLICY_NAME, Bundle, BundleError, engine_name,
                       open_bundle, verify_file)
-from .backends import Backend, make_backend
+from .backends import Backend, make_backend, process_peak_rss_mb
 from .predictor import AdaptivePredictor
 
 Log = Callable[[str], None]
@@ -279,10 +279,10 @@ def proc_status_mb() -> dict[str, float]:
                 key, _, value = line.partition(":")
                 if key in ("VmRSS", "VmHWM"):
                     out[key] = float(value.split()[0]) / 1024.0
-    except OSError:
-        import resource
-
-        out["VmHWM"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except OSError:  # no /proc: the peak alone, from getrusage
+        peak = process_peak_rss_mb()
+        if peak is not None:
+            out["VmHWM"] = peak
     return out
 
 
