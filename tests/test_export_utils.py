@@ -13,6 +13,7 @@ import torch
 
 from ada3d_edge import preprocess
 from ada3d_edge.models import Ada3DConfig, build_ada3d
+from ada3d_edge.train.bn_calibration import calibrate_bn
 from ada3d_edge.train.checkpoint import save_checkpoint
 
 CLASSES = ["a", "b", "c", "d"]
@@ -58,7 +59,7 @@ def _spread_policy_heads(model, num_frames: int, crop: int, policy_size: int) ->
     _, policy = _samples(num_frames, crop, policy_size)
     model.eval()
     with torch.no_grad():
-        feats = model.selection.frame_features(policy).mean(1)  # (16, F)
+        feats = model.selection.head_norm(model.selection.frame_features(policy).mean(1))  # (16, F)
         for head in (model.selection.frame_head, model.selection.stage_head):
             head.weight.normal_(0.0, 1.0)
             proj = feats @ head.weight.T
@@ -77,6 +78,9 @@ def make_checkpoint(path: Path, arch: str = "slow_tiny", num_frames: int = 4, cr
                       policy_size=policy_size, backbone_overrides={"crop_size": crop})
     model = build_ada3d(cfg)
     _calibrate_batchnorm(model, num_frames, crop, policy_size)
+    clips, _ = _samples(num_frames, crop, policy_size)
+    calibrate_bn(model.backbone, [clips[:8], clips[8:]])  # each engine then folds its own statistics
+    model.eval()
     with torch.no_grad():
         model.backbone.head.proj.weight.normal_(0.0, 1.0)
     _spread_policy_heads(model, num_frames, crop, policy_size)

@@ -60,3 +60,23 @@ def test_ada3d_rejects_mismatched_actions():
     model = build_ada3d(Ada3DConfig(selection_width=0.35)).eval()
     with pytest.raises(ValueError, match="do not match"):
         model(torch.randn(2, 3, 8, 32, 32), Actions(torch.ones(2, 4).bool(), torch.ones(2, 2).bool()))
+
+
+def test_heads_see_standardised_clip_features():
+    torch.manual_seed(0)
+    sel = SelectionNet(num_frames=4, num_stages=2, spec=SelectionSpec(width_mult=0.35, policy_size=32))
+    seen = []
+    sel.stage_head.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    sel.train()
+    sel(torch.randn(8, 3, 4, 32, 32) + 2.0)
+    feat = seen[-1]  # batch statistics in training: zero mean, unit variance per feature
+    assert torch.allclose(feat.mean(0), torch.zeros(feat.shape[1]), atol=1e-4)
+    live = feat.std(0) > 0.1  # features ReLU6 left at zero for the whole batch stay zero
+    assert live.sum() > 100 and torch.allclose(feat.var(0, unbiased=False)[live], torch.ones(int(live.sum())), atol=1e-2)
+    one = torch.randn(1, 3, 4, 32, 32)
+    sel.features.eval()  # MobileNetV2 as in inference; the head norm still in training mode
+    m1, n1 = sel(one)  # a batch of one clip in training (a last short batch) uses the running statistics
+    sel.eval()
+    m, n = sel(one)
+    assert m.shape == (1, 4) and n.shape == (1, 2)
+    assert torch.allclose(n1, n, atol=1e-5) and torch.allclose(m1, m, atol=1e-5)

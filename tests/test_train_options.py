@@ -1,11 +1,13 @@
-"""Recipe options beyond the paper's defaults: policy.head_lr and optim.random_policy_prob."""
+"""Recipe options beyond the paper's defaults: policy.head_lr, policy.entropy_coef and
+optim.random_policy_prob."""
 import pytest
 import torch
 
 from ada3d_edge.models import Ada3DConfig, build_ada3d
 from ada3d_edge.train.build import make_optimizer
 from ada3d_edge.train.config import recipe_from_dict
-from ada3d_edge.train.stages import UpperStep
+from ada3d_edge.train.rewards import Baseline, bernoulli_entropy
+from ada3d_edge.train.stages import PolicyStep, UpperStep
 from test_train_pipeline import tiny_recipe
 
 
@@ -43,3 +45,33 @@ def test_upper_under_random_policies_runs_degraded_configurations():
 def test_random_policy_prob_is_validated(tmp_path):
     with pytest.raises(ValueError, match="random_policy_prob"):
         _recipe(tmp_path, optim={"random_policy_prob": 1.5})
+
+
+def test_bernoulli_entropy():
+    p = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    assert torch.allclose(bernoulli_entropy(p), torch.tensor([2 * 0.693147, 0.0]), atol=1e-4)
+
+
+def test_entropy_bonus_pulls_saturated_heads_back_towards_exploring(tmp_path):
+    torch.manual_seed(0)
+    model = build_ada3d(Ada3DConfig(num_classes=4, num_frames=4, selection_width=0.35, policy_size=32)).eval()
+    with torch.no_grad():  # nearly saturated heads: keep everything
+        model.selection.frame_head.bias.fill_(4.0)
+        model.selection.stage_head.bias.fill_(4.0)
+    clip, policy = torch.randn(4, 3, 4, 32, 32), torch.randn(4, 3, 4, 32, 32)
+    labels = torch.tensor([0, 1, 2, 3])
+    grads = {}
+    for coef in (0.0, 0.5):
+        model.zero_grad()
+        torch.manual_seed(1)  # the same sampled actions for both
+        step = PolicyStep(model, gamma=1.0, baseline=Baseline(), train_backbone=False, entropy_coef=coef)
+        loss, stats = step(clip, policy, labels)
+        loss.backward()
+        grads[coef] = model.selection.stage_head.bias.grad.clone()
+    p = torch.sigmoid(torch.tensor(4.0))
+    assert abs(float(stats["entropy"]) - 6 * float(bernoulli_entropy(p.view(1, 1)))) < 0.01  # 4 + 2 units
+    # the bonus adds coef * z * p * (1 - p) per unit: gradient descent lowers the bias towards p = 1/2
+    bonus = grads[0.5] - grads[0.0]
+    assert torch.allclose(bonus, torch.full_like(bonus, 0.5 * 4.0 * float(p * (1 - p))), rtol=0.05)
+    with pytest.raises(ValueError, match="entropy_coef"):
+        _recipe(tmp_path, policy={"entropy_coef": -1})

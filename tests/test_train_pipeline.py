@@ -13,7 +13,8 @@ import yaml
 from click.testing import CliRunner
 
 from ada3d_edge.cli import main
-from ada3d_edge.train.checkpoint import load_model, read_checkpoint
+from ada3d_edge.models.backbone import is_config_bn_key
+from ada3d_edge.train.checkpoint import load_model, read_checkpoint, save_checkpoint
 from ada3d_edge.train.config import recipe_from_dict
 from ada3d_edge.train.trainer import train_stage
 
@@ -73,6 +74,26 @@ def test_upper_policy_joint_write_checkpoints_and_metrics(trained):
     assert not torch.equal(pol.state_dict()[key], joint.state_dict()[key])
     assert not torch.equal(up.state_dict()["selection.frame_head.weight"],
                            pol.state_dict()["selection.frame_head.weight"])
+    # every configuration's BN statistics measured after upper and again after joint
+    assert up.backbone.bn_calibrated.all() and joint.backbone.bn_calibrated.all()
+    bn = "backbone.stages.3.blocks.0.bn_a.config_var"
+    assert torch.equal(up.state_dict()[bn], pol.state_dict()[bn])
+    assert not torch.equal(pol.state_dict()[bn], joint.state_dict()[bn])
+
+
+def test_policy_stage_calibrates_an_uncalibrated_backbone_first(trained, tmp_path):
+    out, _ = trained
+    ck = read_checkpoint(out / "upper" / "final.pt")
+    ck["model"] = {k: v for k, v in ck["model"].items() if not is_config_bn_key(k)}  # an older checkpoint
+    old = save_checkpoint(tmp_path / "old_upper.pt", ck)
+    assert not load_model(old)[0].backbone.bn_calibrated.any()
+    recipe = recipe_from_dict(tiny_recipe(Path(ck["recipe"]["data"]["root"]), tmp_path / "run",
+                                          init_from={"policy": str(old)}))
+    pol, _ = load_model(train_stage(recipe, "policy", progress=False))
+    assert pol.backbone.bn_calibrated.all()
+    off = recipe_from_dict(tiny_recipe(Path(ck["recipe"]["data"]["root"]), tmp_path / "off",
+                                       init_from={"policy": str(old)}, bn_calibration={"batches": 0}))
+    assert not load_model(train_stage(off, "policy", progress=False))[0].backbone.bn_calibrated.any()
 
 
 def test_random_ft_and_eval_table(trained, tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ada3d_edge.models.selection import Actions, sample_actions
+from ada3d_edge.models.selection import Actions, greedy_actions, sample_actions
 from ada3d_edge.train.config import load_recipe, parse_random_policy, parse_set, recipe_from_dict, valid_keys
 from ada3d_edge.train.metrics import mean_average_precision, top1
 from ada3d_edge.train.rewards import (Baseline, expected_frames, frame_prob_for, is_correct, random_actions,
@@ -72,6 +72,30 @@ def test_baselines():
     assert Baseline("batch_mean")("v", torch.tensor([1.0, 2.0])) == 1.5
     with pytest.raises(ValueError, match="moving_average"):
         Baseline("median")
+    assert Baseline("self_critical").per_clip
+    with pytest.raises(ValueError, match="per clip"):
+        Baseline("self_critical")("u", torch.tensor([1.0]))
+
+
+def test_self_critical_baseline_is_the_greedy_actions_reward_per_clip():
+    from ada3d_edge.models import Ada3DConfig, build_ada3d
+    from ada3d_edge.train.stages import PolicyStep
+
+    torch.manual_seed(0)
+    model = build_ada3d(Ada3DConfig(num_classes=4, num_frames=4, selection_width=0.35, policy_size=32)).eval()
+    clip, policy = torch.randn(6, 3, 4, 32, 32), torch.randn(6, 3, 4, 32, 32)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    step = PolicyStep(model, gamma=1.0, baseline=Baseline("self_critical"), train_backbone=False)
+    m, n = model.selection(policy)
+    b_u, b_v = step.greedy_rewards(clip, m, n, labels)
+    greedy = greedy_actions(m, n)
+    want_u, want_v = rewards(is_correct(model(clip, greedy), labels), greedy, 1.0)
+    assert b_u.shape == (6,) and torch.equal(b_u, want_u) and torch.equal(b_v, want_v)
+    with torch.no_grad():  # a deterministic policy samples its greedy actions: no advantage, no loss
+        model.selection.frame_head.bias.fill_(30.0)
+        model.selection.stage_head.bias.fill_(-30.0)
+    loss, stats = step(clip, policy, labels)
+    assert abs(float(loss.detach())) < 1e-6 and float(stats["stages3d"]) == 0.0
 
 
 def test_random_policy_matches_mean_usage():

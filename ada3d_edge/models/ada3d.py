@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .backbone import Backbone, build_backbone
+from .backbone import Backbone, build_backbone, is_config_bn_key
 from .selection import Actions, SelectionNet, greedy_actions, sample_actions
 from .specs import SelectionSpec
 
@@ -70,6 +70,16 @@ class Ada3D(nn.Module):
         """Greedy inference: returns (logits, actions)."""
         acts, _, _ = self.select(policy_input, greedy=True, threshold=threshold)
         return self(clip, acts), acts
+
+
+def load_ada3d_state(model: nn.Module, state: Dict[str, torch.Tensor], strict: bool = True) -> None:
+    """`load_state_dict` that accepts checkpoints without per-configuration BN statistics (written
+    before BN calibration existed): those configurations stay uncalibrated (shared statistics)."""
+    res = model.load_state_dict(state, strict=False)
+    missing = [k for k in res.missing_keys if not is_config_bn_key(k)]
+    if strict and (missing or res.unexpected_keys):
+        raise RuntimeError(f"state dict does not fit the model: missing {missing[:10]}, "
+                           f"unexpected {list(res.unexpected_keys)[:10]}")
 
 
 @dataclass

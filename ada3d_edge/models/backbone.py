@@ -6,17 +6,23 @@ from typing import List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .layers import TemporalConv
-from .specs import BackboneSpec, StageSpec, get_spec
+from .layers import ConfigBatchNorm3d, TemporalConv
+from .specs import BackboneSpec, StageSpec, get_spec, mask_to_str
 
 MaskLike = Union[None, str, Sequence[int], torch.Tensor]
+CONFIG_BN_KEYS = ("config_mean", "config_var", "bn_calibrated")
+
+
+def is_config_bn_key(key: str) -> bool:
+    """State-dict keys of the per-configuration BN statistics (absent from older and foreign checkpoints)."""
+    return key.rsplit(".", 1)[-1] in CONFIG_BN_KEYS
 
 
 class Stem(nn.Module):
-    def __init__(self, spec: BackboneSpec):
+    def __init__(self, spec: BackboneSpec, num_configs: int = 1):
         super().__init__()
         self.conv = TemporalConv(3, spec.stem_width, spec.stem_kernel_t, spec.stem_kernel_s, 2)
-        self.bn = nn.BatchNorm3d(spec.stem_width)
+        self.bn = ConfigBatchNorm3d(spec.stem_width, num_configs)
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))
 
@@ -27,21 +33,21 @@ class Stem(nn.Module):
 class Bottleneck(nn.Module):
     """conv_a (kt x 1 x 1) -> conv_b (1 x 3 x 3, spatial stride) -> conv_c (1 x 1 x 1), + shortcut."""
 
-    def __init__(self, cin: int, width: int, cout: int, kernel_t: int, stride: int):
+    def __init__(self, cin: int, width: int, cout: int, kernel_t: int, stride: int, num_configs: int = 1):
         super().__init__()
         self.conv_a = TemporalConv(cin, width, kernel_t, 1)
-        self.bn_a = nn.BatchNorm3d(width)
+        self.bn_a = ConfigBatchNorm3d(width, num_configs)
         self.conv_b = TemporalConv(width, width, 1, 3, stride)
-        self.bn_b = nn.BatchNorm3d(width)
+        self.bn_b = ConfigBatchNorm3d(width, num_configs)
         self.conv_c = TemporalConv(width, cout, 1, 1)
-        self.bn_c = nn.BatchNorm3d(cout)
+        self.bn_c = ConfigBatchNorm3d(cout, num_configs)
         nn.init.zeros_(self.bn_c.weight)  # zero-init the last BN of each residual branch
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: Optional[nn.Module] = None
         if cin != cout or stride != 1:
             self.shortcut = nn.Sequential()
             self.shortcut.add_module("conv", TemporalConv(cin, cout, 1, 1, stride))
-            self.shortcut.add_module("bn", nn.BatchNorm3d(cout))
+            self.shortcut.add_module("bn", ConfigBatchNorm3d(cout, num_configs))
 
     def forward(self, x: torch.Tensor, degrade: bool = False) -> torch.Tensor:
         y = self.relu(self.bn_a(self.conv_a(x, degrade)))
@@ -53,13 +59,13 @@ class Bottleneck(nn.Module):
 
 
 class ResStage(nn.Module):
-    def __init__(self, spec: StageSpec, cin: int, expansion: int):
+    def __init__(self, spec: StageSpec, cin: int, expansion: int, num_configs: int = 1):
         super().__init__()
         self.name = spec.name
         cout = spec.width * expansion
         self.blocks = nn.ModuleList(
             Bottleneck(cin if i == 0 else cout, spec.width, cout, spec.kernel(i),
-                       spec.spatial_stride if i == 0 else 1)
+                       spec.spatial_stride if i == 0 else 1, num_configs)
             for i in range(spec.depth))
 
     def forward(self, x: torch.Tensor, degrade: bool = False) -> torch.Tensor:
@@ -97,16 +103,21 @@ class Backbone(nn.Module):
     stage 1 (3D) or 0 (degraded 2D): None (all 3D), a bit string, a `(K,)` sequence for the whole
     batch, or a `(B, K)` tensor, one mask per sample (samples are grouped by mask, so each gets
     exactly what it would get alone; BatchNorm in train mode then sees the group's statistics).
+
+    Every BatchNorm keeps one set of running statistics per mask (`ConfigBatchNorm3d`); a mask whose
+    set has been measured (`bn_calibrated[mask index]`, see `ada3d_edge.train.bn_calibration`) uses
+    it in eval mode, the others use the shared statistics.
     """
 
     def __init__(self, spec: BackboneSpec):
         super().__init__()
         self.spec = spec
-        self.stem = Stem(spec)
+        self.num_configs = 2 ** spec.num_stages_3d
+        self.stem = Stem(spec, self.num_configs)
         stages: List[nn.Module] = []
         cin = spec.stem_width
         for i, s in enumerate(spec.stages):
-            stages.append(ResStage(s, cin, spec.expansion))
+            stages.append(ResStage(s, cin, spec.expansion, self.num_configs))
             cin = s.width * spec.expansion
         self.stages = nn.ModuleList(stages)
         self.temporal_pool = TemporalMaxPool() if spec.temporal_pool else None
@@ -114,7 +125,20 @@ class Backbone(nn.Module):
         self.num_features = cin
         self.num_classes = spec.num_classes
         self.stage_names = spec.degradable
+        self.register_buffer("bn_calibrated", torch.zeros(self.num_configs, dtype=torch.bool))
+        self.config_bns: List[ConfigBatchNorm3d] = [m for m in self.modules() if isinstance(m, ConfigBatchNorm3d)]
         self._init_weights()
+
+    @staticmethod
+    def mask_index(mask: torch.Tensor) -> int:
+        """(K,) bool mask -> its configuration index (the bit string read as a binary number)."""
+        return int(mask_to_str(mask.int().tolist()) or "0", 2)
+
+    def _use_config_stats(self, mask: torch.Tensor) -> None:
+        idx = self.mask_index(mask)
+        active = idx if bool(self.bn_calibrated[idx]) else None
+        for bn in self.config_bns:
+            bn.active = active
 
     @property
     def num_stages_3d(self) -> int:
@@ -149,6 +173,7 @@ class Backbone(nn.Module):
         m = self.normalize_mask(mask, clip.shape[0])
         if m.dim() == 2:
             return self._forward_per_sample(clip, m)
+        self._use_config_stats(m)
         is3d = dict(zip(self.stage_names, m.tolist()))
         x = self.stem(clip, degrade=not is3d.get("stem", True))
         for i, stage in enumerate(self.stages):

@@ -44,3 +44,32 @@ def set_fold_frames(module: nn.Module, enabled: bool = True) -> nn.Module:
         if isinstance(m, TemporalConv):
             m.fold_frames = enabled
     return module
+
+
+class ConfigBatchNorm3d(nn.BatchNorm3d):
+    """BatchNorm3d with one more set of running statistics per stage configuration (2^K masks).
+
+    The 2^K configurations share every weight, but a degraded stage (centre tap only) produces
+    activations with other statistics than its 3D version, so one set of running statistics fits
+    none of them well (measured on the demo: static classes 67% with both stages 2D, 97% once the
+    statistics are recalibrated for that mask). As weight-shared networks do (Once-for-All's BN
+    calibration, slimmable networks' private BN), each configuration gets its own statistics,
+    measured after training (`ada3d_edge.train.bn_calibration`). Each exported engine folds its
+    own, so this costs nothing at run time.
+
+    `active` (set by the backbone for every forward) indexes the configuration; in eval mode its
+    statistics are used when `active` is not None, else the shared ones. Training mode always
+    normalises with the batch statistics, as plain BatchNorm does.
+    """
+
+    def __init__(self, num_features: int, num_configs: int):
+        super().__init__(num_features)
+        self.register_buffer("config_mean", torch.zeros(num_configs, num_features))
+        self.register_buffer("config_var", torch.ones(num_configs, num_features))
+        self.active: int | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or self.active is None:
+            return super().forward(x)
+        return F.batch_norm(x, self.config_mean[self.active], self.config_var[self.active],
+                            self.weight, self.bias, False, 0.0, self.eps)

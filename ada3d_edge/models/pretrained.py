@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Union
 import torch
 import torch.nn as nn
 
-from .backbone import Backbone
+from .backbone import Backbone, is_config_bn_key
 
 _BLOCK_PARTS = {"conv_a": "conv_a", "norm_a": "bn_a", "conv_b": "conv_b", "norm_b": "bn_b",
                 "conv_c": "conv_c", "norm_c": "bn_c"}
@@ -151,7 +151,9 @@ def load_pretrained(model: nn.Module, path: Union[str, Path], source: str = "aut
     src = detect_source(state) if source == "auto" else source
     if src not in KEY_FILTERS:
         raise ValueError(f"unknown checkpoint source {source!r}; valid: auto, {', '.join(KEY_FILTERS)}")
-    state = KEY_FILTERS[src](state)
+    # per-configuration BN statistics belong to the configuration set they were measured for; imported
+    # weights start uncalibrated (training measures them again)
+    state = {k: v for k, v in KEY_FILTERS[src](state).items() if not is_config_bn_key(k)}
     own = backbone.state_dict()
     skipped: List[str] = []
     head_keys = [k for k in own if k.startswith("head.proj.")]
@@ -159,7 +161,7 @@ def load_pretrained(model: nn.Module, path: Union[str, Path], source: str = "aut
         skipped = [k for k in head_keys if k in state]
         state = {k: v for k, v in state.items() if k not in head_keys}
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")
-               and not (k in head_keys and skipped)]
+               and not is_config_bn_key(k) and not (k in head_keys and skipped)]
     unexpected = [k for k in state if k not in own]
     misshaped = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                  for k in state if k in own and state[k].shape != own[k].shape]

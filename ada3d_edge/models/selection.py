@@ -1,4 +1,5 @@
-"""The selection network: MobileNetV2 on 112x112 frames, features averaged over frames, two heads.
+"""The selection network: MobileNetV2 on 112x112 frames, features averaged over frames and
+standardised (BatchNorm without affine parameters), two heads.
 
 `m` (T sigmoids: keep frame t) and `n` (K sigmoids: keep stage k 3D). Training samples Bernoulli
 actions; inference is greedy (`> threshold`). At least one frame is always kept.
@@ -108,6 +109,11 @@ class SelectionNet(nn.Module):
         self.num_stages = num_stages
         self.features = build_mobilenet_v2_features(spec)
         self.num_features = make_divisible(spec.last_channels * max(1.0, spec.width_mult))
+        # The clip features are standardised before the two heads. Raw MobileNetV2 features share a
+        # large mean component, so REINFORCE moved the heads' weights along it like a second bias:
+        # on the demo every unit saturated to one input-independent action (logits +3 / -6 for
+        # static and motion clips alike) before the weights learned which clips need what.
+        self.head_norm = nn.BatchNorm1d(self.num_features, affine=False)
         self.frame_head = nn.Linear(self.num_features, num_frames)
         self.stage_head = nn.Linear(self.num_features, num_stages)
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else None
@@ -135,6 +141,12 @@ class SelectionNet(nn.Module):
         if frames.shape[2] != self.num_frames:
             raise ValueError(f"selection network expects all T={self.num_frames} frames, got {frames.shape[2]}")
         feat = self.frame_features(frames).mean(1)
+        hn = self.head_norm
+        if self.training and feat.shape[0] > 1:
+            feat = hn(feat)  # batch statistics, and the running ones updated
+        else:  # inference, or one clip (no batch statistics): the running statistics, written out
+            # as plain arithmetic so the ONNX export needs no BatchNormalization of unknown width
+            feat = (feat - hn.running_mean) * torch.rsqrt(hn.running_var + hn.eps)
         return torch.sigmoid(self.frame_head(feat)), torch.sigmoid(self.stage_head(feat))
 
     def classify(self, frames: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..data.dataset import VideoListDataset
 from ..data.lists import require_dir, require_file
-from ..models.ada3d import Ada3D, Ada3DConfig, build_ada3d
+from ..models.ada3d import Ada3D, Ada3DConfig, build_ada3d, load_ada3d_state
 from .checkpoint import FORMAT, read_checkpoint
 from .config import Recipe
 
@@ -115,7 +115,7 @@ def load_init(model: Ada3D, path: Optional[str]) -> Dict[str, Any]:
         if diff:
             raise ValueError(f"{path} was trained with another model than this recipe builds:\n  "
                              + "\n  ".join(diff))
-        model.load_state_dict(ckpt["model"])
+        load_ada3d_state(model, ckpt["model"])
         return {"init": path, "init_stage": ckpt.get("stage"), "init_metrics": ckpt.get("metrics", {})}
     from ..models.pretrained import load_pretrained
     skipped = load_pretrained(model, path, reset_head=True)

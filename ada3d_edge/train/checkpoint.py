@@ -22,7 +22,7 @@ from typing import Any, Dict, Tuple, Union
 
 import torch
 
-from ..models.ada3d import Ada3D, Ada3DConfig, build_ada3d
+from ..models.ada3d import Ada3D, Ada3DConfig, build_ada3d, load_ada3d_state
 
 FORMAT = "ada3d-checkpoint"
 VERSION = 1
@@ -68,5 +68,5 @@ def load_model(path: Union[str, Path], strict: bool = True) -> Tuple[Ada3D, Dict
     """Rebuild the Ada3D model of a checkpoint and load its weights; returns (model in eval mode, checkpoint)."""
     ckpt = read_checkpoint(path)
     model = build_ada3d(Ada3DConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"], strict=strict)
+    load_ada3d_state(model, ckpt["model"], strict=strict)
     return model.eval(), ckpt

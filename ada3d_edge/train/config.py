@@ -11,11 +11,14 @@ A recipe has these sections (every key optional unless marked; unknown keys are 
     optim:     stage 0 ("upper", fine-tuning) and the settings every stage shares:
                lr, selection_lr (stage 0's MobileNetV2, null = lr), momentum, weight_decay, schedule (cosine | constant), warmup_epochs, epochs,
                batch_size
-    policy:    stage 1 and the reward: gamma, baseline (batch_mean | moving_average),
+    policy:    stage 1 and the reward: gamma, baseline (batch_mean | moving_average | self_critical),
                baseline_momentum, lr, epochs, batch_size, weight_decay
     joint:     stage 2: lr (selection network), backbone_lr (null = lr), epochs, batch_size
     random_ft: Random FT: lr (null = joint backbone lr), epochs / batch_size (null = joint's)
     random_policy: frames, stages — mean usage targets (fractions of T and K) for Random FT
+    bn_calibration: batches (per stage configuration; 0 = off), frame_keep_prob — BatchNorm
+               statistics measured per configuration after upper, joint and random_ft (and before
+               policy when its backbone has none); see bn_calibration.py
     init_from: upper, policy, joint, random_ft — checkpoint each stage starts from
                (null = the previous stage's final.pt in output_dir; upper: from scratch)
     seed, output_dir, device (auto | cpu | cuda), threshold, gammas (for `ada3d sweep`)
@@ -34,6 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import yaml
 
 STAGES = ("upper", "policy", "joint", "random_ft")
+BASELINES = ("batch_mean", "moving_average", "self_critical")  # policy.baseline (rewards.Baseline)
 REQUIRED = ("data.root", "data.train_list", "data.val_list", "data.classes")
 
 
@@ -88,6 +92,7 @@ class PolicyCfg:
     baseline_momentum: float = 0.9
     lr: float = 1e-4
     head_lr: Optional[float] = None  # the two policy heads (stages 1-2); None = lr (joint: joint.lr)
+    entropy_coef: float = 0.0  # bonus on the policies' Bernoulli entropy (stages 1-2); 0 = the paper
     epochs: int = 40
     batch_size: int = 256
     weight_decay: float = 1e-4
@@ -115,6 +120,12 @@ class RandomPolicyCfg:
 
 
 @dataclass
+class BnCalibrationCfg:
+    batches: int = 50  # training batches run through every stage configuration (0 = no calibration)
+    frame_keep_prob: Optional[float] = None  # drop frames at random while measuring (null = all T)
+
+
+@dataclass
 class InitCfg:
     upper: Optional[str] = None
     policy: Optional[str] = None
@@ -131,6 +142,7 @@ class Recipe:
     joint: JointCfg = field(default_factory=JointCfg)
     random_ft: RandomFtCfg = field(default_factory=RandomFtCfg)
     random_policy: RandomPolicyCfg = field(default_factory=RandomPolicyCfg)
+    bn_calibration: BnCalibrationCfg = field(default_factory=BnCalibrationCfg)
     init_from: InitCfg = field(default_factory=InitCfg)
     seed: int = 0
     output_dir: str = "runs/ada3d"
@@ -332,7 +344,11 @@ def validate(r: Recipe, check_required: bool = True) -> None:
     _choice(r.optim.schedule, ("cosine", "constant"), "optim.schedule")
     if not 0.0 <= r.optim.random_policy_prob <= 1.0:
         raise ValueError(f"optim.random_policy_prob must be in [0, 1], got {r.optim.random_policy_prob}")
-    _choice(r.policy.baseline, ("batch_mean", "moving_average"), "policy.baseline")
+    _choice(r.policy.baseline, BASELINES, "policy.baseline")
+    _positive(r.bn_calibration.batches, "bn_calibration.batches", allow_zero=True)
+    keep = r.bn_calibration.frame_keep_prob
+    if keep is not None and not 0.0 < keep <= 1.0:
+        raise ValueError(f"bn_calibration.frame_keep_prob must be in (0, 1] or null, got {keep}")
     _choice(r.device, ("auto", "cpu", "cuda"), "device")
     for key in ("data.num_frames", "data.stride", "data.crop", "data.test_crop", "data.num_clips",
                 "data.val_clips", "model.policy_size", "optim.selection_lr", "optim.epochs", "optim.batch_size",
@@ -341,7 +357,7 @@ def validate(r: Recipe, check_required: bool = True) -> None:
                 "joint.backbone_lr", "random_ft.lr", "model.selection_width", "model.num_classes"):
         sec, name = key.split(".")
         _positive(getattr(getattr(r, sec), name), key)
-    for key in ("optim.weight_decay", "policy.weight_decay", "optim.warmup_epochs", "policy.gamma",
+    for key in ("optim.weight_decay", "policy.weight_decay", "policy.entropy_coef", "optim.warmup_epochs", "policy.gamma",
                 "data.workers", "data.val_every"):
         sec, name = key.split(".")
         _positive(getattr(getattr(r, sec), name), key, allow_zero=True)

@@ -9,11 +9,12 @@ of the clip's labels.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 
 from ..models.selection import Actions, ensure_one_frame
+from .config import BASELINES
 
 
 def is_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -48,19 +49,32 @@ def rewards(correct: torch.Tensor, actions: Actions, gamma: float) -> Tuple[torc
 
 class Baseline:
     """Reward baseline per head: "batch_mean" (the batch's mean reward) or "moving_average"
-    (exponential moving average of past batch means; the first batch uses its own mean)."""
+    (exponential moving average of past batch means; the first batch uses its own mean).
+
+    "self_critical" (Rennie et al., 2017) is one baseline per clip: the reward the greedy actions
+    of the same policy earn on that clip. `PolicyStep` computes it (it needs a second backbone
+    forward); this class then only carries the kind. A clip that is always right (or always
+    wrong) whatever the actions then gives no advantage, instead of reinforcing (or punishing)
+    whatever was sampled for it, as a batch-wide baseline does.
+    """
 
     def __init__(self, kind: str = "batch_mean", momentum: float = 0.9):
-        if kind not in ("batch_mean", "moving_average"):
-            raise ValueError(f"baseline {kind!r} is not one of ['batch_mean', 'moving_average']")
+        if kind not in BASELINES:
+            raise ValueError(f"baseline {kind!r} is not one of {list(BASELINES)}")
         self.kind, self.momentum = kind, float(momentum)
         self.value: Dict[str, Optional[float]] = {"u": None, "v": None}
+
+    @property
+    def per_clip(self) -> bool:
+        return self.kind == "self_critical"
 
     def __call__(self, head: str, reward: torch.Tensor, batch_mean: Optional[float] = None) -> float:
         """Baseline for this batch's rewards of `head` ("u" or "v"); then update the average.
 
         `batch_mean` overrides the local mean (DDP: the mean over all processes).
         """
+        if self.per_clip:
+            raise ValueError("the self-critical baseline is per clip: PolicyStep computes it")
         mean = float(reward.mean()) if batch_mean is None else float(batch_mean)
         if self.kind == "batch_mean":
             return mean
@@ -76,13 +90,21 @@ class Baseline:
         self.value = dict(state.get("value", {"u": None, "v": None}))  # type: ignore[arg-type]
 
 
-def reinforce_loss(actions: Actions, r_u: torch.Tensor, r_v: torch.Tensor, b_u: float, b_v: float) -> torch.Tensor:
-    """-(R_u - b_u) log pi(u) - (R_v - b_v) log pi(v), mean over the batch (needs sampled log-probs)."""
+def reinforce_loss(actions: Actions, r_u: torch.Tensor, r_v: torch.Tensor, b_u: Union[float, torch.Tensor],
+                   b_v: Union[float, torch.Tensor]) -> torch.Tensor:
+    """-(R_u - b_u) log pi(u) - (R_v - b_v) log pi(v), mean over the batch (needs sampled log-probs);
+    the baselines are scalars or one per clip."""
     if actions.log_prob_frames is None or actions.log_prob_stages is None:
         raise ValueError("actions carry no log-probabilities: sample them with sample_actions")
     adv_u = (r_u - b_u).detach()
     adv_v = (r_v - b_v).detach()
     return -(adv_u * actions.log_prob_frames + adv_v * actions.log_prob_stages).mean()
+
+
+def bernoulli_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of independent Bernoulli units, summed over units: (B, N) -> (B,)."""
+    p = p.clamp(1e-6, 1 - 1e-6)
+    return -(p * p.log() + (1 - p) * (1 - p).log()).sum(1)
 
 
 # --- random policies (the Random and Random FT baselines) ---------------------------------------

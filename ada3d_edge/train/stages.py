@@ -26,9 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.ada3d import Ada3D
-from ..models.selection import Actions, sample_actions
+from ..models.selection import Actions, greedy_actions, sample_actions
 from .dist import DistInfo, all_reduce_mean
-from .rewards import Baseline, is_correct, random_actions, reinforce_loss, rewards
+from .rewards import Baseline, bernoulli_entropy, is_correct, random_actions, reinforce_loss, rewards
 
 Stats = Dict[str, torch.Tensor]
 
@@ -112,13 +112,20 @@ class UpperStep(nn.Module):
 
 
 class PolicyStep(nn.Module):
-    """Stage 1 (`train_backbone=False`) and stage 2 (`train_backbone=True`)."""
+    """Stage 1 (`train_backbone=False`) and stage 2 (`train_backbone=True`).
+
+    `entropy_coef` > 0 subtracts that multiple of the policies' mean Bernoulli entropy from the loss
+    (the usual exploration bonus of policy-gradient methods; not in the paper): without it a
+    head's units can saturate to one input-independent action before the head's weights have
+    learned which inputs need what.
+    """
 
     def __init__(self, model: Ada3D, gamma: float, baseline: Baseline, train_backbone: bool,
-                 dist_info: Optional[DistInfo] = None):
+                 dist_info: Optional[DistInfo] = None, entropy_coef: float = 0.0):
         super().__init__()
         self.model = model
         self.gamma = float(gamma)
+        self.entropy_coef = float(entropy_coef)
         self.baseline = baseline
         self.train_backbone = train_backbone
         self.dist_info = dist_info or DistInfo()
@@ -135,17 +142,32 @@ class PolicyStep(nn.Module):
             cls_loss = logits.new_zeros(())
         correct = is_correct(logits.detach(), labels)
         r_u, r_v = rewards(correct, actions, self.gamma)
-        b_u = self.baseline("u", r_u, all_reduce_mean(float(r_u.mean()), self.dist_info))
-        b_v = self.baseline("v", r_v, all_reduce_mean(float(r_v.mean()), self.dist_info))
+        if self.baseline.per_clip:
+            b_u, b_v = self.greedy_rewards(clip, m, n, labels)
+        else:
+            b_u = self.baseline("u", r_u, all_reduce_mean(float(r_u.mean()), self.dist_info))
+            b_v = self.baseline("v", r_v, all_reduce_mean(float(r_v.mean()), self.dist_info))
         pg_loss = reinforce_loss(actions, r_u, r_v, b_u, b_v)
+        entropy = (bernoulli_entropy(m) + bernoulli_entropy(n)).mean()
+        if self.entropy_coef > 0:
+            pg_loss = pg_loss - self.entropy_coef * entropy
         k = max(actions.stages.shape[1], 1)
-        stats = {"loss_policy": pg_loss.detach(), "loss_cls": cls_loss.detach(),
+        stats = {"loss_policy": pg_loss.detach(), "loss_cls": cls_loss.detach(), "entropy": entropy.detach(),
                  "acc": correct.float().mean(), "reward": (r_u + r_v).mean(),
                  "frames": actions.frames.float().sum(1).mean(),
                  "stages3d": actions.stages.float().sum(1).mean(),
                  "frames_frac": actions.frames.float().mean(),
                  "stages_frac": actions.stages.float().sum(1).mean() / k}
         return cls_loss + pg_loss, stats
+
+
+    @torch.no_grad()
+    def greedy_rewards(self, clip: torch.Tensor, m: torch.Tensor, n: torch.Tensor,
+                       labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The self-critical baseline: the rewards (R_u, R_v) of the greedy actions, one per clip.
+        The backbone runs in its current mode, as for the sampled actions."""
+        greedy = greedy_actions(m.detach(), n.detach())
+        return rewards(is_correct(self.model(clip, greedy), labels), greedy, self.gamma)
 
 
 class RandomFtStep(nn.Module):

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ..data.dataset import BadVideoTracker, collate_skip_bad
+from .bn_calibration import calibrate_bn, is_calibrated, training_clips
 from .build import (build_model, check_data_paths, data_info, init_path, load_init, lr_factor,
                     make_dataset, make_optimizer, resolve_data_paths, stage_settings)
 from .checkpoint import read_checkpoint, save_checkpoint
@@ -30,9 +31,10 @@ from .rewards import Baseline, frame_prob_for
 from .stages import PolicyStep, RandomFtStep, UpperStep, prepare, set_train_modes
 
 COLUMNS = ["epoch", "step", "lr", "time_s", "loss", "acc", "selection_acc", "loss_backbone",
-           "loss_selection", "loss_policy", "loss_cls", "reward", "frames", "stages3d", "frames_frac",
+           "loss_selection", "loss_policy", "loss_cls", "reward", "entropy", "frames", "stages3d", "frames_frac",
            "stages_frac", "val_metric", "val_selection_metric", "val_frames", "val_stages3d",
            "val_frames_frac", "val_stages_frac", "val_gflops", "bad_videos", "seen_videos"]
+BN_CALIBRATED_STAGES = ("upper", "joint", "random_ft")  # the stages that change the backbone
 VAL_MODE = {"upper": "upper", "policy": "ada3d", "joint": "ada3d", "random_ft": "random"}
 StepHook = Callable[[int, int, int], None]
 
@@ -113,7 +115,8 @@ class Trainer:
         elif self.stage == "random_ft":
             step = RandomFtStep(self.model, self.random["frame_prob"], self.random["stage_prob"])
         else:
-            step = PolicyStep(self.model, r.policy.gamma, self.baseline, self.stage == "joint", info)
+            step = PolicyStep(self.model, r.policy.gamma, self.baseline, self.stage == "joint", info,
+                              r.policy.entropy_coef)
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
             step = DDP(step, device_ids=[info.device] if info.device.type == "cuda" else None)
@@ -230,10 +233,14 @@ class Trainer:
             self.log(f"{len(self.train_ds)} training videos, {len(self.classes)} classes, "
                      f"{self.epochs} epochs x {len(self.loader)} steps, world size {info.world_size}, "
                      f"init: {self.loaded.get('init')}, output: {self.out}")
+        if self.stage == "policy" and not is_calibrated(self.model.backbone):
+            self.calibrate_bn("before stage 1 (its backbone has no per-configuration statistics)")
         barrier(info)
         for epoch in range(self.start_epoch, self.epochs):
             row = self.train_epoch(epoch)
             last = epoch == self.epochs - 1
+            if last and self.stage in BN_CALIBRATED_STAGES:
+                self.calibrate_bn("after training")  # before the last validation and checkpoints
             if info.is_main and (last or (r.data.val_every and (epoch + 1) % r.data.val_every == 0)):
                 val = quick_validate(self.model, self.val_loader, VAL_MODE[self.stage], self.multi_label,
                                      info.device, r.threshold,
@@ -256,6 +263,18 @@ class Trainer:
             self.log(f"wrote {final}")
         barrier(info)
         return final
+
+    def calibrate_bn(self, when: str) -> None:
+        """Per-configuration BatchNorm statistics from `bn_calibration.batches` training batches
+        (every process measures its own shard; rank 0's are saved)."""
+        cfg = self.recipe.bn_calibration
+        if cfg.batches <= 0:
+            return
+        t0 = time.time()
+        seen = calibrate_bn(self.model.backbone, training_clips(self.loader, self.info.device, cfg.batches),
+                            frame_keep_prob=cfg.frame_keep_prob, seed=self.recipe.seed, progress=self.progress)
+        self.log(f"BN calibration {when}: {len(seen)} configurations x {max(seen.values())} batches "
+                 f"in {time.time() - t0:.1f} s")
 
     def train_epoch(self, epoch: int) -> Dict[str, Any]:
         info = self.info
