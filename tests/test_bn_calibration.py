@@ -108,9 +108,11 @@ def test_frame_dropping_and_subset_of_masks(backbone):
 
 def test_checkpoints_without_config_statistics_still_load():
     model = build_ada3d(Ada3DConfig(num_classes=4, num_frames=T, selection_width=0.35, policy_size=32))
-    old = {k: v for k, v in model.state_dict().items() if not is_config_bn_key(k)}
+    old = {k: v for k, v in model.state_dict().items()
+           if not is_config_bn_key(k) and not k.startswith("selection.head_norm.")}
     fresh = build_ada3d(Ada3DConfig(num_classes=4, num_frames=T, selection_width=0.35, policy_size=32))
     load_ada3d_state(fresh, old)
     assert not fresh.backbone.bn_calibrated.any()
+    assert torch.equal(fresh.selection.head_norm.running_var, torch.ones_like(fresh.selection.head_norm.running_var))
     with pytest.raises(RuntimeError, match="missing"):
         load_ada3d_state(fresh, {k: v for k, v in old.items() if "head" not in k})

@@ -73,10 +73,12 @@ class Ada3D(nn.Module):
 
 
 def load_ada3d_state(model: nn.Module, state: Dict[str, torch.Tensor], strict: bool = True) -> None:
-    """`load_state_dict` that accepts checkpoints without per-configuration BN statistics (written
-    before BN calibration existed): those configurations stay uncalibrated (shared statistics)."""
+    """`load_state_dict` that accepts checkpoints written before two sets of statistics existed:
+    per-configuration BN statistics (those configurations stay uncalibrated: shared statistics) and
+    the selection heads' feature standardisation (left at mean 0, variance 1: the identity, which is
+    what those checkpoints were trained with)."""
     res = model.load_state_dict(state, strict=False)
-    missing = [k for k in res.missing_keys if not is_config_bn_key(k)]
+    missing = [k for k in res.missing_keys if not (is_config_bn_key(k) or k.startswith("selection.head_norm."))]
     if strict and (missing or res.unexpected_keys):
         raise RuntimeError(f"state dict does not fit the model: missing {missing[:10]}, "
                            f"unexpected {list(res.unexpected_keys)[:10]}")
