@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ada3d_edge.data.dataset import VideoListDataset, collate_skip_bad  # noqa: E402
 from ada3d_edge.models import Actions, all_masks  # noqa: E402
+from ada3d_edge.models.specs import str_to_mask  # noqa: E402
 from ada3d_edge.train.bn_calibration import calibrate_bn  # noqa: E402
 from ada3d_edge.train.checkpoint import load_model  # noqa: E402
 from ada3d_edge.train.evaluate import _kinds  # noqa: E402
@@ -77,7 +78,7 @@ def main() -> None:
             for n in frame_counts(t):
                 keep = torch.zeros(len(clip), t, dtype=torch.bool)
                 keep[:, np.unique(np.round(np.linspace(0, t - 1, n)).astype(int))] = True
-                stages = torch.tensor([c == "1" for c in mask]).expand(len(clip), k)
+                stages = torch.tensor(str_to_mask(mask), dtype=torch.bool).expand(len(clip), k)
                 pred = torch.cat([model(clip[i:i + 32], Actions(keep[i:i + 32], stages[i:i + 32])).argmax(1)
                                   for i in range(0, len(clip), 32)])
                 ok = (pred == lab).float()

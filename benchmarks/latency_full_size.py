@@ -143,6 +143,20 @@ def _s(x, f=".1f"):
     return "-" if x is None else format(x, f)
 
 
+def _config_table(configs: list, with_batch: bool) -> list:
+    """Markdown rows, one per configuration: mask, T', [batch,] GFLOPs, latency, ratios, status."""
+    cols = ["mask", "T'"] + (["batch"] if with_batch else []) + [
+        "GFLOPs", "GFLOPs ratio", "p50 ms", "p95 ms", "latency ratio", "status"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for c in configs:
+        st = c["latency_ms"] or {}
+        vals = [c["mask"], str(c["frames"])] + ([str(c["batch"])] if with_batch else []) + [
+            f"{c['gflops']:.2f}", f"{c['gflops_ratio']:.3f}", _s(st.get("p50")), _s(st.get("p95")),
+            _s(c["latency_ratio"], ".3f"), c["status"]]
+        lines.append("| " + " | ".join(vals) + " |")
+    return lines
+
+
 def write_md(res: dict, path: Path) -> None:
     s = res["slow_r50"]
     lines = ["# ONNX Runtime CPU latency, full-size models (random init), 224x224, T = 8", "",
@@ -150,12 +164,7 @@ def write_md(res: dict, path: Path) -> None:
              f"- round-robin in one process, shuffled each round: {s['settings']['warmup']} warm-up + "
              f"{s['settings']['repeats']} timed rounds; ratios are p50 / Upper's p50 at the same batch", "",
              "## slow_r50 (K = 2: res4, res5), all configurations", "",
-             "| mask | T' | batch | GFLOPs | GFLOPs ratio | p50 ms | p95 ms | latency ratio | status |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for c in s["configs"]:
-        st = c["latency_ms"] or {}
-        lines.append(f"| {c['mask']} | {c['frames']} | {c['batch']} | {c['gflops']:.2f} | {c['gflops_ratio']:.3f} | "
-                     f"{_s(st.get('p50'))} | {_s(st.get('p95'))} | {_s(c['latency_ratio'], '.3f')} | {c['status']} |")
+             *_config_table(s["configs"], with_batch=True)]
     pol, ad, up, mem = s["policy"], s["adaptive"], s["upper"], s["memory_mb"] or {}
     lines += ["", f"Selection net (MobileNetV2 @112, 8 frames, batch 1): {_s((pol['latency_ms'] or {}).get('p50'))} ms "
                   f"p50 = **{_s(pol['fraction_of_upper'], '.3f')}** of Upper's engine p50 "
@@ -177,12 +186,7 @@ def write_md(res: dict, path: Path) -> None:
     i3d = res.get("i3d_r50")
     if i3d:
         lines += ["## i3d_r50 (K = 5), 3 of 32 configurations, batch 1", "",
-                  "| mask | T' | GFLOPs | GFLOPs ratio | p50 ms | p95 ms | latency ratio | status |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for c in i3d["configs"]:
-            st = c["latency_ms"] or {}
-            lines.append(f"| {c['mask']} | {c['frames']} | {c['gflops']:.2f} | {c['gflops_ratio']:.3f} | "
-                         f"{_s(st.get('p50'))} | {_s(st.get('p95'))} | {_s(c['latency_ratio'], '.3f')} | {c['status']} |")
+                  *_config_table(i3d["configs"], with_batch=False)]
         m = i3d["memory"]
         lines += ["", f"i3d_r50 memory: one ONNX engine file {m['onnx_file_mb']:.0f} MiB; RSS with Upper alone "
                       f"{m['upper_alone_mb']:.0f} MiB; each extra engine adds {m['per_extra_engine_mb']:.0f} MiB, so "

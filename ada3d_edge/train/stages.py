@@ -160,7 +160,6 @@ class PolicyStep(nn.Module):
                  "stages_frac": actions.stages.float().sum(1).mean() / k}
         return cls_loss + pg_loss, stats
 
-
     @torch.no_grad()
     def greedy_rewards(self, clip: torch.Tensor, m: torch.Tensor, n: torch.Tensor,
                        labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
