@@ -32,7 +32,7 @@ class DemoPlan:
     bench_clips: int = 24
 
 
-FULL = DemoPlan(videos_per_class=60, val_per_class=25, size=64, frames=40)
+FULL = DemoPlan(videos_per_class=200, val_per_class=25, size=64, frames=40)
 QUICK = DemoPlan(videos_per_class=3, val_per_class=2, size=32, frames=24, eval_clips=1, stream_windows=3,
                  bench_repeats=2, bench_clips=4, recipe_overrides=[
                      "optim.epochs=1", "policy.epochs=1", "joint.epochs=1", "data.crop=32",

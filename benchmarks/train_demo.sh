@@ -18,7 +18,7 @@ OUT_MD=${OUT_MD:-benchmarks/results/train_demo.md}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 ADA3D=("$PY" -m ada3d_edge.cli)
 SETS=(--set "output_dir=$WORK" --set "data.root=$WORK/data")
-SYNTH_ARGS=(--classes 8 --videos-per-class 60 --val-per-class 25 --size 64 --frames 40 --seed 0)
+SYNTH_ARGS=(--classes 8 --videos-per-class 200 --val-per-class 25 --size 64 --frames 40 --seed 0)
 
 mkdir -p "$WORK" "$(dirname "$OUT_MD")"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from ada3d_edge.cli import main
 from ada3d_edge.data.lists import load_classes, load_list
-from ada3d_edge.data.synth import (_place, _sprite, load_class_kinds, make_synth_dataset,
-                                   render_video, synth_classes)
+from ada3d_edge.data.synth import (COLOURS, MOTION_COLOURS, MOTION_POOL, _place, _sprite, load_class_kinds,
+                                   make_synth_dataset, render_video, synth_classes)
 from ada3d_edge.data.video import probe_video, read_video_frames
 
 
@@ -91,6 +91,29 @@ def test_left_right_indistinguishable_per_frame():
         same_class = np.abs(stat_a - stat_b).mean()
         assert np.abs(stat_a - stat_left).mean() < 1.5 * same_class + 0.5
     assert trend_right > 5 and trend_left < -5
+
+
+def test_one_frame_tells_static_from_motion_by_colour():
+    """The motion pool's colours are its own: the object's colour in any single frame says static
+    or motion (the selection network's cue), while both classes of a pair draw from the same pool."""
+    assert not set(COLOURS) & set(MOTION_COLOURS)
+    assert {c for c, _, _ in MOTION_POOL} == set(MOTION_COLOURS)
+    assert all(c.appearance[0] in COLOURS for c in synth_classes(16) if c.kind == "static")
+
+    def object_colour(name, seed):
+        frames, track = render_video(_cls(name), np.random.default_rng(seed), 64, 6, return_track=True)
+        i = int(np.argmin(np.abs(track[:, :2] - 32).max(1)))   # the frame with the object most inside
+        x, y = np.round(track[i, :2]).astype(int)
+        return frames[i, y - 4:y + 5, x - 4:x + 5].reshape(-1, 3).astype(np.float32)
+
+    palette = {name: np.array(rgb, np.float32) for name, rgb in {**COLOURS, **MOTION_COLOURS}.items()}
+    for name in ("red_circle_striped", "move_right", "rotate_ccw", "grow"):
+        for seed in range(3):
+            pixels = object_colour(name, seed)
+            # the object's pixel nearest to any palette colour (stripes and dots darken the others)
+            dist = {c: np.abs(pixels - rgb).sum(1).min() for c, rgb in palette.items()}
+            nearest = min(dist, key=dist.get)
+            assert (nearest in MOTION_COLOURS) == (_cls(name).kind == "motion"), (name, seed, nearest)
 
 
 def test_track_directions():
