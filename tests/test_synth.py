@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from ada3d_edge.cli import main
 from ada3d_edge.data.lists import load_classes, load_list
-from ada3d_edge.data.synth import (COLOURS, MOTION_COLOURS, MOTION_POOL, _place, _sprite, load_class_kinds,
-                                   make_synth_dataset, render_video, synth_classes)
+from ada3d_edge.data.synth import (COLOURS, MOTION_COLOURS, MOTION_POOL, PALETTE, _place, _sprite,
+                                   load_class_kinds, make_synth_dataset, render_video, synth_classes)
 from ada3d_edge.data.video import probe_video, read_video_frames
 
 
@@ -106,7 +106,7 @@ def test_one_frame_tells_static_from_motion_by_colour():
         x, y = np.round(track[i, :2]).astype(int)
         return frames[i, y - 4:y + 5, x - 4:x + 5].reshape(-1, 3).astype(np.float32)
 
-    palette = {name: np.array(rgb, np.float32) for name, rgb in {**COLOURS, **MOTION_COLOURS}.items()}
+    palette = {name: np.array(rgb, np.float32) for name, rgb in PALETTE.items()}
     for name in ("red_circle_striped", "move_right", "rotate_ccw", "grow"):
         for seed in range(3):
             pixels = object_colour(name, seed)
