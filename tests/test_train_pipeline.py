@@ -123,8 +123,10 @@ def test_random_ft_and_eval_table(trained, tmp_path):
     assert {"frame_prob", "stage_prob"} <= set(r["random_policy"])
 
 
-def test_resume_after_crash_finishes_the_same_epochs(tiny_synth_dataset, tmp_path):
-    recipe = recipe_from_dict(tiny_recipe(tiny_synth_dataset, tmp_path, optim={"epochs": 3}))
+@pytest.mark.parametrize("selection_optimizer", ["sgd", "adamw"])
+def test_resume_after_crash_finishes_the_same_epochs(tiny_synth_dataset, tmp_path, selection_optimizer):
+    recipe = recipe_from_dict(tiny_recipe(tiny_synth_dataset, tmp_path, optim={
+        "epochs": 3, "selection_optimizer": selection_optimizer}))
 
     def crash(epoch, i, step):
         if epoch == 1 and i == 0:

@@ -13,6 +13,7 @@ from ..data.lists import require_dir, require_file
 from ..models.ada3d import Ada3D, Ada3DConfig, build_ada3d, load_ada3d_state
 from .checkpoint import FORMAT, read_checkpoint
 from .config import Recipe
+from .optimizers import MixedOptimizer
 
 PREVIOUS = {"upper": None, "policy": "upper", "joint": "policy", "random_ft": "upper"}
 MODEL_KEYS = ("arch", "num_classes", "num_frames", "selection_width", "policy_size")
@@ -157,12 +158,18 @@ def _policy_groups(model: Ada3D, lr: float, head_lr: Optional[float], weight_dec
 
 
 def make_optimizer(recipe: Recipe, model: Ada3D, stage: str) -> torch.optim.Optimizer:
-    """SGD (momentum from optim.momentum); per-stage learning rates (see config)."""
+    """SGD (momentum from optim.momentum); per-stage learning rates (see config). In the upper stage,
+    `optim.selection_optimizer: adamw` trains the selection network's MobileNetV2 with AdamW beside
+    the backbone's SGD (`MixedOptimizer`)."""
     o, j, p = recipe.optim, recipe.joint, recipe.policy
     if stage == "upper":
-        groups = [{"params": _trainable(model.selection), "lr": o.selection_lr or o.lr,
-                   "weight_decay": o.weight_decay},
-                  {"params": _trainable(model.backbone), "lr": o.lr, "weight_decay": o.weight_decay}]
+        selection = {"params": _trainable(model.selection), "lr": o.selection_lr or o.lr,
+                     "weight_decay": o.weight_decay}
+        backbone = {"params": _trainable(model.backbone), "lr": o.lr, "weight_decay": o.weight_decay}
+        if o.selection_optimizer == "adamw":
+            return MixedOptimizer([torch.optim.AdamW([selection], lr=selection["lr"]),
+                                   torch.optim.SGD([backbone], lr=o.lr, momentum=o.momentum)])
+        groups = [selection, backbone]
     elif stage == "policy":
         groups = _policy_groups(model, p.lr, p.head_lr, p.weight_decay)
     elif stage == "joint":

@@ -9,8 +9,9 @@ A recipe has these sections (every key optional unless marked; unknown keys are 
                val_every (epochs; 0 = only after the last), flip, multi_label, mean, std, workers,
                max_bad_fraction
     optim:     stage 0 ("upper", fine-tuning) and the settings every stage shares:
-               lr, selection_lr (stage 0's MobileNetV2, null = lr), momentum, weight_decay, schedule (cosine | constant), warmup_epochs, epochs,
-               batch_size
+               lr, selection_lr (stage 0's MobileNetV2, null = lr), selection_optimizer (sgd | adamw:
+               stage 0's MobileNetV2; the backbone always uses SGD), momentum, weight_decay,
+               schedule (cosine | constant), warmup_epochs, epochs, batch_size
     policy:    stage 1 and the reward: gamma, baseline (batch_mean | moving_average | self_critical),
                baseline_momentum, lr, epochs, batch_size, weight_decay
     joint:     stage 2: lr (selection network), backbone_lr (null = lr), epochs, batch_size
@@ -38,6 +39,7 @@ import yaml
 
 STAGES = ("upper", "policy", "joint", "random_ft")
 BASELINES = ("batch_mean", "moving_average", "self_critical")  # policy.baseline (rewards.Baseline)
+SELECTION_OPTIMIZERS = ("sgd", "adamw")  # optim.selection_optimizer (build.make_optimizer)
 REQUIRED = ("data.root", "data.train_list", "data.val_list", "data.classes")
 
 
@@ -76,6 +78,7 @@ class DataCfg:
 class OptimCfg:
     lr: float = 0.01
     selection_lr: Optional[float] = None  # stage 0's MobileNetV2 classifier (null = lr)
+    selection_optimizer: str = "sgd"  # stage 0's MobileNetV2: sgd (the paper) | adamw (from scratch)
     random_policy_prob: float = 0.0  # stage 0: share of steps under a random policy (0 = the paper's Upper)
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -342,6 +345,7 @@ def validate(r: Recipe, check_required: bool = True) -> None:
             raise ValueError(f"recipe is missing required key(s) {missing}; set them in the YAML or "
                              f"with --set (e.g. --set data.root=/path/to/videos)")
     _choice(r.optim.schedule, ("cosine", "constant"), "optim.schedule")
+    _choice(r.optim.selection_optimizer, SELECTION_OPTIMIZERS, "optim.selection_optimizer")
     if not 0.0 <= r.optim.random_policy_prob <= 1.0:
         raise ValueError(f"optim.random_policy_prob must be in [0, 1], got {r.optim.random_policy_prob}")
     _choice(r.policy.baseline, BASELINES, "policy.baseline")
