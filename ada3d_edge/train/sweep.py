@@ -95,13 +95,23 @@ def run_sweep(recipe: Recipe, gammas: Sequence[float], random_ft: bool = True, n
             points.append(point(float(g), res))
             metric = res["metric"]
         barrier(info)
-    result = {"points": points, "metric": metric, "csv": str(out / "sweep.csv"),
-              "json": str(out / "sweep.json"), "png": str(out / "sweep.png")}
     if info.is_main:
-        with open(result["csv"], "w", newline="") as f:
-            w = csv.DictWriter(f, FIELDS)
-            w.writeheader()
-            w.writerows(points)
-        Path(result["json"]).write_text(json.dumps({"metric": metric, "points": points}, indent=1))
-        plot(points, metric, Path(result["png"]))
+        return write_sweep(points, metric, out)
+    return {"points": points, "metric": metric, **_paths(out, "sweep")}
+
+
+def _paths(out: Path, stem: str) -> Dict[str, str]:
+    return {ext: str(out / f"{stem}.{ext}") for ext in ("csv", "json", "png")}
+
+
+def write_sweep(points: List[Dict[str, Any]], metric: str, out: Path, stem: str = "sweep") -> Dict[str, Any]:
+    """`<stem>.csv`, `<stem>.json` and `<stem>.png` (the Fig. 3 plot) in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"points": points, "metric": metric, **_paths(out, stem)}
+    with open(result["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, FIELDS)
+        w.writeheader()
+        w.writerows(points)
+    Path(result["json"]).write_text(json.dumps({"metric": metric, "points": points}, indent=1))
+    plot(points, metric, Path(result["png"]))
     return result
