@@ -31,7 +31,7 @@ from ada3d_edge.models import Actions, all_masks  # noqa: E402
 from ada3d_edge.models.specs import str_to_mask  # noqa: E402
 from ada3d_edge.train.bn_calibration import calibrate_bn  # noqa: E402
 from ada3d_edge.train.checkpoint import load_model  # noqa: E402
-from ada3d_edge.train.evaluate import _kinds  # noqa: E402
+from ada3d_edge.train.evaluate import class_kinds  # noqa: E402
 
 
 def frame_counts(t: int):
@@ -64,7 +64,7 @@ def main() -> None:
                               short_side_range=(d["crop_size"], int(d["crop_size"] * 1.125)), flip=False, **common)
         calibrate_bn(model.backbone, (b["clip"] for b in DataLoader(tr, batch_size=16, collate_fn=collate_skip_bad)))
     ds = VideoListDataset(data, root, classes, split="test", test_crop_size=d["test_crop_size"], num_clips=1, **common)
-    kinds = _kinds(classes)
+    kinds = class_kinds(classes)
     clips, labels = [], []
     for b in DataLoader(ds, batch_size=16, collate_fn=collate_skip_bad):
         if b["clip"] is not None:

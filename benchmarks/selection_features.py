@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ada3d_edge.data.dataset import VideoListDataset, collate_skip_bad  # noqa: E402
 from ada3d_edge.train.checkpoint import load_model  # noqa: E402
-from ada3d_edge.train.evaluate import _kinds  # noqa: E402
+from ada3d_edge.train.evaluate import class_kinds  # noqa: E402
 
 
 def features(model, ds, limit: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -37,8 +37,7 @@ def features(model, ds, limit: int) -> Tuple[torch.Tensor, torch.Tensor, torch.T
             if b["policy"] is None:
                 continue
             f = sel.frame_features(b["policy"][:, 0]).mean(1)
-            hn = sel.head_norm
-            feats.append((f - hn.running_mean) * torch.rsqrt(hn.running_var + hn.eps))
+            feats.append(sel.standardise(f))
             preds.append(sel.classifier(f).argmax(1))
             labels.append(b["label"])
     return torch.cat(feats), torch.cat(preds), torch.cat(labels)
@@ -73,7 +72,7 @@ def measure(path: str, train: Path, val: Path, limit: int) -> Dict[str, float]:
     model.eval()
     d = ck["data"]
     classes = val.parent / "classes.txt"
-    kinds = _kinds(classes)
+    kinds = class_kinds(classes)
     if not kinds:
         raise SystemExit(f"{classes.with_name('classes.json')} is missing: kinds come from `ada3d synth` data")
     common = dict(num_frames=d["num_frames"], stride=d["stride"], policy_size=d["policy_size"],
@@ -91,6 +90,16 @@ def measure(path: str, train: Path, val: Path, limit: int) -> Dict[str, float]:
             "probe_val": pct(probe(xv).argmax(1) == motion[lv]), "videos": len(lv), "train_clips": len(lt)}
 
 
+def read_recipe_optimizer(path: str) -> str:
+    """optim.selection_optimizer from the config.yaml beside the checkpoint (sgd when absent)."""
+    import yaml
+    cfg = Path(path).with_name("config.yaml")
+    if not cfg.is_file():
+        return "?"
+    optim = (yaml.safe_load(cfg.read_text()) or {}).get("optim", {})
+    return f"{optim.get('selection_optimizer', 'sgd')} lr {optim.get('selection_lr')}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoints", nargs="+")
@@ -106,7 +115,7 @@ def main() -> None:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for path in args.checkpoints:
         r = measure(path, Path(args.train), Path(args.data), args.train_clips)
-        opt = (read_recipe_optimizer(path))
+        opt = read_recipe_optimizer(path)
         lines.append(f"| `{path}` | {opt} | {r['top1']:.1f} | {r['kind']:.1f} | {r['group']:.1f} | "
                      f"{r['probe_train']:.1f} | {r['probe_val']:.1f} |")
     text = (f"Selection network on `{args.data}` (one centre clip per video; classifier accuracies in %), "
@@ -115,16 +124,6 @@ def main() -> None:
     if args.md:
         Path(args.md).write_text(f"# What the selection network tells apart\n\nCommand: `{' '.join(sys.argv)}`\n\n"
                                  + text)
-
-
-def read_recipe_optimizer(path: str) -> str:
-    """optim.selection_optimizer from the config.yaml beside the checkpoint (sgd when absent)."""
-    import yaml
-    cfg = Path(path).with_name("config.yaml")
-    if not cfg.is_file():
-        return "?"
-    optim = (yaml.safe_load(cfg.read_text()) or {}).get("optim", {})
-    return f"{optim.get('selection_optimizer', 'sgd')} lr {optim.get('selection_lr')}"
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def main() -> None:
         metric = res["metric"]
         kinds = res.get("by_kind", {})
         usage = {k: f"{v['mean_3d']:.2f} / {v['mean_frames']:.2f}" for k, v in kinds.items()}
-        saving = 100 * (1 - p["ada3d_gflops"] / p["upper_gflops"])
+        saving = 100 * res["gflops_saving_vs_upper"]
         rft = f"{p['random_ft_metric']:.1f}" if p["random_ft_metric"] is not None else "-"
         rows.append(f"| {p['gamma']:g} | {p['upper_metric']:.1f} | {p['ada3d_metric']:.1f} | "
                     f"{p['ada3d_gflops']:.4f} | {saving:.1f} | {p['ada3d_mean_3d']:.2f} | "

@@ -137,16 +137,19 @@ class SelectionNet(nn.Module):
         x = self.features(x).mean((2, 3))
         return x.reshape(b, t, -1)
 
+    def standardise(self, feat: torch.Tensor) -> torch.Tensor:
+        """Clip features (B, F) -> what the two heads see."""
+        hn = self.head_norm
+        if self.training and feat.shape[0] > 1:
+            return hn(feat)  # batch statistics, and the running ones updated
+        # inference, or one clip (no batch statistics): the running statistics, written out as plain
+        # arithmetic so the ONNX export needs no BatchNormalization of unknown width
+        return (feat - hn.running_mean) * torch.rsqrt(hn.running_var + hn.eps)
+
     def forward(self, frames: torch.Tensor):
         if frames.shape[2] != self.num_frames:
             raise ValueError(f"selection network expects all T={self.num_frames} frames, got {frames.shape[2]}")
-        feat = self.frame_features(frames).mean(1)
-        hn = self.head_norm
-        if self.training and feat.shape[0] > 1:
-            feat = hn(feat)  # batch statistics, and the running ones updated
-        else:  # inference, or one clip (no batch statistics): the running statistics, written out
-            # as plain arithmetic so the ONNX export needs no BatchNormalization of unknown width
-            feat = (feat - hn.running_mean) * torch.rsqrt(hn.running_var + hn.eps)
+        feat = self.standardise(self.frame_features(frames).mean(1))
         return torch.sigmoid(self.frame_head(feat)), torch.sigmoid(self.stage_head(feat))
 
     def classify(self, frames: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,8 @@ def _classes_file(data_list: Path, classes_file: Optional[PathLike]) -> Path:
     return guess
 
 
-def _kinds(classes_file: Path) -> Dict[str, str]:
+def class_kinds(classes_file: Path) -> Dict[str, str]:
+    """{class: "static" | "motion"} from the classes.json beside a classes file; {} when absent or unreadable."""
     path = classes_file.with_name("classes.json")
     if not path.is_file():
         return {}
@@ -162,7 +163,7 @@ def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike]
     if rf_model is not None:
         rows.append(rand_ft.row("Random FT", labels_np, multi, sel))
     rows.append(ada_row)
-    per_class, by_kind = _per_class(ds, idx, ada, up, labels_np, multi, _kinds(cls_file))
+    per_class, by_kind = _per_class(ds, idx, ada, up, labels_np, multi, class_kinds(cls_file))
     return {
         "checkpoint": str(checkpoint), "random_ft_checkpoint": str(random_ft) if random_ft else None,
         "upper_checkpoint": str(upper) if upper else None,
