@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import onnx
@@ -123,6 +124,10 @@ def test_failed_verification_names_configuration(slow_ckpt, tmp_path, monkeypatc
     assert not out.exists() and _leftovers(tmp_path) == []  # no half bundle
 
 
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def test_overwrite_refusal_and_cli(slow_ckpt, tmp_path):
     out = tmp_path / "bundle"
     out.mkdir()
@@ -134,11 +139,38 @@ def test_overwrite_refusal_and_cli(slow_ckpt, tmp_path):
     assert res.exit_code == 2 and "--overwrite" in res.output
     assert (out / "junk.txt").read_text() == "keep me"
     res = runner.invoke(main, ["export", str(slow_ckpt), "--out", str(out), "--no-verify", "--quiet",
+                               "--overwrite"])  # not a bundle: refused by name even with --overwrite
+    assert res.exit_code == 2 and f"{out} is not an ada3d bundle" in res.output, res.output
+    assert (out / "junk.txt").read_text() == "keep me"
+    (out / "junk.txt").unlink()
+    res = runner.invoke(main, ["export", str(slow_ckpt), "--out", str(out), "--no-verify", "--quiet"])
+    assert res.exit_code == 0, res.output  # an empty directory is fine
+    first = _tree(out)
+    (out / "backbone_11.plan").write_bytes(b"PLAN")  # the bundle's own kind of file goes with it
+    res = runner.invoke(main, ["export", str(slow_ckpt), "--out", str(out), "--no-verify", "--quiet",
                                "--overwrite"])
     assert res.exit_code == 0, res.output
-    assert "not verified" in res.output and not (out / "junk.txt").exists()
+    assert "not verified" in res.output and not (out / "backbone_11.plan").exists()
+    assert _tree(out).keys() == first.keys()
     open_bundle(out)
     assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("case", ["subfolder", "foreign_manifest", "bad_json"])
+def test_overwrite_refuses_what_is_not_a_bundle(slow_bundle, slow_ckpt, tmp_path, case):
+    out = tmp_path / "target"
+    if case == "subfolder":  # a bundle with someone's files in a sub-folder: not ours to delete
+        shutil.copytree(slow_bundle, out)
+        (out / "notes").mkdir()
+        (out / "notes" / "mine.txt").write_text("keep me")
+    else:
+        out.mkdir()
+        (out / "data.csv").write_text("1,2\n")
+        (out / "manifest.json").write_text('{"name": "another tool"}' if case == "foreign_manifest" else "{oops")
+    before = _tree(out)
+    with pytest.raises(FileExistsError, match=r"is not an ada3d bundle"):
+        export_bundle(slow_ckpt, out, verify=False, overwrite=True, progress=False)
+    assert _tree(out) == before and _leftovers(tmp_path) == []
 
 
 @pytest.mark.slow

@@ -6,11 +6,9 @@ failed or interrupted export leaves no half bundle.
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Tuple, Union
 
 from tqdm import tqdm
 
@@ -19,6 +17,7 @@ from ..bundle import EngineEntry, Manifest, PolicyEntry, engine_name, write_mani
 from ..flops import backbone_macs, selection_macs
 from ..models.specs import BackboneSpec, all_masks
 from .onnx_export import check_opset, export_backbone, export_policy, fold_mode
+from .staging import check_target, make_temp_dir, move_into_place
 from .verify import verify_backbone, verify_policy
 
 PathLike = Union[str, Path]
@@ -78,30 +77,6 @@ def _engine_entry(root: Path, file: str, mask: str, spec: BackboneSpec, crop: in
     return EngineEntry.for_file(root, file, mask, *engine_cost(spec, mask, crop))
 
 
-def _prepare_out(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a directory; choose another --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} is not empty; pass --overwrite (overwrite=True) to replace it")
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename ``tmp`` to ``out_dir``; an old ``out_dir`` is moved aside first and removed after."""
-    old: Optional[Path] = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.rmdir(old)
-        os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, verify: bool = True,
                   fold_frames: Union[bool, str] = True, overwrite: bool = False, progress: bool = True) -> Path:
     """Export a checkpoint to a bundle directory and return its path.
@@ -114,7 +89,7 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
         fold_frames: which temporal-kernel-1 convs run as Conv2d over frames folded into the batch:
             True / "auto" (the 2D tail of each configuration), "all", or False / "degraded" (only
             degraded stages, which are always folded); see ``onnx_export.fold_plan``.
-        overwrite: replace an existing non-empty ``out_dir``.
+        overwrite: replace an existing non-empty ``out_dir`` if it is an ada3d bundle.
         progress: show a tqdm bar over the configurations.
     """
     from ..train.checkpoint import load_model
@@ -122,7 +97,7 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
     opset = check_opset(opset)
     fold_frames = fold_mode(fold_frames)
     out_dir = Path(out_dir)
-    _prepare_out(out_dir, overwrite)
+    check_target(out_dir, overwrite)
     model, ckpt = load_model(checkpoint)
     backbone, spec = model.backbone, model.backbone.spec
     if spec.temporal_pool:
@@ -133,7 +108,7 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
     masks: List[str] = all_masks(backbone.num_stages_3d)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir)
     try:
         export_policy(model, tmp / "policy.onnx", t, p, opset)
         if verify:
@@ -151,7 +126,8 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
             engines=engines, versions=_versions(opset, fold_frames),
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **fields)
         write_manifest(tmp, manifest)
-        _move_into_place(tmp, out_dir)
+        check_target(out_dir, overwrite)  # again: the target may have changed during the export
+        move_into_place(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
