@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import onnx
@@ -11,7 +16,7 @@ from click.testing import CliRunner
 
 from ada3d_edge.bundle import open_bundle, sha256_file
 from ada3d_edge.cli import main
-from ada3d_edge.export import exporter
+from ada3d_edge.export import exporter, staging
 from ada3d_edge.export.exporter import export_bundle
 from ada3d_edge.export.onnx_export import expected_conv_ranks, export_backbone, onnx_conv_ranks
 from ada3d_edge.export.verify import VerificationError, frame_counts
@@ -190,3 +195,46 @@ def test_i3d_all_32_configurations_verified(tmp_path):
     # mask 11110: res5 degraded (2 blocks, 7 convs with the shortcut) and res4's last block (3x1x1 only
     # in its first block; 3 convs) form the 2D tail
     assert onnx_conv_ranks(bundle.engine_path("11110"))[2] == 7 + 3
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_stale_temp_dirs_of_the_target_are_cleared(slow_bundle, tmp_path):
+    target, dead = tmp_path / "bundle", _dead_pid()
+    me = os.getpid()
+    stale = [tmp_path / f".bundle.tmp-{dead}-abc123", tmp_path / f".bundle.old-{dead}-x_9"]
+    reused = tmp_path / f".bundle.tmp-{me}-reused"  # our pid, but made before this process started
+    running = tmp_path / f".bundle.tmp-{me}-live"  # a live export's: kept
+    others = [tmp_path / f".other.tmp-{dead}-abc", tmp_path / f".bundle.tmp-{dead}", tmp_path / ".bundle.tmp-k2j3h4"]
+    for path in stale + [reused, running] + others:
+        path.mkdir()
+        (path / "policy.onnx").write_bytes(b"x")
+    start = staging._process_start(me)
+    assert start is not None  # Linux /proc
+    os.utime(reused, (start - 3600, start - 3600))
+    removed = staging.clear_stale_temp_dirs(target)
+    assert sorted(removed) == sorted(stale + [reused])
+    assert all(p.is_dir() for p in [running] + others) and not any(p.exists() for p in stale + [reused])
+    # killed between the two renames of a swap: the previous bundle is put back, not deleted
+    old = tmp_path / f".bundle.old-{dead}-swap"
+    shutil.copytree(slow_bundle, old)
+    assert staging.clear_stale_temp_dirs(target) == [] and open_bundle(target).root == target
+
+
+def test_sigkilled_export_leftover_is_removed_by_the_next_export(slow_ckpt, tmp_path):
+    out = tmp_path / "bundle"
+    code = "import sys; from ada3d_edge.cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", code, "export", str(slow_ckpt), "--out", str(out), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any(tmp_path.glob(".bundle.tmp-*/policy.onnx")):
+        assert proc.poll() is None and time.monotonic() < deadline, "export ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert [p.name.split("-")[1] for p in tmp_path.glob(".bundle.tmp-*")] == [str(proc.pid)]
+    export_bundle(slow_ckpt, out, verify=False, progress=False)
+    assert _leftovers(tmp_path) == [] and open_bundle(out).root == out

@@ -1,7 +1,8 @@
 """``export_bundle``: a checkpoint -> a verified bundle directory (policy + 2^K backbones + manifest).
 
 Everything is written to a temporary sibling directory that is renamed into place at the end, so a
-failed or interrupted export leaves no half bundle.
+failed or interrupted export leaves no half bundle; a killed one leaves a temp dir that the next export
+of the same target removes (``staging.py``).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ..bundle import EngineEntry, Manifest, PolicyEntry, engine_name, write_mani
 from ..flops import backbone_macs, selection_macs
 from ..models.specs import BackboneSpec, all_masks
 from .onnx_export import check_opset, export_backbone, export_policy, fold_mode
-from .staging import check_target, make_temp_dir, move_into_place
+from .staging import check_target, clear_stale_temp_dirs, make_temp_dir, move_into_place
 from .verify import verify_backbone, verify_policy
 
 PathLike = Union[str, Path]
@@ -97,6 +98,7 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
     opset = check_opset(opset)
     fold_frames = fold_mode(fold_frames)
     out_dir = Path(out_dir)
+    clear_stale_temp_dirs(out_dir)  # left by killed exports of this target
     check_target(out_dir, overwrite)
     model, ckpt = load_model(checkpoint)
     backbone, spec = model.backbone, model.backbone.spec
