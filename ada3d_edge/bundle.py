@@ -59,6 +59,13 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def apply_umask(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would (mkstemp/mkdtemp make 0600/0700)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~mask)
+
+
 def all_masks(num_stages: int) -> list[str]:
     """Every stage mask for ``num_stages`` stages, as bit strings ("00", "01", "10", "11")."""
     return [format(i, f"0{num_stages}b") for i in range(2 ** num_stages)]
@@ -279,6 +286,7 @@ def write_manifest(bundle_dir: str | os.PathLike, manifest: Manifest) -> Path:
     text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=bundle_dir)
     try:
+        apply_umask(tmp)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

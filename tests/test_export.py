@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from ada3d_edge.bundle import open_bundle, sha256_file
+from ada3d_edge.bundle import add_trt_engines, open_bundle, sha256_file
 from ada3d_edge.cli import main
 from ada3d_edge.export import exporter, staging
 from ada3d_edge.export.exporter import export_bundle
@@ -238,3 +239,16 @@ def test_sigkilled_export_leftover_is_removed_by_the_next_export(slow_ckpt, tmp_
     assert [p.name.split("-")[1] for p in tmp_path.glob(".bundle.tmp-*")] == [str(proc.pid)]
     export_bundle(slow_ckpt, out, verify=False, progress=False)
     assert _leftovers(tmp_path) == [] and open_bundle(out).root == out
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_bundle_modes_follow_the_umask(slow_ckpt, tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        out = export_bundle(slow_ckpt, tmp_path / "bundle", verify=False, progress=False)
+        add_trt_engines(out, [])  # rewrites the manifest
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == {name: 0o666 & ~umask for name in modes} and "manifest.json" in modes

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional
 
-from ..bundle import FORMAT, MANIFEST_NAME
+from ..bundle import FORMAT, MANIFEST_NAME, apply_umask
 
 _KINDS = ("tmp", "old")
 
@@ -127,7 +127,8 @@ def check_target(out_dir: Path, overwrite: bool) -> None:
 
 
 def move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename ``tmp`` to ``out_dir``; an old bundle is moved aside, then removed."""
+    """Rename ``tmp`` to ``out_dir`` (mode from the umask); an old bundle is moved aside, then removed."""
+    apply_umask(tmp, directory=True)
     old: Optional[Path] = None
     if out_dir.exists():
         old = make_temp_dir(out_dir, "old")
