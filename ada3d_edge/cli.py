@@ -95,8 +95,10 @@ def export_cmd(checkpoint: str, out: str, opset: int, no_verify: bool, fold: str
                              overwrite=overwrite, progress=not quiet)
     except FileExistsError as e:
         raise click.UsageError(str(e)) from None
-    except (ValueError, VerificationError) as e:
-        raise click.ClickException(str(e)) from None
+    except (ValueError, VerificationError) as e:  # bad checkpoint or option, failed check
+        raise click.ClickException(str(e).strip().splitlines()[0]) from None
+    except OSError as e:  # cannot write --out (permissions, disk full)
+        raise click.ClickException(f"cannot write bundle {out}: {e}") from None
     click.echo(f"wrote bundle {path}" + (" (not verified)" if no_verify else " (verified in ONNX Runtime)"))
 
 

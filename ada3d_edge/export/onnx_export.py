@@ -25,6 +25,15 @@ from ..models.layers import TemporalConv
 from ..models.selection import SelectionNet
 
 MIN_OPSET = 17
+
+
+def max_opset() -> int:
+    """Newest opset this torch's exporter writes (torch.onnx's own constant; 20 if it moved)."""
+    try:
+        from torch.onnx import _constants
+        return int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):
+        return 20
 PathLike = Union[str, Path]
 
 
@@ -42,10 +51,13 @@ class FixedMaskBackbone(nn.Module):
 
 
 def check_opset(opset: int) -> int:
-    """Opset as int; ValueError below ``MIN_OPSET``."""
+    """Opset as int; ValueError outside ``MIN_OPSET``..``max_opset()``."""
     opset = int(opset)
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is too old: use --opset {MIN_OPSET} or newer")
+    if opset > max_opset():
+        raise ValueError(f"opset {opset} is newer than torch {torch.__version__} exports: "
+                         f"use --opset {MIN_OPSET}..{max_opset()}")
     return opset
 
 

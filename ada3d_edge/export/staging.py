@@ -116,6 +116,9 @@ def check_target(out_dir: Path, overwrite: bool) -> None:
     """Refuse a target the export must not replace (FileExistsError naming it and the way on)."""
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
         raise FileExistsError(f"{out_dir} exists and is not a directory; choose another --out")
+    blocking = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise FileExistsError(f"{out_dir}: {blocking} is a file, not a directory; choose another --out")
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
         return
     if not overwrite:

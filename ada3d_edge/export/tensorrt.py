@@ -87,11 +87,19 @@ def build_engines(bundle_dir: PathLike, profile: EngineProfile, calib_list: Opti
 
     Returns the new manifest entries (each with TensorRT version, GPU name, precision, max batch).
     """
-    from ..runtime.trt_backend import engine_identity, import_cudart
+    from ..runtime.trt_backend import engine_identity, import_cudart, parse_cuda_device
 
     profile = profile.validate()
+    try:
+        parse_cuda_device(device)
+    except ValueError:
+        raise ValueError(f"--device {device!r}: engines are built on a CUDA device, cuda or cuda:N") from None
+    bundle: Bundle = open_bundle(bundle_dir)  # bad inputs are named before TensorRT is needed
+    if calib_list is not None:
+        from ..data.lists import load_list
+
+        load_list(calib_list, Path(calib_list).parent, list_option="--calib")
     trt = require_tensorrt()
-    bundle: Bundle = open_bundle(bundle_dir)
     trt_version, gpu_name = engine_identity(device)
     m = bundle.manifest
     shapes = shape_profiles(m, profile.max_batch, profile.opt_batch)
