@@ -136,11 +136,9 @@ def _fake_trt(rec: _Recorder) -> types.SimpleNamespace:
 
 
 def test_build_engines_with_fake_tensorrt(tmp_path, monkeypatch):
-    from ada3d_edge.runtime import trt_backend
-
     rec = _Recorder()
     monkeypatch.setattr(trt_export, "require_tensorrt", lambda: _fake_trt(rec))
-    monkeypatch.setattr(trt_backend, "engine_identity", lambda device="cuda": ("10.3.0", "Orin (nvgpu)"))
+    monkeypatch.setattr(trt_export, "engine_identity", lambda device="cuda": ("10.3.0", "Orin (nvgpu)"))
     bundle_dir = make_fake_bundle(tmp_path / "b")
     entries = trt_export.build_engines(bundle_dir, EngineProfile(precision="fp16", max_batch=2))
     names = [c[0] for c in rec.calls]
@@ -158,3 +156,41 @@ def test_build_engines_with_fake_tensorrt(tmp_path, monkeypatch):
     assert plans["10"].file == "backbone_10.plan" and (bundle_dir / "backbone_10.plan").read_bytes() == b"PLAN"
     assert (plans["10"].tensorrt_version, plans["10"].gpu_name, plans["10"].precision, plans["10"].max_batch) == \
         ("10.3.0", "Orin (nvgpu)", "fp16", 2)
+
+
+# --- one home for the TensorRT/CUDA helpers (issue 12, item 3) ----------------------------------
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ada3d_edge"
+
+
+def _imports(path: Path) -> list:
+    """(module as written, dots, names) of every import in a file, lazy ones included."""
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            out.append((node.module or "", node.level, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, 0, []) for a in node.names]
+    return out
+
+
+def test_trt_helpers_defined_once_and_shared():
+    import ast
+
+    helpers = {"import_tensorrt", "import_cudart", "cuda_call", "_cuda_call", "parse_cuda_device",
+               "running_gpu_name", "engine_identity"}
+    defined = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name in helpers:
+                defined.setdefault(node.name, []).append(path.relative_to(PACKAGE).as_posix())
+    assert {name: files for name, files in defined.items() if files != ["trt_api.py"]} == {}
+    for path in (PACKAGE / "export").glob("*.py"):  # export reaches runtime's TensorRT code through trt_api only
+        for module, level, names in _imports(path):
+            assert "trt_backend" not in module, (path.name, module)
+            ours = level > 0 or module.startswith("ada3d_edge")
+            assert not (ours and [n for n in names if n.startswith("_") and not n.startswith("__")]), \
+                (path.name, module, names)  # no other module's private names
+    assert not [m for m, level, _ in _imports(PACKAGE / "trt_api.py") if level or m.split(".")[0] in ("torch", "ada3d_edge")]

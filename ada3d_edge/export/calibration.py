@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import preprocess
 from ..bundle import Manifest
+from ..trt_api import cuda_call
 
 PathLike = Union[str, Path]
 
@@ -51,8 +52,6 @@ def calibration_batches(list_file: PathLike, manifest: Manifest, kind: str = "ba
 def make_calibrator(trt: Any, cudart: Any, batches: Iterator[np.ndarray], batch_size: int,
                     cache_file: PathLike) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding ``batches`` (device memory via cuda-python)."""
-    from ..runtime.trt_backend import _cuda_call
-
     class _Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
@@ -72,9 +71,9 @@ def make_calibrator(trt: Any, cudart: Any, batches: Iterator[np.ndarray], batch_
             if self._device is None or x.nbytes > self._nbytes:
                 if self._device is not None:
                     cudart.cudaFree(self._device)
-                self._device, self._nbytes = int(_cuda_call(cudart.cudaMalloc(x.nbytes))), x.nbytes
+                self._device, self._nbytes = int(cuda_call(cudart.cudaMalloc(x.nbytes))), x.nbytes
             kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-            _cuda_call(cudart.cudaMemcpy(self._device, x.ctypes.data, x.nbytes, kind))
+            cuda_call(cudart.cudaMemcpy(self._device, x.ctypes.data, x.nbytes, kind))
             return [self._device]
 
         def read_calibration_cache(self) -> Optional[bytes]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Union
 
 from ..bundle import (POLICY_NAME, Bundle, TrtEngineEntry, add_trt_engines, engine_name, open_bundle)
-from ..runtime.trt_backend import INSTALL_HINT
+from ..trt_api import engine_identity, import_cudart, import_tensorrt, parse_cuda_device, tensorrt_major
 from .profiles import EngineProfile, shape_profiles
 
 TIMING_CACHE = "timing.cache"
@@ -21,17 +21,11 @@ PathLike = Union[str, Path]
 
 def require_tensorrt() -> Any:
     """Import ``tensorrt`` or raise ImportError with the install hint."""
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise ImportError(f"building engines needs TensorRT's Python package, which is not installed: "
-                          f"{INSTALL_HINT}") from exc
-    return tensorrt
+    return import_tensorrt("building engines")
 
 
 def _create_network(trt: Any, builder: Any) -> Any:
-    major = int(str(trt.__version__).split(".")[0])
-    if major >= 10:
+    if tensorrt_major(trt) >= 10:
         return builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
     return builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
 
@@ -87,8 +81,6 @@ def build_engines(bundle_dir: PathLike, profile: EngineProfile, calib_list: Opti
 
     Returns the new manifest entries (each with TensorRT version, GPU name, precision, max batch).
     """
-    from ..runtime.trt_backend import engine_identity, import_cudart, parse_cuda_device
-
     profile = profile.validate()
     try:
         parse_cuda_device(device)

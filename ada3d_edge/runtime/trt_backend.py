@@ -1,8 +1,7 @@
 """TensorRT backend (TensorRT 10 tensor-name API + cuda-python).
 
-``tensorrt`` and ``cuda-python`` are imported only when a ``TrtBackend`` is created, so this
-module imports on machines without them. PyCUDA is not used: it hangs beside PyTorch
-(TensorRT issue #4608).
+``tensorrt`` and ``cuda-python`` are imported only when a ``TrtBackend`` is created (helpers in
+``ada3d_edge/trt_api.py``, shared with the engine builder), so this module imports anywhere.
 
 A plan file only runs on the TensorRT version and GPU model that built it; the manifest records
 both (``tensorrt_version``, ``gpu_name``) and ``load`` refuses a mismatch before deserializing.
@@ -16,37 +15,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..trt_api import cuda_call as _cuda_call, import_cudart, import_tensorrt, parse_cuda_device, running_gpu_name
 from .backends import Backend, check_inputs
-
-INSTALL_HINT = (
-    "`pip install ada3d-edge[trt]` (tensorrt and cuda-python); on Jetson, TensorRT ships with "
-    "JetPack (its python3-libnvinfer package) and only cuda-python needs pip"
-)
 
 
 class EngineMismatchError(RuntimeError):
     """A TensorRT plan built for another TensorRT version or GPU."""
-
-
-def import_tensorrt() -> Any:
-    """Import ``tensorrt`` or raise ImportError saying how to install it."""
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise ImportError(f"the 'trt' backend needs TensorRT's Python package: {INSTALL_HINT}") from exc
-    return tensorrt
-
-
-def import_cudart() -> Any:
-    """Import the CUDA runtime bindings of cuda-python (new or old module layout)."""
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError as exc:
-            raise ImportError(f"the 'trt' backend needs cuda-python: {INSTALL_HINT}") from exc
-    return cudart
 
 
 def check_engine_compat(meta: Mapping[str, Any], tensorrt_version: str, gpu_name: str) -> None:
@@ -67,27 +41,6 @@ def check_engine_compat(meta: Mapping[str, Any], tensorrt_version: str, gpu_name
             f"refusing {file}: {'; '.join(reasons)}. TensorRT plans only run where they were built: "
             "run `ada3d build-engines BUNDLE` on this device, or use the 'ort' backend"
         )
-
-
-def parse_cuda_device(device: str) -> int:
-    """"cuda" -> 0, "cuda:1" -> 1; anything else is a ValueError."""
-    if device == "cuda":
-        return 0
-    if device.startswith("cuda:") and device[5:].isdigit():
-        return int(device[5:])
-    raise ValueError(f"the 'trt' backend runs on a CUDA device: device must be 'cuda' or 'cuda:N', got {device!r}")
-
-
-def _cuda_call(result: Any) -> Any:
-    """Unpack a cuda-python ``(err, *values)`` tuple, raising on error."""
-    if not isinstance(result, tuple):
-        result = (result,)
-    err, values = result[0], result[1:]
-    if int(err) != 0:
-        raise RuntimeError(f"CUDA error {err}")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else values
 
 
 @dataclass
@@ -253,19 +206,3 @@ class TrtBackend(Backend):
 
     def describe(self) -> str:
         return f"TensorRT {self.tensorrt_version} on {self.gpu_name} (cuda:{self.device_index})"
-
-
-def running_gpu_name(cudart: Any, device_index: int = 0) -> str:
-    """GPU model name as CUDA reports it (what build-engines records as ``gpu_name``)."""
-    prop = _cuda_call(cudart.cudaGetDeviceProperties(device_index))
-    name = prop.name
-    if isinstance(name, (bytes, bytearray)):
-        name = bytes(name).split(b"\x00", 1)[0].decode("utf-8", errors="replace")
-    return str(name).strip()
-
-
-def engine_identity(device: str = "cuda") -> tuple[str, str]:
-    """(TensorRT version, GPU name) of this machine, for build-engines to record in the manifest."""
-    trt = import_tensorrt()
-    cudart = import_cudart()
-    return str(trt.__version__), running_gpu_name(cudart, parse_cuda_device(device))
