@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from .masks import all_masks, mask_to_str, upper_mask
+
 FORMAT = "ada3d-bundle"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -64,11 +66,6 @@ def apply_umask(path: str | os.PathLike, directory: bool = False) -> None:
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, (0o777 if directory else 0o666) & ~mask)
-
-
-def all_masks(num_stages: int) -> list[str]:
-    """Every stage mask for ``num_stages`` stages, as bit strings ("00", "01", "10", "11")."""
-    return [format(i, f"0{num_stages}b") for i in range(2 ** num_stages)]
 
 
 # --- manifest dataclasses ---------------------------------------------------------------------
@@ -387,7 +384,7 @@ class Bundle:
     @property
     def upper_mask(self) -> str:
         """The all-3D configuration ("Upper")."""
-        return "1" * self.manifest.num_stages
+        return upper_mask(self.manifest.num_stages)
 
     @property
     def policy_path(self) -> Path:
@@ -428,4 +425,4 @@ class Bundle:
         """Stage mask string from K booleans (True = 3D)."""
         if len(bits) != self.manifest.num_stages:
             raise ValueError(f"need {self.manifest.num_stages} stage flags, got {len(bits)}")
-        return "".join("1" if b else "0" for b in bits)
+        return mask_to_str(bits)

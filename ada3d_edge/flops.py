@@ -128,7 +128,7 @@ def cost_table(spec: BackboneSpec, frames: Optional[int] = None, crop: Optional[
     t = spec.num_frames if frames is None else int(frames)
     upper = backbone_macs(spec, None, t, crop)
     rows = []
-    for m in all_masks(spec.num_stages_3d):
+    for m in reversed(all_masks(spec.num_stages_3d)):  # Upper first
         for f in range(t, 0, -1):
             macs = backbone_macs(spec, m, f, crop)
             rows.append(CostRow(m, f, macs / 1e9, macs / upper))

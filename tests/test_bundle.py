@@ -125,3 +125,29 @@ def test_add_trt_engines_atomic_and_replacing(bundle_dir: Path) -> None:
     with pytest.raises(BundleError, match=r"backbone_00\.plan: missing"):
         add_trt_engines(bundle_dir, [bad])
     assert read_manifest(bundle_dir).trt_engines == [newer]  # manifest unchanged by the failed call
+
+
+def test_one_masks_module_one_order():
+    """Issue 12 item 5: masks live in ada3d_edge/masks.py (torch-free), listed in one order."""
+    import ast
+
+    from ada3d_edge import masks, models
+    from ada3d_edge import bundle as bundle_mod
+
+    assert masks.all_masks(3) == [format(i, "03b") for i in range(8)]  # numeric: index == int(mask, 2)
+    assert models.all_masks is bundle_mod.all_masks is masks.all_masks
+    assert models.mask_to_str is masks.mask_to_str and models.str_to_mask is masks.str_to_mask
+    assert masks.mask_to_str([True, False, 1, 0]) == "1010" and masks.str_to_mask("01") == (0, 1)
+    assert masks.upper_mask(3) == "111"
+    with pytest.raises(ValueError, match="string of 0/1"):
+        masks.str_to_mask("012")
+    package = Path(masks.__file__).parent
+    tree = ast.parse(Path(masks.__file__).read_text())
+    assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                and getattr(n, "module", None) not in ("__future__", "typing")]
+    # the conversions are written once: no other module joins "1"/"0" per flag or defines all_masks
+    for path in package.rglob("*.py"):
+        if path.name == "masks.py":
+            continue
+        text = path.read_text()
+        assert '"1" if' not in text and "def all_masks" not in text and "def mask_to_str" not in text, path

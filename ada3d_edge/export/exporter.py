@@ -16,7 +16,8 @@ from tqdm import tqdm
 from .. import __version__
 from ..bundle import EngineEntry, Manifest, PolicyEntry, engine_name, write_manifest
 from ..flops import backbone_macs, selection_macs
-from ..models.specs import BackboneSpec, all_masks
+from ..masks import all_masks
+from ..models.specs import BackboneSpec
 from .onnx_export import check_opset, export_backbone, export_policy, fold_mode
 from .staging import check_target, clear_stale_temp_dirs, make_temp_dir, move_into_place
 from .verify import verify_backbone, verify_policy

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .layers import ConfigBatchNorm3d, TemporalConv
-from .specs import BackboneSpec, StageSpec, get_spec, mask_to_str
+from .specs import BackboneSpec, StageSpec, get_spec, mask_to_str, str_to_mask
 
 MaskLike = Union[None, str, Sequence[int], torch.Tensor]
 CONFIG_BN_KEYS = ("config_mean", "config_var", "bn_calibrated")
@@ -160,7 +160,7 @@ class Backbone(nn.Module):
         if isinstance(mask, str):
             if len(mask) != k or set(mask) - {"0", "1"}:
                 raise ValueError(f"mask {mask!r} must be {k} characters of 0/1 for stages {self.stage_names}")
-            return torch.tensor([c == "1" for c in mask])
+            return torch.tensor(str_to_mask(mask), dtype=torch.bool)
         m = torch.as_tensor(mask).bool().cpu()
         if m.shape == (k,) or m.shape == (batch, k):
             return m

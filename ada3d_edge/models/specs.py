@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Tuple
 
+from ..masks import all_masks, mask_to_str, str_to_mask  # noqa: F401  (re-exported: models' mask API)
+
 
 @dataclass(frozen=True)
 class StageSpec:
@@ -141,23 +143,6 @@ def get_spec(arch: str, **overrides) -> BackboneSpec:
     if unknown:
         raise ValueError(f"unknown backbone option(s) {sorted(unknown)}; valid: {sorted(valid)}")
     return replace(spec, **overrides)
-
-
-def mask_to_str(mask) -> str:
-    """(K,) 0/1 sequence -> bit string in stage order, '1' = 3D (the bundle's file naming)."""
-    return "".join("1" if int(m) else "0" for m in mask)
-
-
-def str_to_mask(bits: str) -> Tuple[int, ...]:
-    if not bits or set(bits) - {"0", "1"}:
-        raise ValueError(f"stage mask {bits!r} must be a string of 0/1, one per degradable stage")
-    return tuple(int(b) for b in bits)
-
-
-def all_masks(k: int) -> List[str]:
-    """Every stage mask for K stages, Upper ('1' * K) first, then by decreasing number of 3D stages."""
-    masks = [format(i, f"0{k}b") for i in range(2 ** k)]
-    return sorted(masks, key=lambda m: (-m.count("1"), [-int(c) for c in m]))
 
 
 @dataclass(frozen=True)

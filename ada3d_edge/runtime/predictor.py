@@ -21,6 +21,7 @@ import numpy as np
 from .. import preprocess
 from ..bundle import (BACKBONE_INPUT, BACKBONE_OUTPUT, POLICY_INPUT, POLICY_NAME, Bundle, BundleError,
                       engine_name, open_bundle)
+from ..masks import mask_to_str
 from .backends import Backend, make_backend
 from .trt_backend import EngineMismatchError
 
@@ -237,7 +238,7 @@ class AdaptivePredictor:
         t1 = time.perf_counter()
         u, v, _, _, ms = self._select_crops(crops)
         ms["preprocess"] += (t1 - t0) * 1e3
-        return u, ["".join("1" if b else "0" for b in row) for row in v], ms
+        return u, [mask_to_str(row) for row in v], ms
 
     def classify(self, frames_list: Sequence[np.ndarray], frame_masks: np.ndarray,
                  stage_mask: str | Sequence[bool]) -> tuple[np.ndarray, dict[str, float]]:
@@ -265,7 +266,7 @@ class AdaptivePredictor:
         crops = [self._crop(self._check_frames(f)) for f in frames_list]
         t_crop = (time.perf_counter() - t0) * 1e3
         u, v, fp, sp, sel_ms = self._select_crops(crops)
-        masks = ["".join("1" if b else "0" for b in row) for row in v]
+        masks = [mask_to_str(row) for row in v]
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
         for i, mask in enumerate(masks):
             groups[(mask, int(u[i].sum()))].append(i)
