@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from ada3d_edge import preprocess
 from ada3d_edge.bundle import open_bundle
 from ada3d_edge.cli import main
+from ada3d_edge.export import fp16
 from ada3d_edge.export import tensorrt as trt_export
 from ada3d_edge.export.calibration import calibration_batches
 from ada3d_edge.export.profiles import EngineProfile, load_profile, shape_profiles
@@ -103,9 +104,15 @@ def test_calibration_batches_use_shared_preprocessing(tmp_path):
 class _Recorder:
     def __init__(self) -> None:
         self.calls: list = []
+        self.parsed: list = []  # (file name, input dtypes, initializer dtypes) of every parsed ONNX
+        self.caches = 0
 
 
-def _fake_trt(rec: _Recorder) -> types.SimpleNamespace:
+def _fake_trt(rec: _Recorder, version: str = "10.3.0") -> types.SimpleNamespace:
+    """A fake ``tensorrt`` of one API generation: 10 has BuilderFlag.FP16/INT8 and calibrators, 11 has
+    neither (accessing them raises AttributeError, as on TensorRT 11) and is strongly typed."""
+    import onnx
+
     class Obj:
         def __init__(self, name):
             self._name = name
@@ -114,11 +121,17 @@ def _fake_trt(rec: _Recorder) -> types.SimpleNamespace:
             def call(*args, **kwargs):
                 rec.calls.append((f"{self._name}.{attr}", args, kwargs))
                 if attr == "parse_from_file":
+                    g = onnx.load(args[0]).graph
+                    rec.parsed.append((Path(args[0]).name,
+                                       frozenset(onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type)
+                                                 for i in g.input),
+                                       frozenset(onnx.TensorProto.DataType.Name(t.data_type) for t in g.initializer)))
                     return True
                 if attr == "build_serialized_network":
                     return b"PLAN"
                 if attr == "serialize":
-                    return b"CACHE"
+                    rec.caches += 1
+                    return f"CACHE{rec.caches}".encode()
                 return Obj(attr)
             return call
 
@@ -128,11 +141,18 @@ def _fake_trt(rec: _Recorder) -> types.SimpleNamespace:
             return Obj(name)
         return make
 
-    return types.SimpleNamespace(
-        __version__="10.3.0", Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda self, lvl: None}),
+    trt = types.SimpleNamespace(
+        __version__=version, Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda self, lvl: None}),
         Builder=ctor("Builder"), OnnxParser=ctor("OnnxParser"),
-        MemoryPoolType=types.SimpleNamespace(WORKSPACE="WORKSPACE"),
-        BuilderFlag=types.SimpleNamespace(FP16="FP16", INT8="INT8"))
+        MemoryPoolType=types.SimpleNamespace(WORKSPACE="WORKSPACE"))
+    if version.startswith("10."):
+        trt.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8")
+        trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
+        trt.IInt8EntropyCalibrator2 = type("IInt8EntropyCalibrator2", (), {"__init__": lambda self: None})
+    else:
+        trt.BuilderFlag = types.SimpleNamespace(TF32="TF32")  # no FP16 / INT8
+        trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)  # ignored: always typed
+    return trt
 
 
 def test_build_engines_with_fake_tensorrt(tmp_path, monkeypatch):
@@ -149,7 +169,10 @@ def test_build_engines_with_fake_tensorrt(tmp_path, monkeypatch):
     shapes = [c[1] for c in rec.calls if c[0] == "create_optimization_profile.set_shape"]
     assert ("clip", (1, 3, 1, 16, 16), (1, 3, 4, 16, 16), (2, 3, 4, 16, 16)) in shapes
     assert ("frames", (1, 3, 4, 8, 8), (1, 3, 4, 8, 8), (2, 3, 4, 8, 8)) in shapes
-    assert (bundle_dir / "timing.cache").read_bytes() == b"CACHE"
+    assert (bundle_dir / "timing.cache").read_bytes() == b"CACHE5"
+    caches = [c[1] for c in rec.calls if c[0] == "create_builder_config.create_timing_cache"]
+    assert caches == [(b"",), (b"CACHE1",), (b"CACHE2",), (b"CACHE3",), (b"CACHE4",)]  # one cache, chained
+    assert all(p[1] == {"FLOAT"} and p[2] <= {"FLOAT"} for p in rec.parsed)  # TensorRT 10: the FP32 ONNX
     bundle = open_bundle(bundle_dir)  # manifest updated and plan hashes verified
     plans = {e.mask: e for e in bundle.manifest.trt_engines}
     assert set(plans) == {"policy", "00", "01", "10", "11"} and len(entries) == 5
@@ -194,3 +217,155 @@ def test_trt_helpers_defined_once_and_shared():
             assert not (ours and [n for n in names if n.startswith("_") and not n.startswith("__")]), \
                 (path.name, module, names)  # no other module's private names
     assert not [m for m, level, _ in _imports(PACKAGE / "trt_api.py") if level or m.split(".")[0] in ("torch", "ada3d_edge")]
+
+
+def _fake_run(tmp_path, monkeypatch, version: str, precision: str, calib=None, bundle_dir=None):
+    rec, messages = _Recorder(), []
+    monkeypatch.setattr(trt_export, "require_tensorrt", lambda: _fake_trt(rec, version))
+    monkeypatch.setattr(trt_export, "engine_identity", lambda device="cuda": (version, "GPU"))
+    bundle_dir = bundle_dir or make_fake_bundle(tmp_path / "b")
+    entries = trt_export.build_engines(bundle_dir, EngineProfile(precision=precision), calib_list=calib,
+                                       progress=messages.append)
+    return rec, bundle_dir, entries, messages
+
+
+def test_tensorrt_11_fp16_builds_strongly_typed_from_fp16_onnx(tiny_real_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    bundle_dir = Path(shutil.copytree(tiny_real_bundle, tmp_path / "b"))
+    rec, _, entries, messages = _fake_run(tmp_path, monkeypatch, "11.3.0", "fp16", bundle_dir=bundle_dir)
+    names = [c[0] for c in rec.calls]
+    assert names.count("Builder") == 5 and len(entries) == 5
+    assert [c[1] for c in rec.calls if c[0] == "Builder.create_network"] == [(1,)] * 5  # 1 << STRONGLY_TYPED
+    assert "create_builder_config.set_flag" not in names and "create_builder_config.set_calibration_profile" not in names
+    assert sorted(p[0] for p in rec.parsed) == sorted(["policy.onnx"] + [f"backbone_{m}.onnx" for m in
+                                                                         ("00", "01", "10", "11")])
+    assert {p[1] for p in rec.parsed} == {frozenset({"FLOAT"})}  # engine inputs stay float32
+    precision = {e.file: e.precision for e in entries}
+    parsed = {p[0]: p[2] for p in rec.parsed}
+    for mask in ("00", "01", "10", "11"):  # the backbones were fed their FP16 copies
+        assert "FLOAT16" in parsed[f"backbone_{mask}.onnx"] and precision[f"backbone_{mask}.plan"] == "fp16"
+    # the policy too, unless its copy strayed past the check: then the FP32 file, said and recorded
+    fell_back = [msg for msg in messages if "building policy.plan in FP32" in msg]
+    assert (precision["policy.plan"], "FLOAT16" in parsed["policy.onnx"]) == (("fp32", False) if fell_back
+                                                                             else ("fp16", True))
+    parsed_dirs = {Path(c[1][0]).parent for c in rec.calls if c[0] == "OnnxParser.parse_from_file"}
+    assert not any(d.exists() for d in parsed_dirs - {bundle_dir})  # temporary copies, removed
+    assert (bundle_dir / "timing.cache").read_bytes() == b"CACHE5"
+    plans = {e.mask: e for e in open_bundle(bundle_dir).manifest.trt_engines}
+    assert plans["11"].precision == "fp16" and plans["11"].tensorrt_version == "11.3.0"
+
+
+def _calib_list(tmp_path) -> Path:
+    (tmp_path / "calib.txt").write_text("v.avi 0\n")  # the list is checked up front; videos when read
+    return tmp_path / "calib.txt"
+
+
+def test_tensorrt_11_int8_is_refused_before_any_build(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"TensorRT 11.3.0 builds INT8 only from explicit Q/DQ.*tensorrt<11"):
+        _fake_run(tmp_path, monkeypatch, "11.3.0", "int8", _calib_list(tmp_path))
+    bundle_dir = tmp_path / "b"
+    res = CliRunner().invoke(main, ["build-engines", str(bundle_dir), "--int8", "--calib", str(_calib_list(tmp_path))])
+    assert res.exit_code == 1 and "Q/DQ" in res.output and "Traceback" not in res.output
+    assert not list(bundle_dir.glob("*.plan")) and not (bundle_dir / "timing.cache").exists()
+
+
+def test_tensorrt_10_int8_keeps_flags_and_calibrator(tmp_path, monkeypatch):
+    from ada3d_edge.export import calibration
+
+    monkeypatch.setattr(trt_export, "import_cudart", lambda: types.SimpleNamespace())
+    rec, bundle_dir, entries, _ = _fake_run(tmp_path, monkeypatch, "10.3.0", "int8", _calib_list(tmp_path))
+    flags = [c[1] for c in rec.calls if c[0] == "create_builder_config.set_flag"]
+    assert flags == [("FP16",), ("INT8",)] * 5
+    assert [c[0] for c in rec.calls].count("create_builder_config.set_calibration_profile") == 5
+    assert [c[1] for c in rec.calls if c[0] == "Builder.create_network"] == [(0,)] * 5
+    assert all(p[1] == {"FLOAT"} and p[2] <= {"FLOAT"} for p in rec.parsed)
+    assert calibration is not None and {e.precision for e in entries} == {"int8"}
+
+
+@pytest.fixture(scope="module")
+def tiny_real_bundle(tmp_path_factory) -> Path:
+    from ada3d_edge.export.exporter import export_bundle
+    from test_export_utils import make_checkpoint
+
+    root = tmp_path_factory.mktemp("fp16")
+    return export_bundle(make_checkpoint(root / "ckpt.pt"), root / "bundle", verify=False, progress=False)
+
+
+def test_fp16_onnx_matches_fp32_in_onnxruntime(tiny_real_bundle, tmp_path):
+    import onnx
+
+    bundle = open_bundle(tiny_real_bundle)
+    shapes = shape_profiles(bundle.manifest, max_batch=2, opt_batch=2)
+    files = [(bundle.policy_path, "policy")] + [(bundle.engine_path(m), "backbone") for m in bundle.masks]
+    for src, kind in files:
+        dst = fp16.convert_to_fp16(src, tmp_path / src.name)
+        g = onnx.load(str(dst)).graph
+        dtypes = {t.name: t.data_type for t in g.initializer}
+        convs = [n.input[1] for n in g.node if n.op_type == "Conv"]
+        heads = [n.input[1] for n in g.node if n.op_type == "Gemm"]
+        assert convs and {dtypes[w] for w in convs} == {onnx.TensorProto.FLOAT16}
+        assert heads and {dtypes[w] for w in heads} == {onnx.TensorProto.FLOAT}  # the head stays float32
+        assert [i.type.tensor_type.elem_type for i in g.input] == [onnx.TensorProto.FLOAT]
+        assert {o.type.tensor_type.elem_type for o in g.output} == {onnx.TensorProto.FLOAT}
+        x = preprocess_like_input(bundle.manifest, kind)
+        # random-weight nets amplify rounding with depth: the 53-conv MobileNetV2 more than the backbone
+        diff = fp16.check_fp16(src, dst, {g.input[0].name: x}, rtol=0.05 if kind == "backbone" else 0.15)
+        assert 0 < diff  # really computed in another precision
+    assert dst.stat().st_size < 0.6 * src.stat().st_size  # half the weight bytes
+
+
+def preprocess_like_input(m, kind: str) -> np.ndarray:
+    """A preprocessed clip of random frames, as the runtime feeds it."""
+    frames = np.random.default_rng(1).integers(0, 256, size=(m.num_frames, 40, 48, 3), dtype=np.uint8)
+    crops = preprocess.center_crop_frames(frames, m.crop_size)
+    x = (preprocess.to_clip_tensor(crops, m.mean, m.std) if kind == "backbone"
+         else preprocess.to_policy_tensor(crops, m.policy_size, m.mean, m.std))
+    return x[None]
+
+
+def test_fp16_conversion_of_an_if_graph_with_outer_scope_weights(tmp_path):
+    """The shared-weight layout may use `If` per stage: branches read outer-scope weights and inputs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w")
+    scale = numpy_helper.from_array(np.array([0.5], np.float32), "scale")
+    then = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y_then"])], "then", [],
+                             [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Mul", ["x", "scale"], ["y_else"])], "else", [],
+                              [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [w, scale])
+    src = tmp_path / "if.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    dst = fp16.convert_to_fp16(src, tmp_path / "if16.onnx")
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    for cond in (True, False):
+        assert fp16.check_fp16(src, dst, {"x": x, "cond": np.array(cond)}, rtol=0.01) > 0
+
+
+def test_tensorrt_11_file_whose_fp16_copy_strays_is_built_fp32(tiny_real_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    def strict(fp32_path, fp16_path, feeds, rtol=0.05):  # as if the policy's copy were off by 1.0
+        if Path(fp32_path).name == "policy.onnx":
+            raise fp16.Fp16ConversionError("policy.onnx: FP16 outputs differ from FP32 by 1 > 0.05")
+        return real(fp32_path, fp16_path, feeds, rtol)
+
+    real = trt_export.check_fp16
+    monkeypatch.setattr(trt_export, "check_fp16", strict)
+    bundle_dir = Path(shutil.copytree(tiny_real_bundle, tmp_path / "b"))
+    rec, _, entries, messages = _fake_run(tmp_path, monkeypatch, "11.3.0", "fp16", bundle_dir=bundle_dir)
+    assert {e.file: e.precision for e in entries} == {"policy.plan": "fp32", **{
+        f"backbone_{m}.plan": "fp16" for m in ("00", "01", "10", "11")}}
+    assert any("differ from FP32 by 1" in msg and "building policy.plan in FP32" in msg for msg in messages)
+    parsed = {p[0]: p[2] for p in rec.parsed}
+    assert "FLOAT16" not in parsed["policy.onnx"] and "FLOAT16" in parsed["backbone_11.onnx"]
+    policy_path = next(c[1][0] for c in rec.calls if c[0] == "OnnxParser.parse_from_file"
+                       and Path(c[1][0]).name == "policy.onnx")
+    assert Path(policy_path) == bundle_dir / "policy.onnx"  # the bundle's own FP32 file
