@@ -369,3 +369,9 @@ def test_tensorrt_11_file_whose_fp16_copy_strays_is_built_fp32(tiny_real_bundle,
     policy_path = next(c[1][0] for c in rec.calls if c[0] == "OnnxParser.parse_from_file"
                        and Path(c[1][0]).name == "policy.onnx")
     assert Path(policy_path) == bundle_dir / "policy.onnx"  # the bundle's own FP32 file
+
+
+def test_fp16_without_onnx_names_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ImportError, match=r"pip install onnx"):
+        fp16.convert_to_fp16(tmp_path / "a.onnx", tmp_path / "b.onnx")

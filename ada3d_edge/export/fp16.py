@@ -195,7 +195,11 @@ def convert_model_to_fp16(model, head_fp32: bool = True):
 
 def convert_to_fp16(src: PathLike, dst: PathLike) -> Path:
     """Write the FP16 version of ONNX file ``src`` to ``dst`` (checked with onnx's full checker)."""
-    import onnx
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ImportError("FP16 engines on TensorRT 11 are built from an FP16 copy of the ONNX files, which "
+                          "needs the onnx package: `pip install onnx` (or `pip install ada3d-edge[trt]`)") from exc
 
     model = convert_model_to_fp16(onnx.load(str(src)))
     try:
