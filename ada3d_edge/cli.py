@@ -160,23 +160,35 @@ def build_engines_cmd(bundle: str, profile_path, fp16: bool, int8: bool, calib, 
 @click.option("--max-windows", type=click.IntRange(1), default=None, help="Stop after N windows.")
 @click.option("--duration", type=click.FloatRange(0.0, min_open=True), default=None, help="Stop after S seconds.")
 @click.option("--max-reconnects", type=click.IntRange(0), default=None,
-              help="Consecutive failed reopens of a live source before giving up (default: never).")
+              help="A live source that delivered frames and then dropped: consecutive failed reopens "
+                   "before giving up (default: reopen forever, with backoff).")
+@click.option("--open-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
+              help="Seconds one open of a network source may take.")
+@click.option("--open-attempts", type=click.IntRange(1), default=3, show_default=True,
+              help="Tries to open a live source that has not delivered a frame yet before it fails.")
 @click.option("--realtime/--no-realtime", default=None,
               help="Drop the oldest windows when inference falls behind (default: live sources yes, files no).")
 def run_cmd(bundle: str, sources: tuple[str, ...], backend: str, device, threshold, hop, max_batch: int,
             queue_size: int, jsonl, overlay, show: bool, topk: int, max_windows, duration, max_reconnects,
-            realtime) -> None:
-    """Classify streams from one or more sources with the bundle; prints a summary at the end."""
-    from .runtime.app import run_streams
+            open_timeout: float, open_attempts: int, realtime) -> None:
+    """Classify streams from one or more sources with the bundle; prints a summary at the end.
+
+    Exits 1 when a source ended in error or no window was processed (the summary says which and why).
+    """
+    from .runtime.app import run_failure, run_streams
     from .runtime.sources import SourceError
 
     try:
-        run_streams(bundle, list(sources), backend=backend, device=device, threshold=threshold, hop=hop,
-                    max_batch=max_batch, queue_size=queue_size, jsonl=jsonl, overlay=overlay, show=show,
-                    topk=topk, max_windows=max_windows, duration=duration, max_reconnects=max_reconnects,
-                    realtime=realtime)
+        summary = run_streams(bundle, list(sources), backend=backend, device=device, threshold=threshold,
+                              hop=hop, max_batch=max_batch, queue_size=queue_size, jsonl=jsonl,
+                              overlay=overlay, show=show, topk=topk, max_windows=max_windows,
+                              duration=duration, max_reconnects=max_reconnects, realtime=realtime,
+                              source_options={"open_timeout_s": open_timeout, "open_attempts": open_attempts})
     except SourceError as e:
         raise click.BadParameter(str(e), param_hint="--source") from e
+    failure = run_failure(summary)
+    if failure:
+        raise click.ClickException(failure)
 
 
 # --- bench / demo ------------------------------------------------------------------------------

@@ -97,10 +97,10 @@ def test_max_windows_and_batching_across_sources(tmp_path):
 
 def test_duration_limit_and_stop_event(clip):
     pred = StandInPredictor(num_frames=4, stride=1)
-    dead = f"http://127.0.0.1:{free_port()}/live.ts"  # a live source never ends on its own
+    dead = f"http://127.0.0.1:{free_port()}/live.ts"  # never ends on its own with open_attempts None
     t0 = time.monotonic()
     summary = run_streams(None, [dead], predictor=pred, duration=1.0, jsonl=os.devnull,
-                          source_options={"reconnect_backoff": (0.05, 0.1)})
+                          source_options={"reconnect_backoff": (0.05, 0.1), "open_attempts": None})
     assert summary["stop_reason"] == "duration" and time.monotonic() - t0 < 8
     assert summary["sources"][0]["reconnect_attempts"] >= 1
     stop = threading.Event()
@@ -157,6 +157,40 @@ def test_sigint_stops_cleanly_with_summary(clip):
     assert proc.returncode == 0, err
     assert "stopped: SIGINT" in err and "ada3d run:" in err and "Traceback" not in err
     assert "reconnects ok/tried" in err
+
+
+@pytest.fixture(scope="module")
+def fake_bundle_dir(tmp_path_factory):
+    from fake_bundle import make_fake_bundle
+
+    return make_fake_bundle(tmp_path_factory.mktemp("run") / "bundle")
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "ada3d_edge.cli", "run", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_source_in_error_exits_non_zero_saying_which_and_why(fake_bundle_dir, clip):
+    result = _run_cli(str(fake_bundle_dir), "--source", "rtsp://127.0.0.1:9/x", "--source", str(clip),
+                      "--max-reconnects", "2", "--jsonl", os.devnull, "--open-attempts", "2")
+    assert result.returncode == 1, result.stderr
+    out, err = result.stdout, result.stderr
+    assert "ada3d run: 7 windows" in out  # the file was classified; the dead source still fails the run
+    assert "rtsp://127.0.0.1:9/x: never opened after 2 attempt(s)" in out
+    assert "connection refused by 127.0.0.1:9" in out
+    errors = [ln for ln in err.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "1 of 2 source(s) ended in error: rtsp://127.0.0.1:9/x" in errors[0]
+    assert "Traceback" not in err and "[tcp @" not in err and "WARN" not in err  # no ffmpeg/OpenCV noise
+
+
+def test_cli_no_window_processed_exits_non_zero(fake_bundle_dir, tmp_path):
+    short = make_clip(tmp_path / "short.mp4", num_frames=5)  # T=4 at stride 2 needs 7 frames
+    result = _run_cli(str(fake_bundle_dir), "--source", str(short))
+    assert result.returncode == 1, result.stderr
+    assert "ada3d run: 0 windows" in result.stdout
+    assert "Error: no window was processed" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow

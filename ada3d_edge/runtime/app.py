@@ -13,7 +13,19 @@ from typing import Any, Sequence
 
 from .scheduler import Scheduler, format_summary, stop_on_signals
 from .sinks import ConsoleSink, DisplaySink, JsonlSink, OverlayVideoSink, Sink
-from .sources import SourceReader, check_source, parse_source
+from .sources import SourceReader, check_source, parse_source, quiet_video_logs
+
+
+def run_failure(summary: dict) -> str | None:
+    """Why a finished run counts as failed (a source ended in error, or no window), else None."""
+    failed = [s for s in summary["sources"] if s["status"] == "error"]
+    if failed:
+        return (f"{len(failed)} of {len(summary['sources'])} source(s) ended in error: "
+                + "; ".join(f"{s['name']}: {s['error']}" for s in failed))
+    if summary["windows"] == 0:
+        return ("no window was processed (a source must deliver T sampled frames for one window); "
+                "check the sources, or raise --duration")
+    return None
 
 
 def make_sinks(num_sources: int, *, jsonl: str | os.PathLike | None = None,
@@ -54,6 +66,7 @@ def run_streams(bundle_path: str | os.PathLike | None, sources: Sequence[str | i
     """
     if not sources:
         raise ValueError("no source given; pass --source SRC (camera index, file, URL or pipeline)")
+    quiet_video_logs()
     specs = [parse_source(src, i) for i, src in enumerate(sources)]
     for spec in specs:  # fail before loading any engine on what can never open
         check_source(spec)
