@@ -176,6 +176,7 @@ def run_cmd(bundle: str, sources: tuple[str, ...], backend: str, device, thresho
     Exits 1 when a source ended in error or no window was processed (the summary says which and why).
     """
     from .runtime.app import run_failure, run_streams
+    from .runtime.backends import USER_ERRORS
     from .runtime.sources import SourceError
 
     try:
@@ -186,6 +187,8 @@ def run_cmd(bundle: str, sources: tuple[str, ...], backend: str, device, thresho
                               source_options={"open_timeout_s": open_timeout, "open_attempts": open_attempts})
     except SourceError as e:
         raise click.BadParameter(str(e), param_hint="--source") from e
+    except USER_ERRORS as e:  # bundle, option or machine: one line; anything else is a bug (traceback)
+        raise click.ClickException(str(e)) from None
     failure = run_failure(summary)
     if failure:
         raise click.ClickException(failure)
@@ -250,7 +253,7 @@ def _command_line(ctx: click.Context) -> str:
 def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, repeats: int, warmup: int,
               passes: int, batch: int, frames, masks, threads, no_memory: bool, json_out, plot_out) -> None:
     """Latency of every configuration and of adaptive inference against Upper, in one process."""
-    from .bundle import BundleError
+    from .runtime.backends import USER_ERRORS
     from .runtime.bench import run_bench
     from .runtime.bench_report import format_table, plot, write_json
 
@@ -260,8 +263,8 @@ def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, 
                            warmup=warmup, batch=batch, frames=frames, masks=masks, threads=threads, passes=passes,
                            checkpoint=checkpoint, memory=not no_memory, command=command,
                            log=lambda msg: click.echo(msg, err=True))
-    except (ValueError, BundleError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from e
+    except USER_ERRORS as e:  # bundle, option or machine: one line; anything else is a bug (traceback)
+        raise click.ClickException(str(e)) from None
     click.echo(format_table(result))
     if json_out:
         click.echo(f"wrote {write_json(result, json_out)}")

@@ -12,7 +12,7 @@ import threading
 from typing import Any, Sequence
 
 from .scheduler import Scheduler, format_summary, stop_on_signals
-from .sinks import ConsoleSink, DisplaySink, JsonlSink, OverlayVideoSink, Sink
+from .sinks import ConsoleSink, DisplaySink, JsonlSink, OverlayVideoSink, Sink, check_overlay_path
 from .sources import SourceReader, check_source, parse_source, quiet_video_logs
 
 
@@ -70,6 +70,8 @@ def run_streams(bundle_path: str | os.PathLike | None, sources: Sequence[str | i
     specs = [parse_source(src, i) for i, src in enumerate(sources)]
     for spec in specs:  # fail before loading any engine on what can never open
         check_source(spec)
+    if overlay is not None:
+        check_overlay_path(overlay)
     owned = predictor is None
     if owned:
         from .predictor import AdaptivePredictor

@@ -22,6 +22,15 @@ import numpy as np
 BACKEND_KINDS = ("ort", "trt", "torch")
 
 
+class BackendUnavailableError(RuntimeError):
+    """The backend or device asked for cannot run here (library or GPU missing); says what to install."""
+
+
+# What the CLI reports as one `Error:` line (the user's bundle, option or machine); the rest are bugs.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, ImportError,
+                                                BackendUnavailableError)
+
+
 class Backend(abc.ABC):
     """A set of loaded models run by name. Subclasses implement ``_load``/``run``/``input_names``.
 
@@ -119,7 +128,7 @@ def ort_providers(device: str = "cpu", available: Sequence[str] | None = None) -
         available = onnxruntime.get_available_providers()
     wanted = _ORT_DEVICE_PROVIDERS[device]
     if wanted[0] not in available:
-        raise RuntimeError(
+        raise BackendUnavailableError(
             f"device {device!r} needs ONNX Runtime's {wanted[0]}, but this onnxruntime only has "
             f"{list(available)}; `pip install onnxruntime-gpu` (matching your CUDA) instead of "
             "onnxruntime, or use device='cpu'"

@@ -97,6 +97,20 @@ def draw_overlay(frame_rgb: np.ndarray, prediction: Any) -> np.ndarray:
     return img
 
 
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv")
+
+
+def check_overlay_path(path: str | os.PathLike) -> Path:
+    """Refuse an ``--overlay`` path OpenCV cannot write a video to, before any work is done."""
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"--overlay {str(path)!r}: needs a video file name ending in "
+                         f"{', '.join(VIDEO_SUFFIXES)}, e.g. --overlay {path.with_suffix('.mp4')}")
+    if path.is_dir():
+        raise ValueError(f"--overlay {str(path)!r} is a directory; give a file name such as {path / 'out.mp4'}")
+    return path
+
+
 def overlay_path(path: str | os.PathLike, source_index: int, num_sources: int) -> Path:
     """``out.mp4`` for one source; ``out_0.mp4``, ``out_1.mp4``... for several."""
     path = Path(path)

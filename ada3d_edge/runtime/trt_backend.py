@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .backends import Backend, check_inputs
+from .backends import Backend, BackendUnavailableError, check_inputs
 
 INSTALL_HINT = (
     "`pip install ada3d-edge[trt]` (tensorrt and cuda-python); on Jetson, TensorRT ships with "
@@ -24,7 +24,7 @@ INSTALL_HINT = (
 )
 
 
-class EngineMismatchError(RuntimeError):
+class EngineMismatchError(BackendUnavailableError):
     """A TensorRT plan built for another TensorRT version or GPU."""
 
 
