@@ -139,12 +139,16 @@ def build_engines_cmd(bundle: str, profile_path, fp16: bool, int8: bool, calib, 
 
 
 # --- runtime: run ------------------------------------------------------------------------------
+from .runtime import backends as _backends  # noqa: E402  (the backend table only: no numpy, no onnxruntime)
+
 @main.command("run")
 @click.argument("bundle", type=click.Path(exists=True))
 @click.option("--source", "-s", "sources", multiple=True, required=True,
               help="Camera index, video file, rtsp:// or http(s):// URL, or GStreamer pipeline. Repeatable.")
-@click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), default="ort", show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: the backend's.")
+@click.option("--backend", type=click.Choice(_backends.backend_kinds(runs_bundle=True)), default="ort",
+              show_default=True, help="Backends that run from a bundle alone (the backend table).")
+@click.option("--device", type=click.Choice(_backends.device_choices(_backends.backend_kinds(runs_bundle=True))),
+              default=None, help="Default: the backend's (ort: cpu, trt: cuda).")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Greedy policy threshold (default: the bundle's).")
 @click.option("--hop", type=click.IntRange(1), default=None, help="Sampled frames between windows (default: T).")
@@ -176,7 +180,7 @@ def run_cmd(bundle: str, sources: tuple[str, ...], backend: str, device, thresho
     Exits 1 when a source ended in error or no window was processed (the summary says which and why).
     """
     from .runtime.app import run_failure, run_streams
-    from .runtime.backends import USER_ERRORS
+    from .runtime.backends.base import USER_ERRORS
     from .runtime.sources import SourceError
 
     try:
@@ -230,8 +234,10 @@ def _command_line(ctx: click.Context) -> str:
 
 @main.command("bench")
 @click.argument("bundle", type=click.Path(exists=True))
-@click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), default="ort", show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: the backend's.")
+@click.option("--backend", type=click.Choice(_backends.backend_kinds()), default="ort", show_default=True,
+              help="torch needs --checkpoint (the bundle holds no PyTorch weights).")
+@click.option("--device", type=click.Choice(_backends.device_choices()), default=None,
+              help="Default: the backend's (ort: cpu, trt: cuda, torch: cpu).")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Checkpoint for --backend torch (the bundle holds no PyTorch weights).")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -253,7 +259,7 @@ def _command_line(ctx: click.Context) -> str:
 def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, repeats: int, warmup: int,
               passes: int, batch: int, frames, masks, threads, no_memory: bool, json_out, plot_out) -> None:
     """Latency of every configuration and of adaptive inference against Upper, in one process."""
-    from .runtime.backends import USER_ERRORS
+    from .runtime.backends.base import USER_ERRORS
     from .runtime.bench import run_bench
     from .runtime.bench_report import format_table, plot, write_json
 

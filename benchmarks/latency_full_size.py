@@ -90,7 +90,7 @@ def i3d_latency(paths: dict[str, Path], threads: int, repeats: int, warmup: int)
     import numpy as np
 
     from ada3d_edge.flops import gflops
-    from ada3d_edge.runtime.backends import OrtBackend
+    from ada3d_edge.runtime.backends.ort import OrtBackend
 
     be = OrtBackend(intra_op_threads=threads)
     for mask, path in paths.items():
@@ -116,7 +116,7 @@ def i3d_memory_probe(paths: list[str], threads: int) -> list[dict]:
     """In this (fresh) process: RSS after loading + running each engine in turn (batch 1, T = 8)."""
     import numpy as np
 
-    from ada3d_edge.runtime.backends import OrtBackend
+    from ada3d_edge.runtime.backends.ort import OrtBackend
 
     be = OrtBackend(intra_op_threads=threads)
     x = np.zeros((1, 3, T, CROP, CROP), np.float32)

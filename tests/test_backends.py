@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from ada3d_edge.bundle import TrtEngineEntry, add_trt_engines, open_bundle
-from ada3d_edge.runtime import trt_backend
-from ada3d_edge.runtime.backends import OrtBackend, make_backend, ort_providers
+from ada3d_edge.runtime.backends import make_backend
+from ada3d_edge.runtime.backends import trt as trt_backend
+from ada3d_edge.runtime.backends.ort import OrtBackend, ort_providers
 from ada3d_edge.runtime.predictor import AdaptivePredictor
-from ada3d_edge.runtime.trt_backend import EngineMismatchError, TrtBackend, check_engine_compat
+from ada3d_edge.runtime.backends.trt import EngineMismatchError, TrtBackend, check_engine_compat
 from fake_bundle import fake_modules, make_clip, make_fake_bundle
 
 

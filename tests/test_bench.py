@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from fake_bundle import NUM_FRAMES, make_fake_bundle
 
 from ada3d_edge.cli import main
-from ada3d_edge.runtime.backends import OrtBackend
+from ada3d_edge.runtime.backends.ort import OrtBackend
 from ada3d_edge.runtime.bench import run_bench
 from ada3d_edge.runtime.bench_report import format_table, plot
 

@@ -143,3 +143,16 @@ def test_bench_json_result_is_the_only_output(good_bundle: Path, tmp_path: Path)
                                   "--frames", "4", "--no-memory", "--threads", "1", "--json", str(out)],
                                  tmp_path, outputs=("r.json",))
     assert code == 0 and not errors and json.loads(out.read_text())["configs"], text
+
+
+def test_run_offers_only_backends_that_run_from_a_bundle(good_bundle: Path, tmp_path: Path) -> None:
+    from ada3d_edge.runtime.backends import BACKENDS, backend_kinds
+
+    runnable = [k for k, spec in BACKENDS.items() if spec.runs_bundle]
+    assert backend_kinds(runs_bundle=True) == runnable and "torch" not in runnable
+    help_text = CliRunner().invoke(main, ["run", "--help"]).output
+    assert f"[{'|'.join(runnable)}]" in help_text
+    bench_help = CliRunner().invoke(main, ["bench", "--help"]).output
+    assert f"[{'|'.join(BACKENDS)}]" in bench_help  # the bench rebuilds torch modules from --checkpoint
+    code, errors, text = _invoke(["run", str(good_bundle), "--backend", "torch", "--source", "0"], tmp_path)
+    assert code == 2 and len(errors) == 1 and "--backend" in errors[0] and "'torch' is not one of" in errors[0]

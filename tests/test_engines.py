@@ -136,7 +136,7 @@ def _fake_trt(rec: _Recorder) -> types.SimpleNamespace:
 
 
 def test_build_engines_with_fake_tensorrt(tmp_path, monkeypatch):
-    from ada3d_edge.runtime import trt_backend
+    from ada3d_edge.runtime.backends import trt as trt_backend
 
     rec = _Recorder()
     monkeypatch.setattr(trt_export, "require_tensorrt", lambda: _fake_trt(rec))

@@ -51,7 +51,7 @@ def calibration_batches(list_file: PathLike, manifest: Manifest, kind: str = "ba
 def make_calibrator(trt: Any, cudart: Any, batches: Iterator[np.ndarray], batch_size: int,
                     cache_file: PathLike) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding ``batches`` (device memory via cuda-python)."""
-    from ..runtime.trt_backend import _cuda_call
+    from ..runtime.backends.trt import _cuda_call
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Union
 
 from ..bundle import (POLICY_NAME, Bundle, TrtEngineEntry, add_trt_engines, engine_name, open_bundle)
-from ..runtime.trt_backend import INSTALL_HINT
+from ..runtime.backends.trt import INSTALL_HINT
 from .profiles import EngineProfile, shape_profiles
 
 TIMING_CACHE = "timing.cache"
@@ -87,7 +87,7 @@ def build_engines(bundle_dir: PathLike, profile: EngineProfile, calib_list: Opti
 
     Returns the new manifest entries (each with TensorRT version, GPU name, precision, max batch).
     """
-    from ..runtime.trt_backend import engine_identity, import_cudart
+    from ..runtime.backends.trt import engine_identity, import_cudart
 
     profile = profile.validate()
     trt = require_tensorrt()

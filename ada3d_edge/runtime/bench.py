@@ -24,7 +24,8 @@ import numpy as np
 
 from ..bundle import (BACKBONE_INPUT, POLICY_INPUT, POLICY_NAME, Bundle, BundleError, engine_name,
                       open_bundle, verify_file)
-from .backends import Backend, make_backend, process_peak_rss_mb
+from .backends import make_backend
+from .backends.base import Backend, process_peak_rss_mb
 from .predictor import AdaptivePredictor
 
 Log = Callable[[str], None]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..bundle import POLICY_NAME, Bundle
-from .backends import Backend
+from .backends.base import Backend
 
 # Targets the project reports against (ARCHITECTURE.md section 6, issue 5).
 TARGET_SAVING_EFFICIENCY = 0.90  # adaptive latency saving / GFLOPs saving

@@ -21,8 +21,8 @@ import numpy as np
 from .. import preprocess
 from ..bundle import (BACKBONE_INPUT, BACKBONE_OUTPUT, POLICY_INPUT, POLICY_NAME, Bundle, BundleError,
                       engine_name, open_bundle)
-from .backends import Backend, make_backend
-from .trt_backend import EngineMismatchError
+from .backends import make_backend
+from .backends.base import Backend, EngineMismatchError
 
 
 def greedy_actions(frame_probs: np.ndarray, stage_probs: np.ndarray,

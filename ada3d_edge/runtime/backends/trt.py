@@ -16,16 +16,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .backends import Backend, BackendUnavailableError, check_inputs
+from .base import Backend, EngineMismatchError, check_inputs
 
 INSTALL_HINT = (
     "`pip install ada3d-edge[trt]` (tensorrt and cuda-python); on Jetson, TensorRT ships with "
     "JetPack (its python3-libnvinfer package) and only cuda-python needs pip"
 )
-
-
-class EngineMismatchError(BackendUnavailableError):
-    """A TensorRT plan built for another TensorRT version or GPU."""
 
 
 def import_tensorrt() -> Any:
