@@ -256,8 +256,10 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--no-memory", is_flag=True, help="Skip the memory probes (two subprocesses).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None, help="Write latency vs GFLOPs PNG.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, repeats: int, warmup: int,
-              passes: int, batch: int, frames, masks, threads, no_memory: bool, json_out, plot_out) -> None:
+              passes: int, batch: int, frames, masks, threads, no_memory: bool, json_out, plot_out,
+              quiet: bool) -> None:
     """Latency of every configuration and of adaptive inference against Upper, in one process."""
     from .runtime.backends.base import USER_ERRORS
     from .runtime.bench import run_bench
@@ -268,7 +270,7 @@ def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, 
         result = run_bench(bundle, backend, device, data=data, root=root, clips=clips, repeats=repeats,
                            warmup=warmup, batch=batch, frames=frames, masks=masks, threads=threads, passes=passes,
                            checkpoint=checkpoint, memory=not no_memory, command=command,
-                           log=lambda msg: click.echo(msg, err=True))
+                           log=lambda msg: click.echo(msg, err=True), progress=not quiet)
     except USER_ERRORS as e:  # bundle, option or machine: one line; anything else is a bug (traceback)
         raise click.ClickException(str(e)) from None
     click.echo(format_table(result))

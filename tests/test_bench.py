@@ -1,15 +1,19 @@
 """`ada3d bench` on the fake bundle: JSON keys, one row per configuration, ratios, failures as statuses."""
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from fake_bundle import NUM_FRAMES, make_fake_bundle
 
+from ada3d_edge.bundle import open_bundle
 from ada3d_edge.cli import main
 from ada3d_edge.runtime.backends.ort import OrtBackend
 from ada3d_edge.runtime.bench import run_bench
@@ -119,3 +123,40 @@ def test_cli(bundle: Path, tmp_path: Path) -> None:
 def test_cli_bad_mask(bundle: Path) -> None:
     res = CliRunner().invoke(main, ["bench", str(bundle), "--masks", "111", "--no-memory"])
     assert res.exit_code != 0 and "--masks ['111'] not in this bundle" in res.output
+
+
+def test_clips_are_streamed_one_at_a_time(bundle: Path) -> None:
+    import weakref
+
+    from ada3d_edge.runtime.bench import bench_adaptive
+    from ada3d_edge.runtime.clips import generated_clips
+    from ada3d_edge.runtime.predictor import AdaptivePredictor
+
+    t0 = time.perf_counter()
+    many = generated_clips(open_bundle(bundle, verify=False), 100_000)
+    assert len(many) == 100_000 and time.perf_counter() - t0 < 1.0  # nothing materialised
+    first = next(iter(many))[0]
+    assert np.array_equal(first, next(iter(many))[0])  # clip i is the same on every pass
+
+    alive: list[weakref.ref] = []
+    most = [0]
+
+    class Watched:
+        def __len__(self) -> int:
+            return 12
+
+        def __iter__(self):
+            for i, clip in enumerate(itertools.islice(many, 12)):
+                alive.append(weakref.ref(clip[0]))
+                most[0] = max(most[0], sum(r() is not None for r in alive))
+                yield clip
+
+    with AdaptivePredictor(bundle, intra_op_threads=1, warmup=False) as predictor:
+        out = bench_adaptive(predictor, Watched(), passes=2, warmup=1, progress=True)
+    assert most[0] <= 2, f"{most[0]} clips alive at once"
+    assert out["adaptive"]["latency_ms"]["n"] == 24 and sum(out["adaptive"]["chosen"].values()) == 12
+
+
+def test_progress_bar_over_clips(bundle: Path, capsys) -> None:
+    run_bench(bundle, "ort", memory=False, masks=["11"], frames=[NUM_FRAMES], progress=True, **TINY)
+    assert "adaptive vs Upper" in capsys.readouterr().err

@@ -12,20 +12,26 @@ No torch import here: the torch backend imports it lazily, and only when asked f
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from array import array
 import json
 import os
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterable, Sized
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..bundle import (BACKBONE_INPUT, POLICY_INPUT, POLICY_NAME, Bundle, BundleError, engine_name,
                       open_bundle, verify_file)
 from .backends import make_backend
 from .backends.base import Backend, process_peak_rss_mb
+from .clips import Clip, ClipSet, generated_clips, list_clips
 from .predictor import AdaptivePredictor
 
 Log = Callable[[str], None]
@@ -173,99 +179,71 @@ def torch_modules(checkpoint: str, threads: int | None = None) -> dict[str, Any]
     return mods
 
 
-# --- clips -------------------------------------------------------------------------------------
-
-
-def list_clips(bundle: Bundle, list_file: str, root: str, num_videos: int | None, log: Log | None = None
-               ) -> list[tuple[np.ndarray, tuple[int, ...]]]:
-    """The centre test clip (eval sampling) of ``num_videos`` videos spread over the list (all: None)."""
-    from ..data.lists import load_list
-    from ..data.video import VideoReadError, read_center_clip
-
-    m = bundle.manifest
-    records = load_list(list_file, root, len(m.classes), list_option="--data", root_option="--root")
-    if num_videos is not None and num_videos < len(records):
-        records = [records[i] for i in np.linspace(0, len(records) - 1, num_videos).round().astype(int)]
-    clips = []
-    for rec in records:
-        try:
-            frames = read_center_clip(rec.path, m.num_frames, m.stride)
-        except VideoReadError as exc:
-            if log:
-                log(f"skipped {exc}")
-            continue
-        clips.append((frames, rec.labels))
-    if not clips:
-        raise ValueError(f"no video of {list_file} could be read (root {root}); check --data and --root")
-    return clips
-
-
-def generated_clips(bundle: Bundle, num: int, seed: int = 0) -> list[tuple[np.ndarray, tuple[int, ...]]]:
-    """Random uint8 clips ``(T, S, 4S/3, 3)`` (S = short side), without labels."""
-    m = bundle.manifest
-    s = m.short_side or m.crop_size
-    rng = np.random.default_rng(seed)
-    return [(rng.integers(0, 256, (m.num_frames, s, s * 4 // 3, 3), dtype=np.uint8), ()) for _ in range(num)]
-
-
 # --- adaptive end to end -----------------------------------------------------------------------
 
 
-def bench_adaptive(predictor: AdaptivePredictor, clips: Sequence[tuple[np.ndarray, tuple[int, ...]]],
-                   passes: int, warmup: int, multi_label: bool) -> dict[str, Any]:
+def bench_adaptive(predictor: AdaptivePredictor, clips: Iterable[Clip], passes: int, warmup: int,
+                   progress: bool = False) -> dict[str, Any]:
     """Adaptive (``predict``) and Upper (``run_fixed`` all frames, all 3D) clip by clip, interleaved.
 
-    The two alternate which goes first from clip to clip. Accuracy (top-1) and GFLOPs come from the
-    first pass; latencies from every pass.
+    The two alternate which goes first from clip to clip. Accuracy (top-1; multi-label: the top
+    class among the clip's labels) and GFLOPs come from the first pass, latencies from every pass.
+    Clips are taken one at a time and only running sums are kept, so memory does not grow with
+    the number of clips.
     """
     bundle, t = predictor.bundle, predictor.manifest.num_frames
     upper_mask, keep_all = bundle.upper_mask, np.ones(t, dtype=bool)
-    for frames, _ in clips[:max(warmup, 1)]:
+    for frames, _ in itertools.islice(clips, max(warmup, 1)):
         predictor.predict(frames)
         predictor.run_fixed(frames, keep_all, upper_mask)
-    lat = {"adaptive": [], "upper": []}
-    parts = {"adaptive": {"policy": [], "preprocess": [], "backbone": []}, "upper": {"preprocess": [], "backbone": []}}
-    preds: dict[str, list] = {"adaptive": [], "upper": []}
-    for p in range(passes):
-        for i, (frames, _) in enumerate(clips):
-            order = ("adaptive", "upper") if (i + p) % 2 == 0 else ("upper", "adaptive")
-            for which in order:
-                t0 = time.perf_counter()
-                pred = (predictor.predict(frames) if which == "adaptive"
-                        else predictor.run_fixed(frames, keep_all, upper_mask))
-                lat[which].append((time.perf_counter() - t0) * 1e3)
-                for k in parts[which]:
-                    parts[which][k].append(pred.timings_ms.get(k, 0.0))
+    lat = {"adaptive": array("d"), "upper": array("d")}  # 8 bytes a sample
+    parts = {"adaptive": {k: array("d") for k in ("policy", "preprocess", "backbone")},
+             "upper": {k: array("d") for k in ("preprocess", "backbone")}}
+    sums = {w: {"gflops": 0.0, "gflops_backbone": 0.0, "hits": 0, "frames": 0, "stages": 0}
+            for w in ("adaptive", "upper")}
+    chosen: Counter[str] = Counter()
+    n, labelled = 0, True
+    total = len(clips) * passes if isinstance(clips, Sized) else None
+    with tqdm(total=total, desc="adaptive vs Upper", unit="clip", disable=not progress, leave=False) as bar:
+        for p in range(passes):
+            for i, (frames, labels) in enumerate(clips):
+                order = ("adaptive", "upper") if (i + p) % 2 == 0 else ("upper", "adaptive")
+                for which in order:
+                    t0 = time.perf_counter()
+                    pred = (predictor.predict(frames) if which == "adaptive"
+                            else predictor.run_fixed(frames, keep_all, upper_mask))
+                    lat[which].append((time.perf_counter() - t0) * 1e3)
+                    for k in parts[which]:
+                        parts[which][k].append(pred.timings_ms.get(k, 0.0))
+                    if p == 0:
+                        acc = sums[which]
+                        acc["gflops"] += pred.gflops
+                        acc["gflops_backbone"] += pred.gflops_backbone
+                        acc["hits"] += int(np.argmax(pred.scores)) in labels
+                        acc["frames"] += pred.num_frames_kept
+                        acc["stages"] += pred.num_3d_stages
+                        if which == "adaptive":
+                            chosen[f"{pred.stage_mask}/{pred.num_frames_kept}"] += 1
                 if p == 0:
-                    preds[which].append(pred)
-    labels = [lab for _, lab in clips]
+                    n += 1
+                    labelled = labelled and len(labels) > 0
+                bar.update(1)
+    if n == 0:
+        raise ValueError("no clip to run adaptive vs Upper on")
     out: dict[str, Any] = {}
     for which in ("adaptive", "upper"):
-        ps = preds[which]
+        acc = sums[which]
         out[which] = {
             "latency_ms": latency_stats(lat[which]),
             "parts_ms": {k: float(np.mean(v)) for k, v in parts[which].items()},
-            "gflops": float(np.mean([q.gflops for q in ps])),
-            "gflops_backbone": float(np.mean([q.gflops_backbone for q in ps])),
-            "accuracy": _top1(ps, labels, multi_label),
+            "gflops": acc["gflops"] / n,
+            "gflops_backbone": acc["gflops_backbone"] / n,
+            "accuracy": acc["hits"] / n if labelled else None,
         }
-    ad = preds["adaptive"]
-    out["adaptive"]["mean_frames"] = float(np.mean([q.num_frames_kept for q in ad]))
-    out["adaptive"]["mean_3d_stages"] = float(np.mean([q.num_3d_stages for q in ad]))
-    chosen: dict[str, int] = {}
-    for q in ad:
-        key = f"{q.stage_mask}/{q.num_frames_kept}"
-        chosen[key] = chosen.get(key, 0) + 1
-    out["adaptive"]["chosen"] = dict(sorted(chosen.items(), key=lambda kv: -kv[1]))
+    out["adaptive"]["mean_frames"] = sums["adaptive"]["frames"] / n
+    out["adaptive"]["mean_3d_stages"] = sums["adaptive"]["stages"] / n
+    out["adaptive"]["chosen"] = dict(chosen.most_common())
     return out
-
-
-def _top1(preds: Sequence[Any], labels: Sequence[tuple[int, ...]], multi_label: bool) -> float | None:
-    """Top-1 accuracy; None without labels. Multi-label: top-1 class among the clip's labels."""
-    if not labels or any(len(lab) == 0 for lab in labels):
-        return None
-    hits = [int(np.argmax(p.scores)) in lab for p, lab in zip(preds, labels)]
-    return float(np.mean(hits))
 
 
 # --- memory ------------------------------------------------------------------------------------
@@ -349,7 +327,7 @@ def run_bench(bundle_path: str | os.PathLike, backend: str | Backend = "ort", de
               warmup: int = 3, batch: int = 4, frames: Sequence[int] | None = None,
               masks: Sequence[str] | None = None, threads: int | None = None, passes: int = 1,
               checkpoint: str | None = None, memory: bool = True, seed: int = 0,
-              command: str | None = None, log: Log | None = None) -> dict[str, Any]:
+              command: str | None = None, log: Log | None = None, progress: bool = False) -> dict[str, Any]:
     """Measure a bundle: per-configuration latency table, selection net, adaptive vs Upper, memory.
 
     Returns the JSON-ready result (see `bench_report.format_table` for the console view).
@@ -369,12 +347,10 @@ def run_bench(bundle_path: str | os.PathLike, backend: str | Backend = "ort", de
     if data:  # clips first: a bad --data fails before minutes of timing
         if not root:
             raise ValueError("--data needs --root (the folder the list's paths start from)")
-        clip_list = list_clips(bundle, data, root, clips, say)
-        clip_source = f"{len(clip_list)} centre clips of {data}"
+        clip_set: ClipSet = list_clips(bundle, data, root, clips, say)
     else:
-        clip_list = generated_clips(bundle, clips or 16, seed)
-        clip_source = (f"{len(clip_list)} generated clips of random uint8 frames (no --data): the policy "
-                       "sees noise, so its choices (and accuracy) say nothing about real video")
+        clip_set = generated_clips(bundle, clips or 16, seed)
+    clip_source = clip_set.description
     corrupt = check_files(bundle)
     be = create_backend(backend, device, threads, checkpoint)
     try:
@@ -400,7 +376,7 @@ def run_bench(bundle_path: str | os.PathLike, backend: str | Backend = "ort", de
             say(f"adaptive vs Upper end to end on {clip_source.split(':')[0]}, {passes} pass(es)")
             try:
                 predictor.warmup()  # every engine at every T', as the runtime does at start-up
-                e2e = bench_adaptive(predictor, clip_list, passes, warmup, m.multi_label)
+                e2e = bench_adaptive(predictor, clip_set, passes, warmup, progress)
             except Exception as exc:  # noqa: BLE001 - the adaptive section becomes a status
                 adaptive_error = _short(exc)
         mem = measure_memory(str(bundle.root), be.kind if isinstance(backend, Backend) else backend, device,
