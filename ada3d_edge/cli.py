@@ -172,9 +172,13 @@ from .runtime import backends as _backends  # noqa: E402  (the backend table onl
               help="Tries to open a live source that has not delivered a frame yet before it fails.")
 @click.option("--realtime/--no-realtime", default=None,
               help="Drop the oldest windows when inference falls behind (default: live sources yes, files no).")
+@click.option("--threads", type=click.IntRange(1), default=_backends.ORT_RUN_THREADS, show_default=True,
+              help="ONNX Runtime intra-op threads (benchmarks/results/run_threads.md).")
+@click.option("--spin/--no-spin", "spinning", default=_backends.ORT_RUN_SPINNING, show_default=True,
+              help="Let ONNX Runtime's idle intra-op threads spin (costs p95 latency under load).")
 def run_cmd(bundle: str, sources: tuple[str, ...], backend: str, device, threshold, hop, max_batch: int,
             queue_size: int, jsonl, overlay, show: bool, topk: int, max_windows, duration, max_reconnects,
-            open_timeout: float, open_attempts: int, realtime) -> None:
+            open_timeout: float, open_attempts: int, realtime, threads: int, spinning: bool) -> None:
     """Classify streams from one or more sources with the bundle; prints a summary at the end.
 
     Exits 1 when a source ended in error or no window was processed (the summary says which and why).
@@ -188,7 +192,7 @@ def run_cmd(bundle: str, sources: tuple[str, ...], backend: str, device, thresho
                               hop=hop, max_batch=max_batch, queue_size=queue_size, jsonl=jsonl,
                               overlay=overlay, show=show, topk=topk, max_windows=max_windows,
                               duration=duration, max_reconnects=max_reconnects, realtime=realtime,
-                              source_options={"open_timeout_s": open_timeout, "open_attempts": open_attempts})
+                              threads=threads, spinning=spinning, source_options={"open_timeout_s": open_timeout, "open_attempts": open_attempts})
     except SourceError as e:
         raise click.BadParameter(str(e), param_hint="--source") from e
     except USER_ERRORS as e:  # bundle, option or machine: one line; anything else is a bug (traceback)

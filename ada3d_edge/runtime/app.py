@@ -53,7 +53,8 @@ def run_streams(bundle_path: str | os.PathLike | None, sources: Sequence[str | i
                 show: bool = False, topk: int = 5, max_windows: int | None = None,
                 duration: float | None = None, max_reconnects: int | None = None,
                 source_options: dict[str, Any] | None = None, predictor: Any = None,
-                stop_event: threading.Event | None = None, realtime: bool | None = None) -> dict:
+                stop_event: threading.Event | None = None, realtime: bool | None = None,
+                threads: int | None = None, spinning: bool | None = None) -> dict:
     """Run the bundle on every source; returns (and prints) the summary dict.
 
     ``hop`` is in sampled frames (default: T, back-to-back windows). ``source_options`` go to every
@@ -62,7 +63,7 @@ def run_streams(bundle_path: str | os.PathLike | None, sources: Sequence[str | i
     it needs ``predict_batch`` and ``num_frames``/``stride`` (directly or on ``.manifest``).
     Setting ``stop_event`` from another thread ends the run like Ctrl-C does. ``realtime`` (default:
     live sources yes, files no) drops the oldest window when inference falls behind; otherwise the
-    reader waits.
+    reader waits. ``threads``/``spinning`` set ONNX Runtime's intra-op pool (ort backend only).
     """
     if not sources:
         raise ValueError("no source given; pass --source SRC (camera index, file, URL or pipeline)")
@@ -76,8 +77,9 @@ def run_streams(bundle_path: str | os.PathLike | None, sources: Sequence[str | i
     if owned:
         from .predictor import AdaptivePredictor
 
+        options = ({"intra_op_threads": threads, "allow_spinning": spinning} if backend == "ort" else {})
         predictor = AdaptivePredictor(bundle_path, backend=backend, device=device,
-                                      threshold=threshold, max_batch=max_batch)
+                                      threshold=threshold, max_batch=max_batch, **options)
     geometry = getattr(predictor, "manifest", predictor)
     num_frames, stride = int(geometry.num_frames), int(geometry.stride)
 

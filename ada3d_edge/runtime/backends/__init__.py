@@ -44,6 +44,12 @@ BACKENDS: dict[str, BackendSpec] = {spec.kind: spec for spec in (
 )}
 BACKEND_KINDS = tuple(BACKENDS)
 
+# `ada3d run`'s ONNX Runtime thread pool, chosen by benchmarks/run_threads.py on the 2-core CPU
+# (benchmarks/results/run_threads.md): one intra-op thread was never slower at p50 than the default
+# (one per core, spinning), and spinning workers had the worse p95 with 2 threads, idle and loaded.
+ORT_RUN_THREADS = 1
+ORT_RUN_SPINNING = False
+
 
 def backend_kinds(runs_bundle: bool = False) -> list[str]:
     """Kinds in table order; only those that run from a bundle alone when ``runs_bundle``."""

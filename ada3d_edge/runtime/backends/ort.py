@@ -34,7 +34,12 @@ def ort_providers(device: str = "cpu", available: Sequence[str] | None = None) -
 
 
 class OrtBackend(Backend):
-    """ONNX Runtime, one InferenceSession per model. CPU by default."""
+    """ONNX Runtime, one InferenceSession per model. CPU by default.
+
+    ``intra_op_threads`` (None: ONNX Runtime's default, one per core) and ``allow_spinning``
+    (None: its default, on) set each session's intra-op thread pool; `ada3d run`'s defaults are
+    ``backends.ORT_RUN_THREADS`` / ``ORT_RUN_SPINNING``.
+    """
 
     kind = "ort"
     file_kind = "onnx"
@@ -44,6 +49,7 @@ class OrtBackend(Backend):
         device: str = "cpu",
         providers: Sequence[str] | None = None,
         intra_op_threads: int | None = None,
+        allow_spinning: bool | None = None,
     ) -> None:
         super().__init__()
         import onnxruntime
@@ -51,7 +57,7 @@ class OrtBackend(Backend):
         self._ort = onnxruntime
         self.device = device
         self.providers = list(providers) if providers else ort_providers(device)
-        self.intra_op_threads = intra_op_threads
+        self.intra_op_threads, self.allow_spinning = intra_op_threads, allow_spinning
         self._sessions: dict[str, Any] = {}
 
     def _load(self, name: str, path: Path, meta: dict[str, Any]) -> None:
@@ -61,6 +67,8 @@ class OrtBackend(Backend):
         options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.intra_op_threads is not None:
             options.intra_op_num_threads = int(self.intra_op_threads)
+        if self.allow_spinning is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
         self._sessions[name] = self._ort.InferenceSession(str(path), options, providers=self.providers)
 
     def _session(self, name: str) -> Any:
