@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -92,7 +93,43 @@ def test_max_windows_and_batching_across_sources(tmp_path):
         cap = cv2.VideoCapture(str(path))
         ok, frame = cap.read()
         cap.release()
-        assert ok and frame.shape == (64, 64, 3)
+        assert ok and frame.shape == (384, 384, 3)  # 64 px upscaled x6 to >= 360 rows (legible text)
+
+
+def test_overlay_has_every_source_frame_at_its_rate_with_the_prediction(clip, tmp_path, capsys):
+    out = tmp_path / "ov.mp4"
+    summary = run_streams(None, [str(clip)], predictor=StandInPredictor(num_frames=4, stride=2),
+                          queue_size=50, overlay=out, jsonl=tmp_path / "r.jsonl")
+    cap = cv2.VideoCapture(str(out))
+    fps, frames = cap.get(cv2.CAP_PROP_FPS), []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    assert len(frames) == 60 and fps == pytest.approx(25.0)  # every frame of the 25 fps source
+    assert frames[0].shape[0] >= 360
+    src = cv2.VideoCapture(str(clip))
+    raw = [src.read()[1] for _ in range(60)]
+    src.release()
+    big = [cv2.resize(f, (384, 384), interpolation=cv2.INTER_NEAREST) for f in raw]
+    corner = (slice(0, 60), slice(0, 200))
+    diff = [float(np.abs(a[corner].astype(int) - b[corner].astype(int)).mean()) for a, b in zip(frames, big)]
+    assert diff[0] < 2 and diff[-1] > 5  # no label before the first window; the latest one at the end
+    assert summary["outputs"] == [str(tmp_path / "r.jsonl"), f"{out} (60 frames)"]
+    assert f"outputs:\n  {tmp_path / 'r.jsonl'}\n  {out} (60 frames)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("height", [64, 360, 1080])
+def test_overlay_text_scales_with_the_frame(height):
+    from ada3d_edge.runtime.sinks import draw_overlay
+
+    frame = np.zeros((height, height * 4 // 3, 3), np.uint8)
+    img = draw_overlay(frame, StandInPredictor().predict(np.zeros((4, 8, 8, 3), np.uint8)))
+    assert img.shape[0] >= 360
+    rows = np.flatnonzero(img.max(axis=(1, 2)) > 0)
+    assert 0.06 < (rows.max() - rows.min() + 1) / img.shape[0] < 0.25  # two text lines, same share at any size
 
 
 def test_duration_limit_and_stop_event(clip):

@@ -28,6 +28,17 @@ def run_failure(summary: dict) -> str | None:
     return None
 
 
+def output_paths(sinks: Sequence[Sink]) -> list[str]:
+    """The files the sinks wrote (JSON lines, one overlay video per source)."""
+    out = []
+    for sink in sinks:
+        if isinstance(sink, JsonlSink) and str(sink.path) != "-":
+            out.append(str(sink.path))
+        if isinstance(sink, OverlayVideoSink):
+            out += [f"{p} ({sink.frames_written.get(i, 0)} frames)" for i, p in sorted(sink.paths.items())]
+    return out
+
+
 def make_sinks(num_sources: int, *, jsonl: str | os.PathLike | None = None,
                overlay: str | os.PathLike | None = None, show: bool = False, topk: int = 5) -> list[Sink]:
     """The sinks asked for; console lines when none is (``--show`` without a display only warns)."""
@@ -85,9 +96,11 @@ def run_streams(bundle_path: str | os.PathLike | None, sources: Sequence[str | i
 
     sinks = make_sinks(len(specs), jsonl=jsonl, overlay=overlay, show=show, topk=topk)
     stop, notify = stop_event or threading.Event(), threading.Event()
+    overlay_sink = next((s for s in sinks if isinstance(s, OverlayVideoSink)), None)
     readers = [SourceReader(spec, num_frames=num_frames, stride=stride, hop=hop,
                             queue_size=queue_size, notify=notify, max_reconnects=max_reconnects,
-                            realtime=realtime, **(source_options or {}))
+                            realtime=realtime, frame_sink=overlay_sink and overlay_sink.write_frame,
+                            **(source_options or {}))
                for spec in specs]
     scheduler = Scheduler(predictor, readers, sinks, max_batch=max_batch, max_windows=max_windows,
                           duration=duration, stop_event=stop, notify=notify)
@@ -99,5 +112,6 @@ def run_streams(bundle_path: str | os.PathLike | None, sources: Sequence[str | i
             sink.close()
         if owned:
             predictor.close()
+    summary["outputs"] = output_paths(sinks)
     print(format_summary(summary), file=sys.stderr if str(jsonl) == "-" else sys.stdout, flush=True)
     return summary

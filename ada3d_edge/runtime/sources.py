@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
@@ -303,6 +303,8 @@ class SourceReader(threading.Thread):
         realtime: drop the oldest window when the queue is full (the default for live sources); when
             False (the default for files) the reader waits for room instead, so every window of a
             file is classified.
+        frame_sink: called with ``(source index, frame BGR, source fps)`` for every raw frame (the
+            overlay video); frames are then all decoded, not only the sampled ones.
     """
 
     def __init__(self, spec: SourceSpec, *, num_frames: int, stride: int = 1, hop: int | None = None,
@@ -310,11 +312,13 @@ class SourceReader(threading.Thread):
                  max_reconnects: int | None = None, reconnect_backoff: tuple[float, float] = (0.5, 8.0),
                  max_frames: int | None = None, resize: tuple[int, int] | None = None,
                  open_timeout_s: float = OPEN_TIMEOUT_S, read_timeout_s: float = 10.0,
-                 open_attempts: int | None = OPEN_ATTEMPTS, realtime: bool | None = None) -> None:
+                 open_attempts: int | None = OPEN_ATTEMPTS, realtime: bool | None = None,
+                 frame_sink: Callable[[int, np.ndarray, float], None] | None = None) -> None:
         super().__init__(name=f"ada3d-source-{spec.index}", daemon=True)
         self.realtime = spec.live if realtime is None else bool(realtime)
         self.spec, self.max_reconnects, self.backoff = spec, max_reconnects, reconnect_backoff
         self.max_frames, self.resize, self.open_attempts = max_frames, resize, open_attempts
+        self.frame_sink = frame_sink
         self.timeouts = (open_timeout_s, read_timeout_s)
         self.buffer = ClipBuffer(num_frames, stride, hop)
         self.queue = DropOldestQueue(queue_size, notify)
@@ -383,13 +387,15 @@ class SourceReader(threading.Thread):
 
     def _read(self, cap: cv2.VideoCapture) -> tuple[int, str | None]:
         """Read until the stream fails (returns frames read, None) or must end (returns n, reason)."""
-        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-        fps = fps / self.buffer.stride if 0 < fps < 1000 else 0.0
+        raw_fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        raw_fps = raw_fps if 0 < raw_fps < 1000 else 0.0
+        fps = raw_fps / self.buffer.stride
         got = 0
         while not self.stop_event.is_set():
             if self.max_frames is not None and self.stats.frames >= self.max_frames:
                 return got, "max_frames"
-            if self.buffer.wants_next:
+            sampled = self.buffer.wants_next
+            if sampled or self.frame_sink is not None:
                 ok, frame = cap.read()
             else:
                 ok, frame = cap.grab(), None
@@ -397,10 +403,11 @@ class SourceReader(threading.Thread):
                 return got, None
             got += 1
             self.stats.frames += 1
-            if frame is not None:
-                if self.resize is not None:
-                    frame = cv2.resize(frame, self.resize, interpolation=cv2.INTER_AREA)
-                frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            if frame is not None and self.resize is not None:
+                frame = cv2.resize(frame, self.resize, interpolation=cv2.INTER_AREA)
+            if self.frame_sink is not None:
+                self.frame_sink(self.spec.index, frame, raw_fps)
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if sampled else None
             clip = self.buffer.push(frame)
             if clip is not None:
                 while not self.realtime and self.queue.pending_windows() >= self.queue.maxsize:
