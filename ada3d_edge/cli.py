@@ -204,17 +204,25 @@ def run_cmd(bundle: str, sources: tuple[str, ...], backend: str, device, thresho
 
 # --- bench / demo ------------------------------------------------------------------------------
 
+def _items(value: str, example: str, param) -> list[str]:
+    items = [v.strip() for v in value.split(",")]
+    if any(not v for v in items):
+        raise click.BadParameter(f"empty item in {value!r}; give comma-separated values like {example}", param=param)
+    return items
+
+
 def _int_list(ctx, param, value: str | None) -> list[int] | None:
     if not value:
         return None
+    items = _items(value, "1,4,8", param)
     try:
-        return [int(v) for v in value.split(",") if v.strip()]
+        return [int(v) for v in items]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers like 1,4,8, got {value!r}") from None
 
 
 def _str_list(ctx, param, value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+    return _items(value, "11,00", param) if value else None
 
 
 def _command_line(ctx: click.Context) -> str:

@@ -160,3 +160,16 @@ def test_clips_are_streamed_one_at_a_time(bundle: Path) -> None:
 def test_progress_bar_over_clips(bundle: Path, capsys) -> None:
     run_bench(bundle, "ort", memory=False, masks=["11"], frames=[NUM_FRAMES], progress=True, **TINY)
     assert "adaptive vs Upper" in capsys.readouterr().err
+
+
+def test_table_says_costs_more_instead_of_negative_savings(result: dict) -> None:
+    import copy
+
+    r = copy.deepcopy(result)
+    r["adaptive"].update({"latency_saving": -0.118, "gflops_saving": -0.05, "saving_efficiency": None})
+    r["targets"]["saving_efficiency"].update({"value": None, "met": None})
+    text = format_table(r)
+    assert "latency costs 11.8% more, GFLOPs costs 5.0% more (efficiency n/a: no GFLOPs saved)" in text
+    assert "saves -" not in text and "efficiency -" not in text and ": - (" not in text
+    r["adaptive"].update({"latency_saving": 0.25, "gflops_saving": 0.3, "saving_efficiency": 0.25 / 0.3})
+    assert "latency saves 25.0%, GFLOPs saves 30.0% (efficiency 0.83)" in format_table(r)

@@ -156,3 +156,10 @@ def test_run_offers_only_backends_that_run_from_a_bundle(good_bundle: Path, tmp_
     assert f"[{'|'.join(BACKENDS)}]" in bench_help  # the bench rebuilds torch modules from --checkpoint
     code, errors, text = _invoke(["run", str(good_bundle), "--backend", "torch", "--source", "0"], tmp_path)
     assert code == 2 and len(errors) == 1 and "--backend" in errors[0] and "'torch' is not one of" in errors[0]
+
+
+@pytest.mark.parametrize("option, value", [("--frames", "1,,8"), ("--frames", "1,x"), ("--masks", "11,,00")])
+def test_bench_bad_lists_are_refused(option: str, value: str, good_bundle: Path, tmp_path: Path) -> None:
+    code, errors, text = _invoke(["bench", str(good_bundle), option, value, "--no-memory"], tmp_path)
+    assert code == 2 and len(errors) == 1 and option in errors[0] and value in errors[0], text
+    assert "like 1,4,8" in errors[0] or "like 11,00" in errors[0]

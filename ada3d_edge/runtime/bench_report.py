@@ -155,6 +155,15 @@ def _f(x: Any, fmt: str = ".2f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def saving_phrase(saving: float) -> str:
+    """``0.25`` -> "saves 25.0%", ``-0.118`` -> "costs 11.8% more" (never "saves -11.8%")."""
+    return f"saves {saving:.1%}" if saving >= 0 else f"costs {-saving:.1%} more"
+
+
+def _efficiency(eff: float | None) -> str:
+    return "n/a: no GFLOPs saved" if eff is None else f"{eff:.2f}"
+
+
 def format_table(r: Mapping[str, Any]) -> str:
     """Console report: configuration table, selection net, adaptive vs Upper, memory, targets."""
     mc = r["machine"]
@@ -183,9 +192,9 @@ def format_table(r: Mapping[str, Any]) -> str:
                   f"{_f(up['accuracy'], '.3f'):>6}",
                   f"{'adaptive':>9} {ad['gflops']:>8.3f} {a['mean']:>9.2f} {a['p50']:>9.2f} {a['p95']:>9.2f} "
                   f"{_f(ad['accuracy'], '.3f'):>6}",
-                  f"saving: latency {ad['latency_saving']:.1%} vs GFLOPs {ad['gflops_saving']:.1%} "
-                  f"(efficiency {_f(ad['saving_efficiency'], '.2f')}); mean frames {ad['mean_frames']:.2f}, "
-                  f"mean 3D stages {ad['mean_3d_stages']:.2f}; adaptive parts ms "
+                  f"adaptive against Upper: latency {saving_phrase(ad['latency_saving'])}, GFLOPs "
+                  f"{saving_phrase(ad['gflops_saving'])} (efficiency {_efficiency(ad['saving_efficiency'])}); "
+                  f"mean frames {ad['mean_frames']:.2f}, mean 3D stages {ad['mean_3d_stages']:.2f}; adaptive parts ms "
                   + ", ".join(f"{k} {v:.2f}" for k, v in ad["parts_ms"].items())]
     else:
         lines.append(f"adaptive end to end: {ad['status']}")
@@ -196,7 +205,8 @@ def format_table(r: Mapping[str, Any]) -> str:
                      f"(+{_f(mem['upper_only_loaded'], '.0f')}), ratio {_f(mem['ratio'])}")
     for name, tg in r["targets"].items():
         verdict = "n/a" if tg["met"] is None else ("met" if tg["met"] else "MISSED")
-        lines.append(f"target {name}: {_f(tg['value'], '.3f')} ({tg['target']}) {verdict}")
+        value = "n/a" if tg["value"] is None else format(tg["value"], ".3f")
+        lines.append(f"target {name}: {value} ({tg['target']}) {verdict}")
     return "\n".join(lines)
 
 
