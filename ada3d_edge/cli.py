@@ -273,16 +273,32 @@ def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, 
               passes: int, batch: int, frames, masks, threads, no_memory: bool, json_out, plot_out,
               quiet: bool) -> None:
     """Latency of every configuration and of adaptive inference against Upper, in one process."""
+    from .runtime.backends import BACKENDS
     from .runtime.backends.base import USER_ERRORS
-    from .runtime.bench import run_bench
+    from .runtime.bench import BenchOptions, run_bench
     from .runtime.bench_report import format_table, plot, write_json
 
     command = _command_line(click.get_current_context())
+    if plot_out:  # before minutes of timing, not after
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.UsageError("--plot needs matplotlib: `pip install matplotlib` (or "
+                                   "ada3d-edge[train,export]), or leave out --plot") from None
+    runner = backend
+    if BACKENDS[backend].file_kind == "module":  # PyTorch modules rebuilt from a checkpoint
+        if not checkpoint:
+            raise click.UsageError(f"--backend {backend} runs the PyTorch model: pass its checkpoint "
+                                   "with --checkpoint CKPT")
+        from .bench_torch import torch_backend_factory
+
+        runner = torch_backend_factory(checkpoint, device, threads)
     try:
-        result = run_bench(bundle, backend, device, data=data, root=root, clips=clips, repeats=repeats,
-                           warmup=warmup, batch=batch, frames=frames, masks=masks, threads=threads, passes=passes,
-                           checkpoint=checkpoint, memory=not no_memory, command=command,
-                           log=lambda msg: click.echo(msg, err=True), progress=not quiet)
+        options = BenchOptions(data=data, root=root, clips=clips, repeats=repeats, warmup=warmup, batch=batch,
+                               frames=frames, masks=masks, passes=passes, memory=not no_memory,
+                               progress=not quiet)
+        result = run_bench(bundle, runner, options, device=device, threads=threads, command=command,
+                           log=lambda msg: click.echo(msg, err=True))
     except USER_ERRORS as e:  # bundle, option or machine: one line; anything else is a bug (traceback)
         raise click.ClickException(str(e)) from None
     click.echo(format_table(result))

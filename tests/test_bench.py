@@ -16,10 +16,15 @@ from fake_bundle import NUM_FRAMES, make_fake_bundle
 from ada3d_edge.bundle import open_bundle
 from ada3d_edge.cli import main
 from ada3d_edge.runtime.backends.ort import OrtBackend
-from ada3d_edge.runtime.bench import run_bench
+from ada3d_edge.runtime.bench import BenchOptions, run_bench
 from ada3d_edge.runtime.bench_report import format_table, plot
 
-TINY = {"repeats": 2, "warmup": 1, "batch": 2, "clips": 3, "threads": 1}
+TINY = {"repeats": 2, "warmup": 1, "batch": 2, "clips": 3}
+
+
+def bench(bundle, backend="ort", command=None, **options) -> dict:
+    """run_bench with 1 intra-op thread and ``BenchOptions(**options)``; the result as JSON."""
+    return run_bench(bundle, backend, BenchOptions(**options), threads=1, command=command).to_json()
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def result(bundle: Path) -> dict:
-    return run_bench(bundle, "ort", memory=True, command="test", **TINY)
+    return bench(bundle, "ort", memory=True, command="test", **TINY)
 
 
 def test_json_keys(result: dict) -> None:
@@ -79,7 +84,7 @@ class FlakyBackend(OrtBackend):
 
 
 def test_failing_config_becomes_status(bundle: Path) -> None:
-    r = run_bench(bundle, FlakyBackend(intra_op_threads=1), memory=False, masks=["01", "11"], frames=[2, 4],
+    r = bench(bundle, FlakyBackend(intra_op_threads=1), memory=False, masks=["01", "11"], frames=[2, 4],
                   **{**TINY, "clips": 1})
     status = {(c["mask"], c["frames"], c["batch"]): c["status"] for c in r["configs"]}
     assert status[("01", 2, 1)].startswith("error: RuntimeError: injected failure")
@@ -92,7 +97,7 @@ def test_corrupt_engine_becomes_status(bundle: Path, tmp_path: Path) -> None:
     broken = shutil.copytree(bundle, tmp_path / "broken")
     path = broken / "backbone_10.onnx"
     path.write_bytes(b"\0" * path.stat().st_size)  # same size: only the sha256 tells
-    r = run_bench(broken, "ort", memory=False, masks=["10", "11"], frames=[NUM_FRAMES], **TINY)
+    r = bench(broken, "ort", memory=False, masks=["10", "11"], frames=[NUM_FRAMES], **TINY)
     status = {(c["mask"], c["batch"]): c["status"] for c in r["configs"]}
     assert "sha256" in status[("10", 1)] and status[("11", 1)] == "ok"
     assert r["adaptive"]["status"].startswith("error") and r["adaptive"]["latency_ms"] is None
@@ -102,7 +107,7 @@ def test_corrupt_engine_becomes_status(bundle: Path, tmp_path: Path) -> None:
 def test_list_data_gives_accuracy(tiny_synth_dataset: Path, tmp_path: Path) -> None:
     names = [f"c{i}" for i in range(8)]
     b = make_fake_bundle(tmp_path / "b8", classes=names, crop_size=16, policy_size=8)
-    r = run_bench(b, "ort", memory=False, data=str(tiny_synth_dataset / "val.txt"), root=str(tiny_synth_dataset),
+    r = bench(b, "ort", memory=False, data=str(tiny_synth_dataset / "val.txt"), root=str(tiny_synth_dataset),
                   masks=["11"], frames=[NUM_FRAMES], **{**TINY, "clips": 4})
     assert "centre clips" in r["clips"]
     assert 0.0 <= r["adaptive"]["accuracy"] <= 1.0 and 0.0 <= r["upper"]["accuracy"] <= 1.0
@@ -154,11 +159,11 @@ def test_clips_are_streamed_one_at_a_time(bundle: Path) -> None:
     with AdaptivePredictor(bundle, intra_op_threads=1, warmup=False) as predictor:
         out = bench_adaptive(predictor, Watched(), passes=2, warmup=1, progress=True)
     assert most[0] <= 2, f"{most[0]} clips alive at once"
-    assert out["adaptive"]["latency_ms"]["n"] == 24 and sum(out["adaptive"]["chosen"].values()) == 12
+    assert out["adaptive"]["latency_ms"].n == 24 and sum(out["adaptive"]["chosen"].values()) == 12
 
 
 def test_progress_bar_over_clips(bundle: Path, capsys) -> None:
-    run_bench(bundle, "ort", memory=False, masks=["11"], frames=[NUM_FRAMES], progress=True, **TINY)
+    bench(bundle, "ort", memory=False, masks=["11"], frames=[NUM_FRAMES], progress=True, **TINY)
     assert "adaptive vs Upper" in capsys.readouterr().err
 
 
