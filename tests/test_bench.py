@@ -178,3 +178,22 @@ def test_table_says_costs_more_instead_of_negative_savings(result: dict) -> None
     assert "saves -" not in text and "efficiency -" not in text and ": - (" not in text
     r["adaptive"].update({"latency_saving": 0.25, "gflops_saving": 0.3, "saving_efficiency": 0.25 / 0.3})
     assert "latency saves 25.0%, GFLOPs saves 30.0% (efficiency 0.83)" in format_table(r)
+
+
+def test_torch_reference_backend_is_a_picklable_factory(tmp_path: Path) -> None:
+    import pickle
+
+    pytest.importorskip("torch")
+    from test_export_utils import make_checkpoint
+
+    from ada3d_edge.bench_torch import torch_backend_factory
+    from ada3d_edge.runtime.bench import backend_factory
+
+    ckpt = make_checkpoint(tmp_path / "ck.pt", "slow_tiny", 4, 32)
+    factory = pickle.loads(pickle.dumps(backend_factory(torch_backend_factory(ckpt, threads=1), None, 1)))
+    with factory() as be:
+        assert be.kind == "torch"
+        for name in ("policy", "backbone_00", "backbone_11"):
+            be.load(name, "unused")
+        out = be.run("backbone_11", {"clip": np.zeros((1, 3, 2, 32, 32), np.float32)})
+        assert out["logits"].shape[0] == 1
