@@ -141,12 +141,16 @@ def build_engines_cmd(bundle: str, profile_path, fp16: bool, int8: bool, calib, 
 
 
 # --- runtime: run ------------------------------------------------------------------------------
+from .runtime import backends as _backends  # noqa: E402  (the backend table only: no numpy, no onnxruntime)
+
 @main.command("run")
 @click.argument("bundle", type=click.Path(exists=True))
 @click.option("--source", "-s", "sources", multiple=True, required=True,
               help="Camera index, video file, rtsp:// or http(s):// URL, or GStreamer pipeline. Repeatable.")
-@click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), default="ort", show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: the backend's.")
+@click.option("--backend", type=click.Choice(_backends.backend_kinds(runs_bundle=True)), default="ort",
+              show_default=True, help="Backends that run from a bundle alone (the backend table).")
+@click.option("--device", type=click.Choice(_backends.device_choices(_backends.backend_kinds(runs_bundle=True))),
+              default=None, help="Default: the backend's (ort: cpu, trt: cuda).")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Greedy policy threshold (default: the bundle's).")
 @click.option("--hop", type=click.IntRange(1), default=None, help="Sampled frames between windows (default: T).")
@@ -162,38 +166,65 @@ def build_engines_cmd(bundle: str, profile_path, fp16: bool, int8: bool, calib, 
 @click.option("--max-windows", type=click.IntRange(1), default=None, help="Stop after N windows.")
 @click.option("--duration", type=click.FloatRange(0.0, min_open=True), default=None, help="Stop after S seconds.")
 @click.option("--max-reconnects", type=click.IntRange(0), default=None,
-              help="Consecutive failed reopens of a live source before giving up (default: never).")
+              help="A live source that delivered frames and then dropped: consecutive failed reopens "
+                   "before giving up (default: reopen forever, with backoff).")
+@click.option("--open-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
+              help="Seconds one open of a network source may take.")
+@click.option("--open-attempts", type=click.IntRange(1), default=3, show_default=True,
+              help="Tries to open a live source that has not delivered a frame yet before it fails.")
 @click.option("--realtime/--no-realtime", default=None,
               help="Drop the oldest windows when inference falls behind (default: live sources yes, files no).")
+@click.option("--threads", type=click.IntRange(1), default=_backends.ORT_RUN_THREADS, show_default=True,
+              help="ONNX Runtime intra-op threads (benchmarks/results/run_threads.md).")
+@click.option("--spin/--no-spin", "spinning", default=_backends.ORT_RUN_SPINNING, show_default=True,
+              help="Let ONNX Runtime's idle intra-op threads spin (costs p95 latency under load).")
 def run_cmd(bundle: str, sources: tuple[str, ...], backend: str, device, threshold, hop, max_batch: int,
             queue_size: int, jsonl, overlay, show: bool, topk: int, max_windows, duration, max_reconnects,
-            realtime) -> None:
-    """Classify streams from one or more sources with the bundle; prints a summary at the end."""
-    from .runtime.app import run_streams
+            open_timeout: float, open_attempts: int, realtime, threads: int, spinning: bool) -> None:
+    """Classify streams from one or more sources with the bundle; prints a summary at the end.
+
+    Exits 1 when a source ended in error or no window was processed (the summary says which and why).
+    """
+    from .runtime.app import run_failure, run_streams
+    from .runtime.backends.base import USER_ERRORS
     from .runtime.sources import SourceError
 
     try:
-        run_streams(bundle, list(sources), backend=backend, device=device, threshold=threshold, hop=hop,
-                    max_batch=max_batch, queue_size=queue_size, jsonl=jsonl, overlay=overlay, show=show,
-                    topk=topk, max_windows=max_windows, duration=duration, max_reconnects=max_reconnects,
-                    realtime=realtime)
+        summary = run_streams(bundle, list(sources), backend=backend, device=device, threshold=threshold,
+                              hop=hop, max_batch=max_batch, queue_size=queue_size, jsonl=jsonl,
+                              overlay=overlay, show=show, topk=topk, max_windows=max_windows,
+                              duration=duration, max_reconnects=max_reconnects, realtime=realtime,
+                              threads=threads, spinning=spinning, source_options={"open_timeout_s": open_timeout, "open_attempts": open_attempts})
     except SourceError as e:
         raise click.BadParameter(str(e), param_hint="--source") from e
+    except USER_ERRORS as e:  # bundle, option or machine: one line; anything else is a bug (traceback)
+        raise click.ClickException(str(e)) from None
+    failure = run_failure(summary)
+    if failure:
+        raise click.ClickException(failure)
 
 
 # --- bench / demo ------------------------------------------------------------------------------
 
+def _items(value: str, example: str, param) -> list[str]:
+    items = [v.strip() for v in value.split(",")]
+    if any(not v for v in items):
+        raise click.BadParameter(f"empty item in {value!r}; give comma-separated values like {example}", param=param)
+    return items
+
+
 def _int_list(ctx, param, value: str | None) -> list[int] | None:
     if not value:
         return None
+    items = _items(value, "1,4,8", param)
     try:
-        return [int(v) for v in value.split(",") if v.strip()]
+        return [int(v) for v in items]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers like 1,4,8, got {value!r}") from None
 
 
 def _str_list(ctx, param, value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+    return _items(value, "11,00", param) if value else None
 
 
 def _command_line(ctx: click.Context) -> str:
@@ -217,8 +248,10 @@ def _command_line(ctx: click.Context) -> str:
 
 @main.command("bench")
 @click.argument("bundle", type=click.Path(exists=True))
-@click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), default="ort", show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: the backend's.")
+@click.option("--backend", type=click.Choice(_backends.backend_kinds()), default="ort", show_default=True,
+              help="torch needs --checkpoint (the bundle holds no PyTorch weights).")
+@click.option("--device", type=click.Choice(_backends.device_choices()), default=None,
+              help="Default: the backend's (ort: cpu, trt: cuda, torch: cpu).")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Checkpoint for --backend torch (the bundle holds no PyTorch weights).")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -237,21 +270,39 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--no-memory", is_flag=True, help="Skip the memory probes (two subprocesses).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None, help="Write latency vs GFLOPs PNG.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, repeats: int, warmup: int,
-              passes: int, batch: int, frames, masks, threads, no_memory: bool, json_out, plot_out) -> None:
+              passes: int, batch: int, frames, masks, threads, no_memory: bool, json_out, plot_out,
+              quiet: bool) -> None:
     """Latency of every configuration and of adaptive inference against Upper, in one process."""
-    from .bundle import BundleError
-    from .runtime.bench import run_bench
+    from .runtime.backends import BACKENDS
+    from .runtime.backends.base import USER_ERRORS
+    from .runtime.bench import BenchOptions, run_bench
     from .runtime.bench_report import format_table, plot, write_json
 
     command = _command_line(click.get_current_context())
+    if plot_out:  # before minutes of timing, not after
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.UsageError("--plot needs matplotlib: `pip install matplotlib` (or "
+                                   "ada3d-edge[train,export]), or leave out --plot") from None
+    runner = backend
+    if BACKENDS[backend].file_kind == "module":  # PyTorch modules rebuilt from a checkpoint
+        if not checkpoint:
+            raise click.UsageError(f"--backend {backend} runs the PyTorch model: pass its checkpoint "
+                                   "with --checkpoint CKPT")
+        from .bench_torch import torch_backend_factory
+
+        runner = torch_backend_factory(checkpoint, device, threads)
     try:
-        result = run_bench(bundle, backend, device, data=data, root=root, clips=clips, repeats=repeats,
-                           warmup=warmup, batch=batch, frames=frames, masks=masks, threads=threads, passes=passes,
-                           checkpoint=checkpoint, memory=not no_memory, command=command,
+        options = BenchOptions(data=data, root=root, clips=clips, repeats=repeats, warmup=warmup, batch=batch,
+                               frames=frames, masks=masks, passes=passes, memory=not no_memory,
+                               progress=not quiet)
+        result = run_bench(bundle, runner, options, device=device, threads=threads, command=command,
                            log=lambda msg: click.echo(msg, err=True))
-    except (ValueError, BundleError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from e
+    except USER_ERRORS as e:  # bundle, option or machine: one line; anything else is a bug (traceback)
+        raise click.ClickException(str(e)) from None
     click.echo(format_table(result))
     if json_out:
         click.echo(f"wrote {write_json(result, json_out)}")

@@ -148,7 +148,7 @@ def _stream(plan: DemoPlan, bundle: Path, data: Path, work: Path, steps: _Steps,
 
 def _bench(plan: DemoPlan, bundle: Path, data: Path, work: Path, steps: _Steps,
            echo: Callable[[str], None]) -> Dict[str, Any]:
-    from .runtime.bench import run_bench
+    from .runtime.bench import BenchOptions, run_bench
     from .runtime.bench_report import format_table, plot, write_json
 
     steps.start("latency against Upper (ONNX Runtime, this CPU)")
@@ -157,10 +157,10 @@ def _bench(plan: DemoPlan, bundle: Path, data: Path, work: Path, steps: _Steps,
         steps.skip(out)
         result = json.loads(out.read_text())
     else:
-        result = run_bench(bundle, "ort", data=str(data / "val.txt"), root=str(data),
-                           clips=plan.bench_clips, repeats=plan.bench_repeats, warmup=2,
+        result = run_bench(bundle, "ort", BenchOptions(data=str(data / "val.txt"), root=str(data),
+                                                       clips=plan.bench_clips, repeats=plan.bench_repeats, warmup=2),
                            command=f"ada3d demo --workdir {work}" + (" --quick" if plan is QUICK else ""),
-                           log=lambda msg: echo(f"  {msg}"))
+                           log=lambda msg: echo(f"  {msg}")).to_json()
         write_json(result, out)
         plot(result, work / "bench.png")
     echo(format_table(result))

@@ -10,7 +10,8 @@ import argparse
 
 from _common import RESULTS, command_line, machine_lines
 
-from ada3d_edge.runtime.bench import Job, latency_stats
+from ada3d_edge.runtime.bench import Job
+from ada3d_edge.runtime.stats import latency_stats
 from ada3d_edge.runtime.bench_report import machine_info, write_json
 
 
@@ -29,7 +30,7 @@ def _runners(backbone, masks, frames, batch, graphs: bool):
     """{Job: zero-arg callable} running each configuration on a static input; captured graphs if asked."""
     import torch
 
-    from ada3d_edge.export.onnx_export import FixedMaskBackbone
+    from ada3d_edge.models.fixed_mask import FixedMaskBackbone
 
     runners = {}
     for mask in masks:
@@ -37,7 +38,7 @@ def _runners(backbone, masks, frames, batch, graphs: bool):
         for t in frames:
             x = torch.randn(batch, 3, t, backbone.spec.crop_size, backbone.spec.crop_size, device="cuda")
             if not graphs:
-                runners[Job(mask, t, batch)] = (lambda m=mod, x=x: m(x))
+                runners[Job.backbone(mask, t, batch)] = (lambda m=mod, x=x: m(x))
                 continue
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
@@ -48,7 +49,7 @@ def _runners(backbone, masks, frames, batch, graphs: bool):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 mod(x)
-            runners[Job(mask, t, batch)] = graph.replay
+            runners[Job.backbone(mask, t, batch)] = graph.replay
     return runners
 
 
@@ -100,7 +101,7 @@ def main() -> None:
     backbone = build_backbone(args.arch, num_classes=400, crop_size=args.crop, num_frames=max(frames)).cuda().eval()
     set_fold_frames(backbone, True)
     masks = args.masks.split(",") if args.masks else all_masks(backbone.num_stages_3d)
-    upper = Job("1" * backbone.num_stages_3d, max(frames), args.batch)
+    upper = Job.backbone("1" * backbone.num_stages_3d, max(frames), args.batch)
     if upper.mask not in masks:
         masks.append(upper.mask)
     result = {"command": command_line(), "machine": machine_info(None, None), "gpu": torch.cuda.get_device_name(),
@@ -113,7 +114,7 @@ def main() -> None:
             up_g = gflops(args.arch, upper.mask, upper.frames, args.crop)
             result[mode] = [{"mask": j.mask, "frames": j.frames, "batch": j.batch,
                              "gflops_ratio": gflops(args.arch, j.mask, j.frames, args.crop) / up_g,
-                             "latency_ms": latency_stats(s), "latency_ratio": latency_stats(s)["p50"] / up["p50"]}
+                             "latency_ms": latency_stats(s).to_json(), "latency_ratio": latency_stats(s).p50 / up.p50}
                             for j, s in samples.items()]
     result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     write_json(result, out.with_suffix(".json"))

@@ -9,7 +9,7 @@ import argparse
 
 from _common import RESULTS, command_line, machine_lines
 
-from ada3d_edge.runtime.bench import run_bench
+from ada3d_edge.runtime.bench import BenchOptions, run_bench
 from ada3d_edge.runtime.bench_report import format_table, plot, write_json
 
 
@@ -27,8 +27,9 @@ def main() -> None:
     ap.add_argument("--name", default="latency_ort_cpu_demo")
     args = ap.parse_args()
     cmd = command_line()
-    r = run_bench(args.bundle, "ort", threads=args.threads, data=args.data, root=args.root, clips=args.clips,
-                  repeats=args.repeats, warmup=args.warmup, passes=args.passes, batch=args.batch, command=cmd, log=print)
+    options = BenchOptions(data=args.data, root=args.root, clips=args.clips, repeats=args.repeats,
+                           warmup=args.warmup, passes=args.passes, batch=args.batch)
+    r = run_bench(args.bundle, "ort", options, threads=args.threads, command=cmd, log=print).to_json()
     out = RESULTS / args.name
     write_json(r, out.with_suffix(".json"))
     plot(r, out.with_suffix(".png"))

@@ -23,7 +23,8 @@ from pathlib import Path
 from _common import RESULTS, command_line, machine_lines
 
 from ada3d_edge.bundle import EngineEntry, Manifest, PolicyEntry, engine_name, write_manifest
-from ada3d_edge.runtime.bench import Job, latency_stats, proc_status_mb, run_bench, time_round_robin
+from ada3d_edge.runtime.bench import BenchOptions, Job, proc_status_mb, run_bench, time_round_robin
+from ada3d_edge.runtime.stats import latency_stats
 from ada3d_edge.runtime.bench_report import machine_info, plot, write_json
 
 I3D_MASKS = ("11111", "00000", "01010")
@@ -90,23 +91,23 @@ def i3d_latency(paths: dict[str, Path], threads: int, repeats: int, warmup: int)
     import numpy as np
 
     from ada3d_edge.flops import gflops
-    from ada3d_edge.runtime.backends import OrtBackend
+    from ada3d_edge.runtime.backends.ort import OrtBackend
 
     be = OrtBackend(intra_op_threads=threads)
     for mask, path in paths.items():
         be.load(engine_name(mask), path)
-    jobs = [Job(m, f, 1) for m in I3D_MASKS for f in (8, 4, 1)]
+    jobs = [Job.backbone(m, f, 1) for m in I3D_MASKS for f in (8, 4, 1)]
     rng = np.random.default_rng(0)
     xs = {f: rng.standard_normal((1, 3, f, CROP, CROP), dtype=np.float32) for f in (8, 4, 1)}
     samples, errors = time_round_robin(be, jobs, lambda j: {"clip": xs[j.frames]}, repeats, warmup)
-    up = latency_stats(samples[Job("11111", 8, 1)])
+    up = latency_stats(samples[Job.backbone("11111", 8, 1)])
     up_g = gflops("i3d_r50", "11111", 8, CROP)
     rows = []
     for j in jobs:
         s = latency_stats(samples[j])
         g = gflops("i3d_r50", j.mask, j.frames, CROP)
         rows.append({"mask": j.mask, "frames": j.frames, "batch": 1, "gflops": g, "gflops_ratio": g / up_g,
-                     "latency_ms": s, "latency_ratio": s and s["p50"] / up["p50"],
+                     "latency_ms": s and s.to_json(), "latency_ratio": s and s.p50 / up.p50,
                      "status": errors.get(j, "ok")})
     be.close()
     return {"configs": rows}
@@ -116,7 +117,7 @@ def i3d_memory_probe(paths: list[str], threads: int) -> list[dict]:
     """In this (fresh) process: RSS after loading + running each engine in turn (batch 1, T = 8)."""
     import numpy as np
 
-    from ada3d_edge.runtime.backends import OrtBackend
+    from ada3d_edge.runtime.backends.ort import OrtBackend
 
     be = OrtBackend(intra_op_threads=threads)
     x = np.zeros((1, 3, T, CROP, CROP), np.float32)
@@ -213,8 +214,9 @@ def main() -> None:
     work = Path(args.work)
     bundle = export_slow_bundle(work / "slow_r50_bundle")
     t0 = time.time()
-    slow = run_bench(bundle, "ort", threads=args.threads, repeats=args.repeats, warmup=args.warmup, batch=args.batch,
-                     frames=[8, 4, 1], clips=args.clips, memory=True, command=cmd, log=print)
+    options = BenchOptions(repeats=args.repeats, warmup=args.warmup, batch=args.batch, frames=[8, 4, 1],
+                           clips=args.clips, memory=True)
+    slow = run_bench(bundle, "ort", options, threads=args.threads, command=cmd, log=print).to_json()
     slow["machine"]["loadavg_at_start"] = info0["loadavg"]
     print(f"slow_r50 done in {time.time() - t0:.0f}s", flush=True)
     res = {"command": cmd, "slow_r50": slow}

@@ -86,7 +86,7 @@ def main(argv: list[str]) -> None:
     from ada3d_edge.runtime.app import run_streams
 
     run_streams(None, argv, predictor=StandInPredictor(delay_s=0.05), jsonl="-", topk=2, hop=2,
-                max_reconnects=None, source_options={"reconnect_backoff": (0.05, 0.2)})
+                max_reconnects=None, source_options={"reconnect_backoff": (0.05, 0.2), "open_attempts": None})
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ memory on the host) its buffer handling, through the predictor.
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 import types
 from pathlib import Path
@@ -15,10 +16,11 @@ import numpy as np
 import pytest
 
 from ada3d_edge.bundle import TrtEngineEntry, add_trt_engines, open_bundle
-from ada3d_edge.runtime import trt_backend
-from ada3d_edge.runtime.backends import OrtBackend, make_backend, ort_providers
+from ada3d_edge.runtime.backends import make_backend
+from ada3d_edge.runtime.backends import trt as trt_backend
+from ada3d_edge.runtime.backends.ort import OrtBackend, ort_providers
 from ada3d_edge.runtime.predictor import AdaptivePredictor
-from ada3d_edge.runtime.trt_backend import EngineMismatchError, TrtBackend, check_engine_compat
+from ada3d_edge.runtime.backends.trt import EngineMismatchError, TrtBackend, check_engine_compat
 from fake_bundle import fake_modules, make_clip, make_fake_bundle
 
 
@@ -249,3 +251,39 @@ def test_trt_predictor_refuses_plans_from_another_gpu(tmp_path: Path, monkeypatc
     assert open_bundle(bundle_dir).trt_engines("policy")[0].gpu_name == "Orin"
     with pytest.raises(EngineMismatchError, match="built on GPU 'Orin', this GPU is 'Fake GPU'"):
         AdaptivePredictor(bundle_dir, backend="trt")
+
+
+def test_ort_thread_pool_options(bundle_dir: Path) -> None:
+    key = "session.intra_op.allow_spinning"
+    with OrtBackend(intra_op_threads=1, allow_spinning=False) as be:
+        be.load("policy", bundle_dir / "policy.onnx")
+        opts = be._sessions["policy"].get_session_options()
+        assert opts.intra_op_num_threads == 1 and opts.get_session_config_entry(key) == "0"
+    with OrtBackend(intra_op_threads=2, allow_spinning=True) as be:
+        be.load("policy", bundle_dir / "policy.onnx")
+        opts = be._sessions["policy"].get_session_options()
+        assert opts.intra_op_num_threads == 2 and opts.get_session_config_entry(key) == "1"
+
+
+def test_run_threads_reach_the_sessions(bundle_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from ada3d_edge.cli import main
+    from ada3d_edge.runtime import backends
+    from stream_helpers import make_clip
+
+    seen = []
+    init = OrtBackend.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs.get("intra_op_threads"), kwargs.get("allow_spinning")))
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(OrtBackend, "__init__", spy)
+    clip = make_clip(tmp_path / "clip.mp4", num_frames=20)
+    for extra, expected in (([], (backends.ORT_RUN_THREADS, backends.ORT_RUN_SPINNING)),
+                            (["--threads", "2", "--spin"], (2, True))):
+        res = CliRunner().invoke(main, ["run", str(bundle_dir), "--source", str(clip), "--jsonl", os.devnull,
+                                        *extra])
+        assert res.exit_code == 0, res.output
+        assert seen[-1] == expected

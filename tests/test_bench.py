@@ -1,21 +1,30 @@
 """`ada3d bench` on the fake bundle: JSON keys, one row per configuration, ratios, failures as statuses."""
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from fake_bundle import NUM_FRAMES, make_fake_bundle
 
+from ada3d_edge.bundle import open_bundle
 from ada3d_edge.cli import main
-from ada3d_edge.runtime.backends import OrtBackend
-from ada3d_edge.runtime.bench import run_bench
+from ada3d_edge.runtime.backends.ort import OrtBackend
+from ada3d_edge.runtime.bench import BenchOptions, run_bench
 from ada3d_edge.runtime.bench_report import format_table, plot
 
-TINY = {"repeats": 2, "warmup": 1, "batch": 2, "clips": 3, "threads": 1}
+TINY = {"repeats": 2, "warmup": 1, "batch": 2, "clips": 3}
+
+
+def bench(bundle, backend="ort", command=None, **options) -> dict:
+    """run_bench with 1 intra-op thread and ``BenchOptions(**options)``; the result as JSON."""
+    return run_bench(bundle, backend, BenchOptions(**options), threads=1, command=command).to_json()
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +34,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def result(bundle: Path) -> dict:
-    return run_bench(bundle, "ort", memory=True, command="test", **TINY)
+    return bench(bundle, "ort", memory=True, command="test", **TINY)
 
 
 def test_json_keys(result: dict) -> None:
@@ -75,7 +84,7 @@ class FlakyBackend(OrtBackend):
 
 
 def test_failing_config_becomes_status(bundle: Path) -> None:
-    r = run_bench(bundle, FlakyBackend(intra_op_threads=1), memory=False, masks=["01", "11"], frames=[2, 4],
+    r = bench(bundle, FlakyBackend(intra_op_threads=1), memory=False, masks=["01", "11"], frames=[2, 4],
                   **{**TINY, "clips": 1})
     status = {(c["mask"], c["frames"], c["batch"]): c["status"] for c in r["configs"]}
     assert status[("01", 2, 1)].startswith("error: RuntimeError: injected failure")
@@ -88,7 +97,7 @@ def test_corrupt_engine_becomes_status(bundle: Path, tmp_path: Path) -> None:
     broken = shutil.copytree(bundle, tmp_path / "broken")
     path = broken / "backbone_10.onnx"
     path.write_bytes(b"\0" * path.stat().st_size)  # same size: only the sha256 tells
-    r = run_bench(broken, "ort", memory=False, masks=["10", "11"], frames=[NUM_FRAMES], **TINY)
+    r = bench(broken, "ort", memory=False, masks=["10", "11"], frames=[NUM_FRAMES], **TINY)
     status = {(c["mask"], c["batch"]): c["status"] for c in r["configs"]}
     assert "sha256" in status[("10", 1)] and status[("11", 1)] == "ok"
     assert r["adaptive"]["status"].startswith("error") and r["adaptive"]["latency_ms"] is None
@@ -98,7 +107,7 @@ def test_corrupt_engine_becomes_status(bundle: Path, tmp_path: Path) -> None:
 def test_list_data_gives_accuracy(tiny_synth_dataset: Path, tmp_path: Path) -> None:
     names = [f"c{i}" for i in range(8)]
     b = make_fake_bundle(tmp_path / "b8", classes=names, crop_size=16, policy_size=8)
-    r = run_bench(b, "ort", memory=False, data=str(tiny_synth_dataset / "val.txt"), root=str(tiny_synth_dataset),
+    r = bench(b, "ort", memory=False, data=str(tiny_synth_dataset / "val.txt"), root=str(tiny_synth_dataset),
                   masks=["11"], frames=[NUM_FRAMES], **{**TINY, "clips": 4})
     assert "centre clips" in r["clips"]
     assert 0.0 <= r["adaptive"]["accuracy"] <= 1.0 and 0.0 <= r["upper"]["accuracy"] <= 1.0
@@ -119,3 +128,72 @@ def test_cli(bundle: Path, tmp_path: Path) -> None:
 def test_cli_bad_mask(bundle: Path) -> None:
     res = CliRunner().invoke(main, ["bench", str(bundle), "--masks", "111", "--no-memory"])
     assert res.exit_code != 0 and "--masks ['111'] not in this bundle" in res.output
+
+
+def test_clips_are_streamed_one_at_a_time(bundle: Path) -> None:
+    import weakref
+
+    from ada3d_edge.runtime.bench import bench_adaptive
+    from ada3d_edge.runtime.clips import generated_clips
+    from ada3d_edge.runtime.predictor import AdaptivePredictor
+
+    t0 = time.perf_counter()
+    many = generated_clips(open_bundle(bundle, verify=False), 100_000)
+    assert len(many) == 100_000 and time.perf_counter() - t0 < 1.0  # nothing materialised
+    first = next(iter(many))[0]
+    assert np.array_equal(first, next(iter(many))[0])  # clip i is the same on every pass
+
+    alive: list[weakref.ref] = []
+    most = [0]
+
+    class Watched:
+        def __len__(self) -> int:
+            return 12
+
+        def __iter__(self):
+            for i, clip in enumerate(itertools.islice(many, 12)):
+                alive.append(weakref.ref(clip[0]))
+                most[0] = max(most[0], sum(r() is not None for r in alive))
+                yield clip
+
+    with AdaptivePredictor(bundle, intra_op_threads=1, warmup=False) as predictor:
+        out = bench_adaptive(predictor, Watched(), passes=2, warmup=1, progress=True)
+    assert most[0] <= 2, f"{most[0]} clips alive at once"
+    assert out["adaptive"]["latency_ms"].n == 24 and sum(out["adaptive"]["chosen"].values()) == 12
+
+
+def test_progress_bar_over_clips(bundle: Path, capsys) -> None:
+    bench(bundle, "ort", memory=False, masks=["11"], frames=[NUM_FRAMES], progress=True, **TINY)
+    assert "adaptive vs Upper" in capsys.readouterr().err
+
+
+def test_table_says_costs_more_instead_of_negative_savings(result: dict) -> None:
+    import copy
+
+    r = copy.deepcopy(result)
+    r["adaptive"].update({"latency_saving": -0.118, "gflops_saving": -0.05, "saving_efficiency": None})
+    r["targets"]["saving_efficiency"].update({"value": None, "met": None})
+    text = format_table(r)
+    assert "latency costs 11.8% more, GFLOPs costs 5.0% more (efficiency n/a: no GFLOPs saved)" in text
+    assert "saves -" not in text and "efficiency -" not in text and ": - (" not in text
+    r["adaptive"].update({"latency_saving": 0.25, "gflops_saving": 0.3, "saving_efficiency": 0.25 / 0.3})
+    assert "latency saves 25.0%, GFLOPs saves 30.0% (efficiency 0.83)" in format_table(r)
+
+
+def test_torch_reference_backend_is_a_picklable_factory(tmp_path: Path) -> None:
+    import pickle
+
+    pytest.importorskip("torch")
+    from test_export_utils import make_checkpoint
+
+    from ada3d_edge.bench_torch import torch_backend_factory
+    from ada3d_edge.runtime.bench import backend_factory
+
+    ckpt = make_checkpoint(tmp_path / "ck.pt", "slow_tiny", 4, 32)
+    factory = pickle.loads(pickle.dumps(backend_factory(torch_backend_factory(ckpt, threads=1), None, 1)))
+    with factory() as be:
+        assert be.kind == "torch"
+        for name in ("policy", "backbone_00", "backbone_11"):
+            be.load(name, "unused")
+        out = be.run("backbone_11", {"clip": np.zeros((1, 3, 2, 32, 32), np.float32)})
+        assert out["logits"].shape[0] == 1

@@ -212,7 +212,7 @@ def test_trt_helpers_defined_once_and_shared():
     assert {name: files for name, files in defined.items() if files != ["trt_api.py"]} == {}
     for path in (PACKAGE / "export").glob("*.py"):  # export reaches runtime's TensorRT code through trt_api only
         for module, level, names in _imports(path):
-            assert "trt_backend" not in module, (path.name, module)
+            assert "trt_backend" not in module and "backends" not in module, (path.name, module)
             ours = level > 0 or module.startswith("ada3d_edge")
             assert not (ours and [n for n in names if n.startswith("_") and not n.startswith("__")]), \
                 (path.name, module, names)  # no other module's private names

@@ -8,7 +8,7 @@ import pytest
 
 from ada3d_edge import preprocess
 from ada3d_edge.bundle import open_bundle
-from ada3d_edge.runtime.backends import OrtBackend
+from ada3d_edge.runtime.backends.ort import OrtBackend
 from ada3d_edge.runtime.predictor import AdaptivePredictor, Prediction, greedy_actions, logits_to_scores
 from fake_bundle import CROP, NUM_FRAMES, fake_modules, make_clip, make_fake_bundle
 
@@ -132,7 +132,7 @@ def test_run_fixed_matches_torch_reference(bundle_dir: Path, predictor: Adaptive
 
 
 def test_torch_backend_matches_ort(bundle_dir: Path, predictor: AdaptivePredictor) -> None:
-    from ada3d_edge.runtime.torch_backend import TorchBackend
+    from ada3d_edge.torch_backend import TorchBackend
 
     clips = [make_clip([True, False, True, True], "01", seed=3), make_clip([False, True, False, False], "10", seed=5)]
     with TorchBackend.from_modules(fake_modules()) as backend:

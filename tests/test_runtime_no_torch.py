@@ -12,7 +12,8 @@ from fake_bundle import make_clip, make_fake_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = ["ada3d_edge.bundle", "ada3d_edge.preprocess", "ada3d_edge.runtime", "ada3d_edge.runtime.backends",
-           "ada3d_edge.runtime.predictor", "ada3d_edge.runtime.trt_backend", "ada3d_edge.runtime.torch_backend"]
+           "ada3d_edge.runtime.predictor", "ada3d_edge.runtime.backends.trt", "ada3d_edge.runtime.backends.ort",
+           "ada3d_edge.torch_backend"]
 
 
 def _run_without_torch(code: str) -> subprocess.CompletedProcess:
@@ -24,8 +25,8 @@ def _run_without_torch(code: str) -> subprocess.CompletedProcess:
 
 def test_runtime_imports_and_predicts_without_torch(tmp_path: Path) -> None:
     runtime_dir = REPO / "ada3d_edge" / "runtime"  # every runtime module, including the stream ones
-    modules = sorted(set(MODULES) | {f"ada3d_edge.runtime.{p.stem}" for p in runtime_dir.glob("*.py")
-                                     if p.stem != "__init__"})
+    modules = sorted(set(MODULES) | {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+                                     for p in runtime_dir.rglob("*.py")})
     bundle_dir = make_fake_bundle(tmp_path / "bundle")
     clip_path = tmp_path / "clip.npy"
     import numpy as np

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -92,15 +93,51 @@ def test_max_windows_and_batching_across_sources(tmp_path):
         cap = cv2.VideoCapture(str(path))
         ok, frame = cap.read()
         cap.release()
-        assert ok and frame.shape == (64, 64, 3)
+        assert ok and frame.shape == (384, 384, 3)  # 64 px upscaled x6 to >= 360 rows (legible text)
+
+
+def test_overlay_has_every_source_frame_at_its_rate_with_the_prediction(clip, tmp_path, capsys):
+    out = tmp_path / "ov.mp4"
+    summary = run_streams(None, [str(clip)], predictor=StandInPredictor(num_frames=4, stride=2),
+                          queue_size=50, overlay=out, jsonl=tmp_path / "r.jsonl")
+    cap = cv2.VideoCapture(str(out))
+    fps, frames = cap.get(cv2.CAP_PROP_FPS), []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    assert len(frames) == 60 and fps == pytest.approx(25.0)  # every frame of the 25 fps source
+    assert frames[0].shape[0] >= 360
+    src = cv2.VideoCapture(str(clip))
+    raw = [src.read()[1] for _ in range(60)]
+    src.release()
+    big = [cv2.resize(f, (384, 384), interpolation=cv2.INTER_NEAREST) for f in raw]
+    corner = (slice(0, 60), slice(0, 200))
+    diff = [float(np.abs(a[corner].astype(int) - b[corner].astype(int)).mean()) for a, b in zip(frames, big)]
+    assert diff[0] < 2 and diff[-1] > 5  # no label before the first window; the latest one at the end
+    assert summary["outputs"] == [str(tmp_path / "r.jsonl"), f"{out} (60 frames)"]
+    assert f"outputs:\n  {tmp_path / 'r.jsonl'}\n  {out} (60 frames)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("height", [64, 360, 1080])
+def test_overlay_text_scales_with_the_frame(height):
+    from ada3d_edge.runtime.sinks import draw_overlay
+
+    frame = np.zeros((height, height * 4 // 3, 3), np.uint8)
+    img = draw_overlay(frame, StandInPredictor().predict(np.zeros((4, 8, 8, 3), np.uint8)))
+    assert img.shape[0] >= 360
+    rows = np.flatnonzero(img.max(axis=(1, 2)) > 0)
+    assert 0.06 < (rows.max() - rows.min() + 1) / img.shape[0] < 0.25  # two text lines, same share at any size
 
 
 def test_duration_limit_and_stop_event(clip):
     pred = StandInPredictor(num_frames=4, stride=1)
-    dead = f"http://127.0.0.1:{free_port()}/live.ts"  # a live source never ends on its own
+    dead = f"http://127.0.0.1:{free_port()}/live.ts"  # never ends on its own with open_attempts None
     t0 = time.monotonic()
     summary = run_streams(None, [dead], predictor=pred, duration=1.0, jsonl=os.devnull,
-                          source_options={"reconnect_backoff": (0.05, 0.1)})
+                          source_options={"reconnect_backoff": (0.05, 0.1), "open_attempts": None})
     assert summary["stop_reason"] == "duration" and time.monotonic() - t0 < 8
     assert summary["sources"][0]["reconnect_attempts"] >= 1
     stop = threading.Event()
@@ -157,6 +194,40 @@ def test_sigint_stops_cleanly_with_summary(clip):
     assert proc.returncode == 0, err
     assert "stopped: SIGINT" in err and "ada3d run:" in err and "Traceback" not in err
     assert "reconnects ok/tried" in err
+
+
+@pytest.fixture(scope="module")
+def fake_bundle_dir(tmp_path_factory):
+    from fake_bundle import make_fake_bundle
+
+    return make_fake_bundle(tmp_path_factory.mktemp("run") / "bundle")
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "ada3d_edge.cli", "run", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_source_in_error_exits_non_zero_saying_which_and_why(fake_bundle_dir, clip):
+    result = _run_cli(str(fake_bundle_dir), "--source", "rtsp://127.0.0.1:9/x", "--source", str(clip),
+                      "--max-reconnects", "2", "--jsonl", os.devnull, "--open-attempts", "2")
+    assert result.returncode == 1, result.stderr
+    out, err = result.stdout, result.stderr
+    assert "ada3d run: 7 windows" in out  # the file was classified; the dead source still fails the run
+    assert "rtsp://127.0.0.1:9/x: never opened after 2 attempt(s)" in out
+    assert "connection refused by 127.0.0.1:9" in out
+    errors = [ln for ln in err.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "1 of 2 source(s) ended in error: rtsp://127.0.0.1:9/x" in errors[0]
+    assert "Traceback" not in err and "[tcp @" not in err and "WARN" not in err  # no ffmpeg/OpenCV noise
+
+
+def test_cli_no_window_processed_exits_non_zero(fake_bundle_dir, tmp_path):
+    short = make_clip(tmp_path / "short.mp4", num_frames=5)  # T=4 at stride 2 needs 7 frames
+    result = _run_cli(str(fake_bundle_dir), "--source", str(short))
+    assert result.returncode == 1, result.stderr
+    assert "ada3d run: 0 windows" in result.stdout
+    assert "Error: no window was processed" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow

@@ -142,16 +142,79 @@ def test_reader_max_frames_stops_early(tmp_path):
     assert items[-1].reason == "max_frames" and reader.stats.frames == 10 and len(items) == 6
 
 
-def test_reader_dead_url_retries_per_policy_then_gives_up():
-    url = f"http://127.0.0.1:{free_port()}/live.ts"  # nothing listens: connection refused
-    reader = SourceReader(parse_source(url), num_frames=4, max_reconnects=2,
+@pytest.mark.parametrize("url, why", [
+    ("rtsp://127.0.0.1:9/x", "connection refused by 127.0.0.1:9"),
+    ("http://127.0.0.1:9/x", "connection refused by 127.0.0.1:9"),
+    ("rtsp://camera/stream", "host 'camera' not found"),  # the README's example URL
+    ("57", "no camera at index 57"),
+])
+def test_source_that_never_opened_fails_after_open_attempts(url, why):
+    reader = SourceReader(parse_source(url), num_frames=4, max_reconnects=None, open_attempts=2,
                           reconnect_backoff=(0.05, 0.1), open_timeout_s=2, read_timeout_s=2)
+    t0 = time.monotonic()
     reader.start()
     items = _drain(reader, timeout=20)
+    assert time.monotonic() - t0 < 10  # bounded although reconnects are unbounded (None)
     assert len(items) == 1 and items[0].reason == "error"
-    assert "gave up after 2 failed reconnects" in items[0].error
-    assert reader.stats.reconnect_attempts == 2 and reader.stats.reconnects == 0
+    assert "never opened after 2 attempt(s) with a 2 s open timeout" in items[0].error
+    assert why in items[0].error, items[0].error
+    assert reader.stats.reconnect_attempts == 1 and reader.stats.reconnects == 0
     assert reader.stats.status == "error"
+
+
+class _FakeCapture:
+    """A capture that opens (or not) and delivers ``frames`` frames, then fails a read."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames = frames
+
+    def isOpened(self) -> bool:
+        return self.frames > 0
+
+    def read(self):
+        if self.frames <= 0:
+            return False, None
+        self.frames -= 1
+        return True, np.zeros((8, 8, 3), np.uint8)
+
+    def grab(self) -> bool:
+        return self.read()[0]
+
+    def get(self, prop) -> float:
+        return 25.0
+
+    def release(self) -> None:
+        pass
+
+
+def _scripted(monkeypatch, frames_per_open):
+    """open_capture returns captures delivering these frame counts in turn (then dead ones)."""
+    import ada3d_edge.runtime.sources as sources
+
+    script = iter(frames_per_open)
+    monkeypatch.setattr(sources, "open_capture", lambda spec, *a: _FakeCapture(next(script, 0)))
+
+
+def test_source_that_opened_once_reconnects_past_open_attempts(monkeypatch):
+    _scripted(monkeypatch, [10, 0, 0, 0, 0, 0, 10])  # five failed reopens, then it is back
+    reader = SourceReader(parse_source("rtsp://127.0.0.1:9/x"), num_frames=4, open_attempts=1,
+                          reconnect_backoff=(0.001, 0.002), max_frames=20)
+    reader.start()
+    items = _drain(reader)
+    assert items[-1].reason == "max_frames" and reader.stats.frames == 20
+    assert reader.stats.reconnects == 1 and reader.stats.reconnect_attempts == 6
+
+
+def test_source_that_opened_once_gives_up_after_max_reconnects(monkeypatch):
+    _scripted(monkeypatch, [10])
+    reader = SourceReader(parse_source("http://127.0.0.1:9/x"), num_frames=4, max_reconnects=2,
+                          reconnect_backoff=(0.001, 0.002))
+    reader.start()
+    items = _drain(reader)
+    assert items[-1].reason == "error" and reader.stats.status == "error"
+    assert "gave up after 2 failed reconnect(s)" in items[-1].error
+    assert "connection refused by 127.0.0.1:9" in items[-1].error
+    assert reader.stats.reconnect_attempts == 2 and reader.stats.reconnects == 0
 
 
 def test_reader_stop_interrupts_reconnect_backoff():

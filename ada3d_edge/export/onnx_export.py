@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from ..bundle import BACKBONE_INPUT, BACKBONE_OUTPUT, POLICY_INPUT, POLICY_OUTPUTS
 from ..models.backbone import Backbone
+from ..models.fixed_mask import FixedMaskBackbone  # noqa: F401  (also re-exported for old imports)
 from ..models.layers import TemporalConv
 from ..models.selection import SelectionNet
 
@@ -35,19 +36,6 @@ def max_opset() -> int:
     except (ImportError, AttributeError):
         return 20
 PathLike = Union[str, Path]
-
-
-class FixedMaskBackbone(nn.Module):
-    """The backbone with one stage mask baked in: ``forward(clip (B, 3, T', S, S)) -> logits (B, C)``."""
-
-    def __init__(self, backbone: Backbone, mask: str):
-        super().__init__()
-        backbone.normalize_mask(mask, 1)  # ValueError for a bad mask, naming the stages
-        self.backbone = backbone
-        self.mask = mask
-
-    def forward(self, clip: torch.Tensor) -> torch.Tensor:
-        return self.backbone(clip, self.mask)
 
 
 def check_opset(opset: int) -> int:

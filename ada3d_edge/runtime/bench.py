@@ -5,52 +5,86 @@ the jobs (one per stage mask x T' x batch, plus the selection network) are visit
 a fresh shuffled order each repeat, after warm-up, and summarised by medians and p95. A job that
 fails becomes a status in its row (Ultralytics style), never a crash of the table.
 
-Memory is measured in fresh subprocesses (`memory_probe`, run as
-``python -m ada3d_edge.runtime.bench memory ...``) so the numbers are not polluted by the bench.
-No torch import here: the torch backend imports it lazily, and only when asked for.
+Memory is measured in fresh spawned processes (`memory_probe`) so the numbers are not polluted by
+the bench. The runtime takes backends (a kind, an instance or a factory), it does not build models:
+the PyTorch reference is ``ada3d_edge.bench_torch``'s factory.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
+import functools
+import itertools
+import multiprocessing
 import os
-import subprocess
-import sys
 import time
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Sized
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..bundle import (BACKBONE_INPUT, POLICY_INPUT, POLICY_NAME, Bundle, BundleError, engine_name,
                       open_bundle, verify_file)
-from .backends import Backend, make_backend, process_peak_rss_mb
+from .backends import make_backend
+from .backends.base import Backend, process_peak_rss_mb
+from .bench_report import BenchResult, Measurements, assemble, machine_info
+from .clips import Clip, ClipSet, generated_clips, list_clips
+from .loading import bundle_model_names, load_bundle_model, model_key
 from .predictor import AdaptivePredictor
+from .stats import latency_stats
 
 Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class Job:
-    """One timed call: the backbone of ``mask`` (or the selection net, ``mask='policy'``) on
-    ``(batch, 3, frames, S, S)``."""
+    """One timed call: model ``model`` (``policy`` or ``backbone_<mask>``) on ``(batch, 3, frames, S, S)``."""
 
-    mask: str
+    model: str
     frames: int
     batch: int
 
+    @classmethod
+    def backbone(cls, mask: str, frames: int, batch: int) -> "Job":
+        """The backbone of stage mask ``mask``."""
+        return cls(engine_name(mask), frames, batch)
+
     @property
-    def model(self) -> str:
-        return POLICY_NAME if self.mask == POLICY_NAME else engine_name(self.mask)
+    def is_policy(self) -> bool:
+        """Whether this times the selection net."""
+        return self.model == POLICY_NAME
+
+    @property
+    def mask(self) -> str | None:
+        """The backbone's stage mask; None for the selection net."""
+        return None if self.is_policy else model_key(self.model)
 
 
-def latency_stats(samples_ms: Sequence[float]) -> dict[str, float | int] | None:
-    """mean / p50 / p95 / min (ms) and the sample count; None when there is no sample."""
-    if len(samples_ms) == 0:
-        return None
-    a = np.asarray(samples_ms, dtype=np.float64)
-    return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
-            "min": float(a.min()), "n": int(a.size)}
+@dataclass(frozen=True)
+class BenchOptions:
+    """What `run_bench` measures and how (the `ada3d bench` options)."""
+
+    data: str | None = None  # list file of videos for the end-to-end run (None: generated clips)
+    root: str | None = None  # folder of the list's paths
+    clips: int | None = None  # videos taken from ``data`` (all: None), or generated clips (16)
+    repeats: int = 20
+    warmup: int = 3
+    batch: int = 4  # the larger batch timed besides 1
+    frames: Sequence[int] | None = None  # T' subset (None: 1..T)
+    masks: Sequence[str] | None = None  # stage masks subset (None: all)
+    passes: int = 1
+    memory: bool = True
+    seed: int = 0
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        for name, low in (("repeats", 1), ("warmup", 0), ("batch", 1), ("passes", 1)):
+            if int(getattr(self, name)) < low:
+                raise ValueError(f"--{name} must be >= {low}, got {getattr(self, name)}")
+        if self.data and not self.root:
+            raise ValueError("--data needs --root (the folder the list's paths start from)")
 
 
 def _short(exc: BaseException) -> str:
@@ -94,11 +128,11 @@ def input_maker(bundle: Bundle, seed: int = 0) -> Callable[[Job], dict[str, np.n
     rng = np.random.default_rng(seed)
 
     def make(job: Job) -> dict[str, np.ndarray]:
-        size = m.policy_size if job.mask == POLICY_NAME else m.crop_size
+        size = m.policy_size if job.is_policy else m.crop_size
         shape = (job.batch, 3, job.frames, size, size)
         if shape not in cache:
             cache[shape] = rng.standard_normal(shape, dtype=np.float32)
-        return {POLICY_INPUT if job.mask == POLICY_NAME else BACKBONE_INPUT: cache[shape]}
+        return {POLICY_INPUT if job.is_policy else BACKBONE_INPUT: cache[shape]}
 
     return make
 
@@ -119,152 +153,102 @@ def check_files(bundle: Bundle) -> dict[str, str]:
 
 
 def load_models(backend: Backend, bundle: Bundle, names: Sequence[str], skip: dict[str, str]) -> dict[str, str]:
-    """Load each model not already loaded; returns ``{name: error}`` for those that fail."""
+    """Load each model not already loaded (`loading.load_bundle_model`); returns ``{name: error}``."""
     errors = dict((n, e) for n, e in skip.items() if n in names)
     for name in names:
         if name in errors or name in backend.names:
             continue
-        key = POLICY_NAME if name == POLICY_NAME else name.removeprefix("backbone_")
         try:
-            if backend.file_kind == "plan":
-                plans = bundle.trt_engines(key)
-                if not plans:
-                    raise BundleError(f"no TensorRT plan for {name}; run `ada3d build-engines`")
-                entry = plans[-1]
-            else:
-                entry = bundle.manifest.policy if key == POLICY_NAME else bundle.engine(key)
-            backend.load(name, bundle.root / entry.file, dataclasses.asdict(entry))
-        except Exception as exc:  # noqa: BLE001
+            load_bundle_model(backend, bundle, name)
+        except Exception as exc:  # noqa: BLE001 - a model that does not load becomes a status
             errors[name] = _short(exc)
     return errors
 
 
-def create_backend(kind: str | Backend, device: str | None, threads: int | None,
-                   checkpoint: str | None = None) -> Backend:
-    """A backend for the bench: ORT with ``threads`` intra-op threads, TensorRT, or PyTorch modules
-    rebuilt from ``checkpoint`` (the bundle holds no PyTorch weights)."""
-    if isinstance(kind, Backend):
-        return kind
-    if kind == "ort":
-        return make_backend("ort", device=device, intra_op_threads=threads)
-    if kind == "torch":
-        if not checkpoint:
-            raise ValueError("--backend torch runs the PyTorch model: pass its checkpoint with --checkpoint CKPT")
-        return make_backend("torch", device=device, modules=torch_modules(checkpoint, threads))
-    return make_backend(kind, device=device)
+BackendFactory = Callable[[], Backend]
 
 
-def torch_modules(checkpoint: str, threads: int | None = None) -> dict[str, Any]:
-    """``{policy, backbone_<mask>}`` modules of a checkpoint, with 2D convs over folded frames."""
-    import torch  # lazy: the runtime never imports torch unless this backend is asked for
+def backend_factory(backend: str | Backend | BackendFactory, device: str | None,
+                    threads: int | None) -> BackendFactory:
+    """A picklable zero-argument factory for the backend the bench measures.
 
-    from ..export.onnx_export import FixedMaskBackbone
-    from ..models import all_masks, set_fold_frames
-    from ..train.checkpoint import load_model
-
-    if threads:
-        torch.set_num_threads(int(threads))
-    model, _ = load_model(checkpoint)
-    set_fold_frames(model.backbone, True)
-    mods: dict[str, Any] = {POLICY_NAME: model.selection}
-    for mask in all_masks(model.backbone.num_stages_3d):
-        mods[engine_name(mask)] = FixedMaskBackbone(model.backbone, mask).eval()
-    return mods
-
-
-# --- clips -------------------------------------------------------------------------------------
-
-
-def list_clips(bundle: Bundle, list_file: str, root: str, num_videos: int | None, log: Log | None = None
-               ) -> list[tuple[np.ndarray, tuple[int, ...]]]:
-    """The centre test clip (eval sampling) of ``num_videos`` videos spread over the list (all: None)."""
-    from ..data.lists import load_list
-    from ..data.video import VideoReadError, read_center_clip
-
-    m = bundle.manifest
-    records = load_list(list_file, root, len(m.classes), list_option="--data", root_option="--root")
-    if num_videos is not None and num_videos < len(records):
-        records = [records[i] for i in np.linspace(0, len(records) - 1, num_videos).round().astype(int)]
-    clips = []
-    for rec in records:
-        try:
-            frames = read_center_clip(rec.path, m.num_frames, m.stride)
-        except VideoReadError as exc:
-            if log:
-                log(f"skipped {exc}")
-            continue
-        clips.append((frames, rec.labels))
-    if not clips:
-        raise ValueError(f"no video of {list_file} could be read (root {root}); check --data and --root")
-    return clips
-
-
-def generated_clips(bundle: Bundle, num: int, seed: int = 0) -> list[tuple[np.ndarray, tuple[int, ...]]]:
-    """Random uint8 clips ``(T, S, 4S/3, 3)`` (S = short side), without labels."""
-    m = bundle.manifest
-    s = m.short_side or m.crop_size
-    rng = np.random.default_rng(seed)
-    return [(rng.integers(0, 256, (m.num_frames, s, s * 4 // 3, 3), dtype=np.uint8), ()) for _ in range(num)]
+    A kind makes that backend (ort with ``threads`` intra-op threads); a Backend instance is re-made
+    by its kind (for the memory probes, which run in fresh processes); a factory is kept. The torch
+    backend needs its modules: pass ``ada3d_edge.bench_torch.torch_backend_factory(checkpoint)``.
+    """
+    if isinstance(backend, Backend):
+        backend = backend.kind
+    if isinstance(backend, str):
+        options = {"intra_op_threads": threads} if backend == "ort" else {}
+        return functools.partial(make_backend, backend, device, **options)
+    return backend
 
 
 # --- adaptive end to end -----------------------------------------------------------------------
 
 
-def bench_adaptive(predictor: AdaptivePredictor, clips: Sequence[tuple[np.ndarray, tuple[int, ...]]],
-                   passes: int, warmup: int, multi_label: bool) -> dict[str, Any]:
+def bench_adaptive(predictor: AdaptivePredictor, clips: Iterable[Clip], passes: int, warmup: int,
+                   progress: bool = False) -> dict[str, Any]:
     """Adaptive (``predict``) and Upper (``run_fixed`` all frames, all 3D) clip by clip, interleaved.
 
-    The two alternate which goes first from clip to clip. Accuracy (top-1) and GFLOPs come from the
-    first pass; latencies from every pass.
+    The two alternate which goes first from clip to clip. Accuracy (top-1; multi-label: the top
+    class among the clip's labels) and GFLOPs come from the first pass, latencies from every pass.
+    Clips are taken one at a time and only running sums are kept, so memory does not grow with
+    the number of clips.
     """
     bundle, t = predictor.bundle, predictor.manifest.num_frames
     upper_mask, keep_all = bundle.upper_mask, np.ones(t, dtype=bool)
-    for frames, _ in clips[:max(warmup, 1)]:
+    for frames, _ in itertools.islice(clips, max(warmup, 1)):
         predictor.predict(frames)
         predictor.run_fixed(frames, keep_all, upper_mask)
-    lat = {"adaptive": [], "upper": []}
-    parts = {"adaptive": {"policy": [], "preprocess": [], "backbone": []}, "upper": {"preprocess": [], "backbone": []}}
-    preds: dict[str, list] = {"adaptive": [], "upper": []}
-    for p in range(passes):
-        for i, (frames, _) in enumerate(clips):
-            order = ("adaptive", "upper") if (i + p) % 2 == 0 else ("upper", "adaptive")
-            for which in order:
-                t0 = time.perf_counter()
-                pred = (predictor.predict(frames) if which == "adaptive"
-                        else predictor.run_fixed(frames, keep_all, upper_mask))
-                lat[which].append((time.perf_counter() - t0) * 1e3)
-                for k in parts[which]:
-                    parts[which][k].append(pred.timings_ms.get(k, 0.0))
+    lat = {"adaptive": array("d"), "upper": array("d")}  # 8 bytes a sample
+    parts = {"adaptive": {k: array("d") for k in ("policy", "preprocess", "backbone")},
+             "upper": {k: array("d") for k in ("preprocess", "backbone")}}
+    sums = {w: {"gflops": 0.0, "gflops_backbone": 0.0, "hits": 0, "frames": 0, "stages": 0}
+            for w in ("adaptive", "upper")}
+    chosen: Counter[str] = Counter()
+    n, labelled = 0, True
+    total = len(clips) * passes if isinstance(clips, Sized) else None
+    with tqdm(total=total, desc="adaptive vs Upper", unit="clip", disable=not progress, leave=False) as bar:
+        for p in range(passes):
+            for i, (frames, labels) in enumerate(clips):
+                order = ("adaptive", "upper") if (i + p) % 2 == 0 else ("upper", "adaptive")
+                for which in order:
+                    t0 = time.perf_counter()
+                    pred = (predictor.predict(frames) if which == "adaptive"
+                            else predictor.run_fixed(frames, keep_all, upper_mask))
+                    lat[which].append((time.perf_counter() - t0) * 1e3)
+                    for k in parts[which]:
+                        parts[which][k].append(pred.timings_ms.get(k, 0.0))
+                    if p == 0:
+                        acc = sums[which]
+                        acc["gflops"] += pred.gflops
+                        acc["gflops_backbone"] += pred.gflops_backbone
+                        acc["hits"] += int(np.argmax(pred.scores)) in labels
+                        acc["frames"] += pred.num_frames_kept
+                        acc["stages"] += pred.num_3d_stages
+                        if which == "adaptive":
+                            chosen[f"{pred.stage_mask}/{pred.num_frames_kept}"] += 1
                 if p == 0:
-                    preds[which].append(pred)
-    labels = [lab for _, lab in clips]
+                    n += 1
+                    labelled = labelled and len(labels) > 0
+                bar.update(1)
+    if n == 0:
+        raise ValueError("no clip to run adaptive vs Upper on")
     out: dict[str, Any] = {}
     for which in ("adaptive", "upper"):
-        ps = preds[which]
+        acc = sums[which]
         out[which] = {
             "latency_ms": latency_stats(lat[which]),
             "parts_ms": {k: float(np.mean(v)) for k, v in parts[which].items()},
-            "gflops": float(np.mean([q.gflops for q in ps])),
-            "gflops_backbone": float(np.mean([q.gflops_backbone for q in ps])),
-            "accuracy": _top1(ps, labels, multi_label),
+            "gflops": acc["gflops"] / n,
+            "gflops_backbone": acc["gflops_backbone"] / n,
+            "accuracy": acc["hits"] / n if labelled else None,
         }
-    ad = preds["adaptive"]
-    out["adaptive"]["mean_frames"] = float(np.mean([q.num_frames_kept for q in ad]))
-    out["adaptive"]["mean_3d_stages"] = float(np.mean([q.num_3d_stages for q in ad]))
-    chosen: dict[str, int] = {}
-    for q in ad:
-        key = f"{q.stage_mask}/{q.num_frames_kept}"
-        chosen[key] = chosen.get(key, 0) + 1
-    out["adaptive"]["chosen"] = dict(sorted(chosen.items(), key=lambda kv: -kv[1]))
+    out["adaptive"]["mean_frames"] = sums["adaptive"]["frames"] / n
+    out["adaptive"]["mean_3d_stages"] = sums["adaptive"]["stages"] / n
+    out["adaptive"]["chosen"] = dict(chosen.most_common())
     return out
-
-
-def _top1(preds: Sequence[Any], labels: Sequence[tuple[int, ...]], multi_label: bool) -> float | None:
-    """Top-1 accuracy; None without labels. Multi-label: top-1 class among the clip's labels."""
-    if not labels or any(len(lab) == 0 for lab in labels):
-        return None
-    hits = [int(np.argmax(p.scores)) in lab for p, lab in zip(preds, labels)]
-    return float(np.mean(hits))
 
 
 # --- memory ------------------------------------------------------------------------------------
@@ -286,47 +270,44 @@ def proc_status_mb() -> dict[str, float]:
     return out
 
 
-def memory_probe(bundle_path: str, which: str, backend: str = "ort", device: str | None = None,
-                 threads: int | None = None, checkpoint: str | None = None) -> dict[str, Any]:
+def memory_probe(bundle_path: str, which: str, factory: BackendFactory) -> dict[str, Any]:
     """Load ``all`` models (policy + 2^K engines, each run at every T') or the ``upper`` engine alone
-    (run at T), batch 1; RSS before and after. Meant for a fresh process."""
+    (run at T), batch 1; RSS before and after. Meant for a fresh process (`measure_memory`)."""
     if which not in ("all", "upper"):
         raise ValueError(f"which must be 'all' or 'upper', got {which!r}")
-    be = create_backend(backend, device, threads, checkpoint)
     before = proc_status_mb()
-    bundle = open_bundle(bundle_path, verify=False)
-    t = bundle.manifest.num_frames
-    names = ([POLICY_NAME] + [engine_name(m) for m in bundle.masks]) if which == "all" else [engine_name(bundle.upper_mask)]
-    errors = load_models(be, bundle, names, {})
-    make = input_maker(bundle)
-    for name in names:
-        if name in errors:
-            continue
-        mask = POLICY_NAME if name == POLICY_NAME else name.removeprefix("backbone_")
-        frames = [t] if mask == POLICY_NAME or which == "upper" else range(1, t + 1)
-        for f in frames:
-            be.run(name, make(Job(mask, f, 1)))
-    after = proc_status_mb()
-    gpu = be.peak_memory_mb() if (device or "cpu").startswith("cuda") or be.kind == "trt" else None
+    be = factory()
+    try:
+        bundle = open_bundle(bundle_path, verify=False)
+        t = bundle.manifest.num_frames
+        names = bundle_model_names(bundle) if which == "all" else [engine_name(bundle.upper_mask)]
+        errors = load_models(be, bundle, names, {})
+        make = input_maker(bundle)
+        for name in names:
+            if name in errors:
+                continue
+            frames = [t] if name == POLICY_NAME or which == "upper" else range(1, t + 1)
+            for f in frames:
+                be.run(name, make(Job(name, f, 1)))
+        after = proc_status_mb()
+        gpu = be.peak_memory_mb() if be.kind != "ort" or "CPUExecutionProvider" not in be.describe() else None
+    finally:
+        be.close()
     return {"which": which, "models": len(names) - len(errors), "errors": errors,
             "baseline_rss_mb": before.get("VmRSS"), "rss_mb": after.get("VmRSS"), "peak_rss_mb": after.get("VmHWM"),
             "loaded_mb": (after["VmRSS"] - before["VmRSS"]) if "VmRSS" in after and "VmRSS" in before else None,
             "gpu_peak_mb": gpu}
 
 
-def measure_memory(bundle_path: str, backend: str, device: str | None, threads: int | None,
-                   checkpoint: str | None = None, timeout: float = 900) -> dict[str, Any]:
-    """`memory_probe` for ``upper`` and ``all``, each in its own fresh Python process."""
+def measure_memory(bundle_path: str, factory: BackendFactory, timeout: float = 900) -> dict[str, Any]:
+    """`memory_probe` for ``upper`` and ``all``, each in its own fresh (spawned) Python process."""
     out: dict[str, Any] = {}
+    ctx = multiprocessing.get_context("spawn")
     for which in ("upper", "all"):
-        cmd = [sys.executable, "-m", "ada3d_edge.runtime.bench", "memory", str(bundle_path), which, backend,
-               device or "", str(threads or 0), checkpoint or ""]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
-            out[which] = json.loads(proc.stdout.strip().splitlines()[-1])
-        except Exception as exc:  # noqa: BLE001
+            with ctx.Pool(1) as pool:
+                out[which] = pool.apply_async(memory_probe, (str(bundle_path), which, factory)).get(timeout)
+        except Exception as exc:  # noqa: BLE001 - a probe that fails becomes a status
             out[which] = {"error": _short(exc)}
     return out
 
@@ -343,41 +324,28 @@ def _subset(values: Sequence[Any] | None, valid: Sequence[Any], option: str) -> 
     return list(dict.fromkeys(values))
 
 
-def run_bench(bundle_path: str | os.PathLike, backend: str | Backend = "ort", device: str | None = None, *,
-              data: str | None = None, root: str | None = None, clips: int | None = None, repeats: int = 20,
-              warmup: int = 3, batch: int = 4, frames: Sequence[int] | None = None,
-              masks: Sequence[str] | None = None, threads: int | None = None, passes: int = 1,
-              checkpoint: str | None = None, memory: bool = True, seed: int = 0,
-              command: str | None = None, log: Log | None = None) -> dict[str, Any]:
+def run_bench(bundle_path: str | os.PathLike, backend: str | Backend | BackendFactory = "ort",
+              options: BenchOptions = BenchOptions(), *, device: str | None = None, threads: int | None = None,
+              command: str | None = None, log: Log | None = None) -> BenchResult:
     """Measure a bundle: per-configuration latency table, selection net, adaptive vs Upper, memory.
 
-    Returns the JSON-ready result (see `bench_report.format_table` for the console view).
+    ``backend`` is a kind of the backend table (ort with ``threads`` intra-op threads), a Backend
+    instance (not closed here) or a zero-argument factory (e.g. ``bench_torch.torch_backend_factory``).
+    Returns the result rows (``to_json`` for the JSON, `bench_report.format_table` for the console).
     """
-    from .bench_report import assemble, machine_info
-
-    for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0), ("batch", batch, 1),
-                             ("passes", passes, 1)):
-        if int(value) < low:
-            raise ValueError(f"--{name} must be >= {low}, got {value}")
+    o = options
     say = log or (lambda _msg: None)
     bundle = open_bundle(bundle_path, verify=False)
-    m = bundle.manifest
-    t = m.num_frames
-    masks = _subset(masks, bundle.masks, "--masks")
-    frames = sorted(_subset(frames, list(range(1, t + 1)), "--frames"), reverse=True)
-    if data:  # clips first: a bad --data fails before minutes of timing
-        if not root:
-            raise ValueError("--data needs --root (the folder the list's paths start from)")
-        clip_list = list_clips(bundle, data, root, clips, say)
-        clip_source = f"{len(clip_list)} centre clips of {data}"
-    else:
-        clip_list = generated_clips(bundle, clips or 16, seed)
-        clip_source = (f"{len(clip_list)} generated clips of random uint8 frames (no --data): the policy "
-                       "sees noise, so its choices (and accuracy) say nothing about real video")
+    t = bundle.manifest.num_frames
+    masks = _subset(o.masks, bundle.masks, "--masks")
+    frames = sorted(_subset(o.frames, list(range(1, t + 1)), "--frames"), reverse=True)
+    # clips first: a bad --data fails before minutes of timing
+    clip_set = list_clips(bundle, o.data, o.root, o.clips, say) if o.data else generated_clips(bundle, o.clips or 16, o.seed)
     corrupt = check_files(bundle)
-    be = create_backend(backend, device, threads, checkpoint)
+    factory = backend_factory(backend, device, threads)
+    be = backend if isinstance(backend, Backend) else factory()
+    predictor, adaptive_error, e2e = None, None, None
     try:
-        predictor, adaptive_error = None, None
         if corrupt:
             adaptive_error = "bundle files failed verification: " + ", ".join(sorted(corrupt))
         else:
@@ -385,38 +353,31 @@ def run_bench(bundle_path: str | os.PathLike, backend: str | Backend = "ort", de
                 predictor = AdaptivePredictor(bundle, backend=be, warmup=False)
             except Exception as exc:  # noqa: BLE001
                 adaptive_error = _short(exc)
-        load_errors = load_models(be, bundle, [POLICY_NAME] + [engine_name(k) for k in bundle.masks], corrupt)
-        batches = sorted({1, int(batch)})
-        jobs = [Job(k, f, b) for b in batches for k in masks for f in frames]
-        jobs += [Job(bundle.upper_mask, t, b) for b in batches if Job(bundle.upper_mask, t, b) not in jobs]
+        load_errors = load_models(be, bundle, bundle_model_names(bundle), corrupt)
+        batches = sorted({1, int(o.batch)})
+        jobs = [Job.backbone(k, f, b) for b in batches for k in masks for f in frames]
+        jobs += [j for j in (Job.backbone(bundle.upper_mask, t, b) for b in batches) if j not in jobs]
         jobs += [Job(POLICY_NAME, t, b) for b in batches]
         runnable = [j for j in jobs if j.model not in load_errors]
-        say(f"timing {len(runnable)} jobs round-robin: {warmup} warm-up + {repeats} rounds")
-        samples, errors = time_round_robin(be, runnable, input_maker(bundle, seed), repeats, warmup, seed, say)
+        say(f"timing {len(runnable)} jobs round-robin: {o.warmup} warm-up + {o.repeats} rounds")
+        samples, errors = time_round_robin(be, runnable, input_maker(bundle, o.seed), o.repeats, o.warmup,
+                                           o.seed, say)
         errors.update({j: load_errors[j.model] for j in jobs if j.model in load_errors})
-        e2e = None
         if predictor is not None:
-            say(f"adaptive vs Upper end to end on {clip_source.split(':')[0]}, {passes} pass(es)")
+            say(f"adaptive vs Upper end to end on {clip_set.description.split(':')[0]}, {o.passes} pass(es)")
             try:
                 predictor.warmup()  # every engine at every T', as the runtime does at start-up
-                e2e = bench_adaptive(predictor, clip_list, passes, warmup, m.multi_label)
+                e2e = bench_adaptive(predictor, clip_set, o.passes, o.warmup, o.progress)
             except Exception as exc:  # noqa: BLE001 - the adaptive section becomes a status
                 adaptive_error = _short(exc)
-        mem = measure_memory(str(bundle.root), be.kind if isinstance(backend, Backend) else backend, device,
-                             threads, checkpoint) if memory else None
+        memory = measure_memory(str(bundle.root), factory) if o.memory else None
         info = machine_info(be, threads)
     finally:
         if predictor is not None:
             predictor.close()
-        be.close()
-    return assemble(bundle, jobs, samples, errors, e2e, clip_source, adaptive_error, mem, info,
-                    {"repeats": repeats, "warmup": warmup, "batches": batches, "passes": passes, "seed": seed},
-                    command)
-
-
-if __name__ == "__main__":  # python -m ada3d_edge.runtime.bench memory BUNDLE all|upper BACKEND DEVICE THREADS [CKPT]
-    if len(sys.argv) < 7 or sys.argv[1] != "memory":
-        sys.exit("usage: python -m ada3d_edge.runtime.bench memory BUNDLE all|upper BACKEND DEVICE THREADS [CKPT]")
-    _, _, _path, _which, _backend, _device, _threads, *_rest = sys.argv
-    print(json.dumps(memory_probe(_path, _which, _backend, _device or None, int(_threads) or None,
-                                  (_rest[0] if _rest else "") or None)))
+        if not isinstance(backend, Backend):
+            be.close()
+    settings = {"repeats": o.repeats, "warmup": o.warmup, "batches": batches, "passes": o.passes, "seed": o.seed}
+    return assemble(bundle, Measurements(jobs=jobs, samples=samples, errors=errors, end_to_end=e2e,
+                                         clip_source=clip_set.description, adaptive_error=adaptive_error,
+                                         memory=memory, machine=info, settings=settings, command=command))

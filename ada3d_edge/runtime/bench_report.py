@@ -1,6 +1,7 @@
-"""The bench's result: rows and summaries as JSON, the console table, the latency-vs-GFLOPs plot.
+"""The bench's result: typed rows and sections (``to_json``), the console table, the plot.
 
-No torch; matplotlib is imported only by `plot`.
+`assemble` turns `bench.run_bench`'s raw measurements into a ``BenchResult``; this module imports
+nothing from ``bench`` (no cycle). No torch; matplotlib is imported only by `plot`.
 """
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import datetime as _dt
 import json
 import os
 import platform
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, Union
 
-from ..bundle import POLICY_NAME, Bundle
-from .backends import Backend
+from ..bundle import Bundle
+from .backends.base import Backend
+from .stats import LatencyStats, latency_stats
 
 # Targets the project reports against (ARCHITECTURE.md section 6, issue 5).
 TARGET_SAVING_EFFICIENCY = 0.90  # adaptive latency saving / GFLOPs saving
@@ -60,60 +63,134 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def assemble(bundle: Bundle, jobs: Sequence[Any], samples: Mapping[Any, list[float]], errors: Mapping[Any, str],
-             e2e: Mapping[str, Any] | None, clip_source: str | None, adaptive_error: str | None,
-             memory: Mapping[str, Any] | None, machine: Mapping[str, Any], settings: Mapping[str, Any],
-             command: str | None) -> dict[str, Any]:
-    """The JSON result from the raw measurements of `bench.run_bench`."""
-    from .bench import latency_stats
+def _json(x: Any) -> Any:
+    """Dataclasses (``to_json``), dicts, lists and tuples made plain JSON values."""
+    if hasattr(x, "to_json"):
+        return x.to_json()
+    if isinstance(x, Mapping):
+        return {k: _json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json(v) for v in x]
+    return x
 
+
+@dataclass(frozen=True)
+class Measurements:
+    """What `bench.run_bench` measured, before it is turned into rows."""
+
+    jobs: Sequence[Any]  # bench.Job
+    samples: Mapping[Any, Sequence[float]]
+    errors: Mapping[Any, str]
+    end_to_end: Mapping[str, Any] | None
+    clip_source: str | None
+    adaptive_error: str | None
+    memory: Mapping[str, Any] | None
+    machine: Mapping[str, Any]
+    settings: Mapping[str, Any]
+    command: str | None
+
+
+@dataclass(frozen=True)
+class ConfigRow:
+    """One timed configuration (a backbone's stage mask, or the selection net) at T' and batch."""
+
+    model: str
+    mask: str | None  # None: the selection net
+    frames: int
+    batch: int
+    status: str  # "ok" or "error: ..."
+    latency_ms: LatencyStats | None
+    latency_ratio: float | None  # p50 / Upper's p50 at the same batch
+    p95_ratio: float | None
+    clips_per_s: float | None
+    gflops: float | None = None
+    gflops_ratio: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: _json(getattr(self, f.name)) for f in fields(self) if f.name != "model"}
+        out["mask"] = self.mask if self.mask is not None else self.model
+        if self.mask is None:
+            del out["gflops"], out["gflops_ratio"]
+        return out
+
+
+@dataclass
+class BenchResult:
+    """The whole bench: per-configuration rows, the selection net, adaptive vs Upper, memory, targets."""
+
+    bundle: str
+    arch: str
+    stages: list[str]
+    num_frames: int
+    crop_size: int
+    upper_mask: str
+    settings: dict[str, Any]
+    clips: str | None
+    upper: dict[str, Any]
+    policy: dict[str, Any]
+    adaptive: dict[str, Any]
+    configs: list[ConfigRow]
+    memory_mb: dict[str, Any] | None
+    machine: dict[str, Any]
+    command: str | None
+    targets: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values, the keys in the order they were written since format 1."""
+        return {f.name: _json(getattr(self, f.name)) for f in fields(self)}
+
+
+ResultLike = Union[BenchResult, Mapping[str, Any]]
+
+
+def _plain(r: ResultLike) -> Mapping[str, Any]:
+    return r.to_json() if isinstance(r, BenchResult) else r
+
+
+def assemble(bundle: Bundle, meas: Measurements) -> BenchResult:
+    """The result from the raw measurements of `bench.run_bench`."""
     m = bundle.manifest
     t, upper_mask = m.num_frames, bundle.upper_mask
     upper_gflops = bundle.gflops(upper_mask, t)
-    stats = {j: latency_stats(samples.get(j, [])) for j in jobs}
-    upper_by_batch = {j.batch: stats[j] for j in jobs if j.mask == upper_mask and j.frames == t}
+    stats = {j: latency_stats(meas.samples.get(j, [])) for j in meas.jobs}
+    upper_by_batch = {j.batch: stats[j] for j in meas.jobs if j.mask == upper_mask and j.frames == t}
     configs, policy_rows = [], []
-    for j in jobs:
+    for j in meas.jobs:
         s, ref = stats[j], upper_by_batch.get(j.batch)
-        row = {"mask": j.mask, "frames": j.frames, "batch": j.batch,
-               "status": "ok" if j not in errors and s else f"error: {errors.get(j, 'no sample')}",
-               "latency_ms": s,
-               "latency_ratio": _ratio(s and s["p50"], ref and ref["p50"]),
-               "p95_ratio": _ratio(s and s["p95"], ref and ref["p95"]),
-               "clips_per_s": (1e3 * j.batch / s["p50"]) if s else None}
-        if j.mask == POLICY_NAME:
-            policy_rows.append(row)
-            continue
-        g = bundle.gflops(j.mask, j.frames)
-        configs.append({**row, "gflops": g, "gflops_ratio": g / upper_gflops})
-    pol1 = next((r for r in policy_rows if r["batch"] == 1), None)
+        cost = {} if j.mask is None else {"gflops": bundle.gflops(j.mask, j.frames),
+                                          "gflops_ratio": bundle.gflops(j.mask, j.frames) / upper_gflops}
+        row = ConfigRow(model=j.model, mask=j.mask, frames=j.frames, batch=j.batch,
+                        status="ok" if j not in meas.errors and s else f"error: {meas.errors.get(j, 'no sample')}",
+                        latency_ms=s, latency_ratio=_ratio(s and s.p50, ref and ref.p50),
+                        p95_ratio=_ratio(s and s.p95, ref and ref.p95),
+                        clips_per_s=(1e3 * j.batch / s.p50) if s else None, **cost)
+        (policy_rows if j.mask is None else configs).append(row)
+    pol1 = next((r for r in policy_rows if r.batch == 1), None)
     up1 = upper_by_batch.get(1)
-    result: dict[str, Any] = {
-        "bundle": str(bundle.root), "arch": m.arch, "stages": list(m.stages), "num_frames": t,
-        "crop_size": m.crop_size, "upper_mask": upper_mask, "settings": dict(settings),
-        "clips": clip_source,
-        "upper": {"gflops": upper_gflops, "latency_ms": up1, "latency_source": "engine only (batch 1)",
-                  "engine_latency_ms": up1, "accuracy": None},
-        "policy": {"gflops": bundle.policy_gflops(), "latency_ms": pol1 and pol1["latency_ms"],
-                   "fraction_of_upper": pol1 and _ratio(pol1["latency_ms"] and pol1["latency_ms"]["p50"],
-                                                        up1 and up1["p50"]),
-                   "fraction_of_upper_mean": pol1 and _ratio(pol1["latency_ms"] and pol1["latency_ms"]["mean"],
-                                                             up1 and up1["mean"]),
-                   "rows": policy_rows},
-        "adaptive": {"status": "ok" if e2e else f"error: {adaptive_error}", "gflops": None, "latency_ms": None,
-                     "accuracy": None},
-        "configs": configs, "memory_mb": _memory(memory), "machine": dict(machine), "command": command,
-    }
-    if e2e:
-        up, ad = e2e["upper"], e2e["adaptive"]
-        result["upper"].update({k: up[k] for k in ("latency_ms", "parts_ms", "accuracy")})
-        result["upper"]["latency_source"] = "end to end: preprocess + Upper engine on all T frames"
-        lat_saving = 1.0 - ad["latency_ms"]["mean"] / up["latency_ms"]["mean"]
+    pol_lat = pol1.latency_ms if pol1 else None
+    result = BenchResult(
+        bundle=str(bundle.root), arch=m.arch, stages=list(m.stages), num_frames=t, crop_size=m.crop_size,
+        upper_mask=upper_mask, settings=dict(meas.settings), clips=meas.clip_source,
+        upper={"gflops": upper_gflops, "latency_ms": up1, "latency_source": "engine only (batch 1)",
+               "engine_latency_ms": up1, "accuracy": None},
+        policy={"gflops": bundle.policy_gflops(), "latency_ms": pol_lat,
+                "fraction_of_upper": pol1 and _ratio(pol_lat and pol_lat.p50, up1 and up1.p50),
+                "fraction_of_upper_mean": pol1 and _ratio(pol_lat and pol_lat.mean, up1 and up1.mean),
+                "rows": policy_rows},
+        adaptive={"status": "ok" if meas.end_to_end else f"error: {meas.adaptive_error}", "gflops": None,
+                  "latency_ms": None, "accuracy": None},
+        configs=configs, memory_mb=_memory(meas.memory), machine=dict(meas.machine), command=meas.command,
+        targets={})
+    if meas.end_to_end:
+        up, ad = meas.end_to_end["upper"], meas.end_to_end["adaptive"]
+        result.upper.update({k: up[k] for k in ("latency_ms", "parts_ms", "accuracy")})
+        result.upper["latency_source"] = "end to end: preprocess + Upper engine on all T frames"
+        lat_saving = 1.0 - ad["latency_ms"].mean / up["latency_ms"].mean
         gf_saving = 1.0 - ad["gflops"] / up["gflops"]
-        result["adaptive"].update(ad)
-        result["adaptive"].update({"latency_saving": lat_saving, "gflops_saving": gf_saving,
-                                   "saving_efficiency": lat_saving / gf_saving if gf_saving > 0 else None})
-    result["targets"] = _targets(result)
+        result.adaptive.update(ad)
+        result.adaptive.update({"latency_saving": lat_saving, "gflops_saving": gf_saving,
+                                "saving_efficiency": lat_saving / gf_saving if gf_saving > 0 else None})
+    result.targets = _targets(result)
     return result
 
 
@@ -132,12 +209,12 @@ def _memory(memory: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def _targets(r: Mapping[str, Any]) -> dict[str, Any]:
-    ad, up, pol = r["adaptive"], r["upper"], r["policy"]
+def _targets(r: BenchResult) -> dict[str, Any]:
+    ad, up, pol = r.adaptive, r.upper, r.policy
     eff = ad.get("saving_efficiency")
     frac = pol.get("fraction_of_upper")
-    p95a = (ad.get("latency_ms") or {}).get("p95")
-    p95u = (up.get("latency_ms") or {}).get("p95")
+    p95a = ad["latency_ms"].p95 if ad.get("latency_ms") else None
+    p95u = up["latency_ms"].p95 if up.get("latency_ms") else None
     return {
         "saving_efficiency": {"value": eff, "target": f">= {TARGET_SAVING_EFFICIENCY}",
                               "met": None if eff is None else eff >= TARGET_SAVING_EFFICIENCY},
@@ -155,8 +232,18 @@ def _f(x: Any, fmt: str = ".2f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
-def format_table(r: Mapping[str, Any]) -> str:
+def saving_phrase(saving: float) -> str:
+    """``0.25`` -> "saves 25.0%", ``-0.118`` -> "costs 11.8% more" (never "saves -11.8%")."""
+    return f"saves {saving:.1%}" if saving >= 0 else f"costs {-saving:.1%} more"
+
+
+def _efficiency(eff: float | None) -> str:
+    return "n/a: no GFLOPs saved" if eff is None else f"{eff:.2f}"
+
+
+def format_table(result: ResultLike) -> str:
     """Console report: configuration table, selection net, adaptive vs Upper, memory, targets."""
+    r = _plain(result)
     mc = r["machine"]
     lines = [f"{r['arch']} bundle {r['bundle']}: T={r['num_frames']}, crop {r['crop_size']}, stages "
              f"{','.join(r['stages'])} (1 = 3D); Upper = {r['upper_mask']} on {r['num_frames']} frames",
@@ -183,9 +270,9 @@ def format_table(r: Mapping[str, Any]) -> str:
                   f"{_f(up['accuracy'], '.3f'):>6}",
                   f"{'adaptive':>9} {ad['gflops']:>8.3f} {a['mean']:>9.2f} {a['p50']:>9.2f} {a['p95']:>9.2f} "
                   f"{_f(ad['accuracy'], '.3f'):>6}",
-                  f"saving: latency {ad['latency_saving']:.1%} vs GFLOPs {ad['gflops_saving']:.1%} "
-                  f"(efficiency {_f(ad['saving_efficiency'], '.2f')}); mean frames {ad['mean_frames']:.2f}, "
-                  f"mean 3D stages {ad['mean_3d_stages']:.2f}; adaptive parts ms "
+                  f"adaptive against Upper: latency {saving_phrase(ad['latency_saving'])}, GFLOPs "
+                  f"{saving_phrase(ad['gflops_saving'])} (efficiency {_efficiency(ad['saving_efficiency'])}); "
+                  f"mean frames {ad['mean_frames']:.2f}, mean 3D stages {ad['mean_3d_stages']:.2f}; adaptive parts ms "
                   + ", ".join(f"{k} {v:.2f}" for k, v in ad["parts_ms"].items())]
     else:
         lines.append(f"adaptive end to end: {ad['status']}")
@@ -196,20 +283,22 @@ def format_table(r: Mapping[str, Any]) -> str:
                      f"(+{_f(mem['upper_only_loaded'], '.0f')}), ratio {_f(mem['ratio'])}")
     for name, tg in r["targets"].items():
         verdict = "n/a" if tg["met"] is None else ("met" if tg["met"] else "MISSED")
-        lines.append(f"target {name}: {_f(tg['value'], '.3f')} ({tg['target']}) {verdict}")
+        value = "n/a" if tg["value"] is None else format(tg["value"], ".3f")
+        lines.append(f"target {name}: {value} ({tg['target']}) {verdict}")
     return "\n".join(lines)
 
 
-def write_json(r: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write the result as indented JSON (parent folders created)."""
+def write_json(r: Any, path: str | os.PathLike) -> Path:
+    """Write a result (``to_json``) or plain JSON data as indented JSON (parent folders created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(_json(r), indent=2) + "\n", encoding="utf-8")
     return path
 
 
-def plot(r: Mapping[str, Any], path: str | os.PathLike, batch: int = 1) -> Path:
+def plot(result: ResultLike, path: str | os.PathLike, batch: int = 1) -> Path:
     """PNG of p50 latency vs GFLOPs per configuration at ``batch``, Upper and the adaptive mean marked."""
+    r = _plain(result)
     import matplotlib
 
     matplotlib.use("Agg")

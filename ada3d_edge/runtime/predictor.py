@@ -10,7 +10,6 @@ loaded (and warmed at every T') when the predictor starts, so no call ever loads
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -19,11 +18,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import preprocess
-from ..bundle import (BACKBONE_INPUT, BACKBONE_OUTPUT, POLICY_INPUT, POLICY_NAME, Bundle, BundleError,
+from ..bundle import (BACKBONE_INPUT, BACKBONE_OUTPUT, POLICY_INPUT, POLICY_NAME, Bundle,
                       engine_name, open_bundle)
 from ..masks import mask_to_str
-from .backends import Backend, make_backend
-from .trt_backend import EngineMismatchError
+from .backends import make_backend
+from .backends.base import Backend
+from .loading import bundle_model_names, load_bundle_model
 
 
 def greedy_actions(frame_probs: np.ndarray, stage_probs: np.ndarray,
@@ -138,30 +138,10 @@ class AdaptivePredictor:
     # -- start-up -------------------------------------------------------------------------------
     def _load_all(self) -> None:
         """Load the policy and all 2^K backbones once."""
-        plan_batches = [self._load(POLICY_NAME, POLICY_NAME)]
-        plan_batches += [self._load(engine_name(mask), mask) for mask in self.bundle.masks]
+        entries = [load_bundle_model(self.backend, self.bundle, name) for name in bundle_model_names(self.bundle)]
         if self.backend.file_kind == "plan":
-            limit = min(plan_batches)
+            limit = min(int(getattr(e, "max_batch", 1)) for e in entries)
             self.max_batch = limit if self.max_batch is None else min(self.max_batch, limit)
-
-    def _load(self, name: str, key: str) -> int:
-        """Load one model (trying every matching TensorRT plan); returns its max batch."""
-        if self.backend.file_kind != "plan":
-            entry = self.manifest.policy if key == POLICY_NAME else self.bundle.engine(key)
-            self.backend.load(name, self.bundle.root / entry.file, dataclasses.asdict(entry))
-            return 0
-        candidates = self.bundle.trt_engines(key)
-        if not candidates:
-            raise BundleError(f"{self.bundle.root}: no TensorRT plan for {name!r}; run "
-                              f"`ada3d build-engines {self.bundle.root}` on this device")
-        reasons = []
-        for entry in candidates:
-            try:
-                self.backend.load(name, self.bundle.root / entry.file, dataclasses.asdict(entry))
-                return int(entry.max_batch)
-            except EngineMismatchError as exc:
-                reasons.append(str(exc))
-        raise EngineMismatchError(f"no usable TensorRT plan for {name!r}: " + " | ".join(reasons))
 
     def warmup(self) -> None:
         """Run the policy and every backbone at every T' in 1..T once (batch 1)."""

@@ -219,4 +219,6 @@ def format_summary(summary: dict) -> str:
         rows = [["configuration", "windows", "share"]]
         rows += [[k, str(v), f"{100 * v / n:.1f}%"] for k, v in summary["configurations"].items()]
         lines += [""] + _table(rows)
+    if summary.get("outputs"):
+        lines += ["", "outputs:"] + [f"  {p}" for p in summary["outputs"]]
     return "\n".join(lines)

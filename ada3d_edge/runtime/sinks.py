@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -53,7 +54,7 @@ class JsonlSink:
     stop_requested = False
 
     def __init__(self, path: str | os.PathLike, topk: int = 5) -> None:
-        self.topk = topk
+        self.topk, self.path = topk, path
         self._own = str(path) != "-"
         self._fh: IO[str] = open(path, "w", encoding="utf-8") if self._own else sys.stdout
 
@@ -82,19 +83,52 @@ class ConsoleSink:
         pass
 
 
-def draw_overlay(frame_rgb: np.ndarray, prediction: Any) -> np.ndarray:
-    """A BGR copy of ``frame_rgb`` with label, score and configuration written in the top-left corner."""
-    img = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR)
-    scale = max(0.3, img.shape[1] / 640)
+MIN_OVERLAY_HEIGHT = 360  # smaller frames are upscaled (by a whole factor) so the text stays legible
+
+
+def overlay_scale(height: int, min_height: int = MIN_OVERLAY_HEIGHT) -> int:
+    """Whole upscaling factor that brings ``height`` to at least ``min_height`` (1 when it is)."""
+    return max(1, -(-min_height // max(int(height), 1)))
+
+
+def draw_overlay(frame: np.ndarray, prediction: Any | None, rgb: bool = True,
+                 min_height: int = MIN_OVERLAY_HEIGHT) -> np.ndarray:
+    """A BGR copy of ``frame``, upscaled to at least ``min_height`` rows, with the label, score
+    and configuration of ``prediction`` (None: nothing yet) in the top-left corner.
+
+    Text size follows the output's height, so it reads the same at 64 px and at 1080p.
+    """
+    img = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) if rgb else frame.copy()
+    k = overlay_scale(img.shape[0], min_height)
+    if k > 1:
+        img = cv2.resize(img, (img.shape[1] * k, img.shape[0] * k), interpolation=cv2.INTER_NEAREST)
+    if prediction is None:
+        return img
     label, score = prediction.topk(1)[0]
     lines = [f"{label} {score:.2f}",
              f"3D {prediction.stage_mask}  {prediction.num_frames_kept}/{len(prediction.frame_mask)} fr"]
+    font_scale = img.shape[0] / 600  # 0.6 at 360 rows: ~13 px letters
+    thick = max(1, round(font_scale * 1.5))
+    line_h = int(30 * font_scale)
     for i, text in enumerate(lines):
-        org = (4, int((i + 1) * 22 * scale))
-        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (255, 255, 255), 1,
-                    cv2.LINE_AA)
+        org = (int(8 * font_scale), (i + 1) * line_h)
+        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), thick, cv2.LINE_AA)
     return img
+
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv")
+
+
+def check_overlay_path(path: str | os.PathLike) -> Path:
+    """Refuse an ``--overlay`` path OpenCV cannot write a video to, before any work is done."""
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"--overlay {str(path)!r}: needs a video file name ending in "
+                         f"{', '.join(VIDEO_SUFFIXES)}, e.g. --overlay {path.with_suffix('.mp4')}")
+    if path.is_dir():
+        raise ValueError(f"--overlay {str(path)!r} is a directory; give a file name such as {path / 'out.mp4'}")
+    return path
 
 
 def overlay_path(path: str | os.PathLike, source_index: int, num_sources: int) -> Path:
@@ -106,36 +140,54 @@ def overlay_path(path: str | os.PathLike, source_index: int, num_sources: int) -
 
 
 class OverlayVideoSink:
-    """Writes the sampled frames new in each window, annotated, to one mp4 per source."""
+    """Every frame of each source, at the source's rate, with its latest prediction drawn on it.
+
+    The readers hand over each raw frame (``write_frame``, on their threads); ``write`` (the
+    scheduler) only updates the prediction drawn from then on. One video per source.
+    """
 
     stop_requested = False
 
-    def __init__(self, path: str | os.PathLike, num_sources: int, default_fps: float = 10.0) -> None:
+    def __init__(self, path: str | os.PathLike, num_sources: int, default_fps: float = 25.0) -> None:
         self.path, self.num_sources, self.default_fps = path, num_sources, default_fps
         self._writers: dict[int, cv2.VideoWriter] = {}
+        self._latest: dict[int, Any] = {}
+        self._lock = threading.Lock()
         self.paths: dict[int, Path] = {}
+        self.frames_written: dict[int, int] = {}
 
-    def _writer(self, window: Window) -> cv2.VideoWriter:
-        if window.source_index not in self._writers:
-            out = overlay_path(self.path, window.source_index, self.num_sources)
+    def _writer(self, source_index: int, shape: tuple[int, ...], fps: float) -> cv2.VideoWriter:
+        if source_index not in self._writers:
+            out = overlay_path(self.path, source_index, self.num_sources)
             out.parent.mkdir(parents=True, exist_ok=True)
-            h, w = window.frames.shape[1:3]
-            writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"),
-                                     window.fps or self.default_fps, (w, h))
+            h, w = shape[:2]
+            k = overlay_scale(h)
+            writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps or self.default_fps,
+                                     (w * k, h * k))
             if not writer.isOpened():
                 raise OSError(f"cannot write overlay video {out} (check the directory and extension)")
-            self._writers[window.source_index], self.paths[window.source_index] = writer, out
-        return self._writers[window.source_index]
+            with self._lock:
+                self._writers[source_index], self.paths[source_index] = writer, out
+                self.frames_written[source_index] = 0
+        return self._writers[source_index]
+
+    def write_frame(self, source_index: int, frame_bgr: np.ndarray, fps: float) -> None:
+        """One raw source frame (BGR, as decoded), drawn with the source's latest prediction."""
+        writer = self._writer(source_index, frame_bgr.shape, fps)
+        with self._lock:
+            prediction = self._latest.get(source_index)
+        writer.write(draw_overlay(frame_bgr, prediction, rgb=False))
+        self.frames_written[source_index] += 1
 
     def write(self, window: Window, prediction: Any, latency_ms: float) -> None:
-        writer = self._writer(window)
-        for frame in window.frames[-window.new_frames:]:
-            writer.write(draw_overlay(frame, prediction))
+        with self._lock:
+            self._latest[window.source_index] = prediction
 
     def close(self) -> None:
-        for writer in self._writers.values():
-            writer.release()
-        self._writers.clear()
+        with self._lock:
+            for writer in self._writers.values():
+                writer.release()
+            self._writers.clear()
 
 
 class DisplaySink:

@@ -4,18 +4,21 @@ A source is a camera index (``0``), a video file, an ``rtsp://`` / ``http(s)://`
 pipeline (any string containing ``!``). Each ``SourceReader`` thread keeps every ``stride``-th frame
 in a ``ClipBuffer`` of ``T`` frames and, once it is full, emits a ``Window`` every ``hop`` sampled
 frames into a bounded ``DropOldestQueue``: when inference falls behind the oldest window is dropped
-and counted. Live sources are reopened with exponential backoff; a file ends with ``EndOfStream``.
+and counted. A file ends with ``EndOfStream``. A live source that never delivered a frame fails
+after ``open_attempts`` tries (each bounded by ``open_timeout_s``), saying why (``diagnose``); one
+that delivered frames once is reopened with exponential backoff, forever unless ``max_reconnects``.
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
@@ -23,6 +26,21 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp")
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443, "rtmp": 1935}
+OPEN_TIMEOUT_S = 10.0  # default bound on one open of a network source (FFmpeg's open timeout)
+OPEN_ATTEMPTS = 3  # default tries before a source that never delivered a frame fails
+
+
+def quiet_video_logs() -> None:
+    """Silence OpenCV's and FFmpeg's own console noise (our summary says what failed and why).
+
+    ``OPENCV_FFMPEG_LOGLEVEL`` is read when FFmpeg is first used in the process, so call this
+    before opening any capture; a value the user set is kept.
+    """
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    if os.environ["OPENCV_LOG_LEVEL"] == "ERROR":
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 class SourceError(ValueError):
@@ -118,6 +136,37 @@ def open_capture(spec: SourceSpec, open_timeout_s: float = 10.0,
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
               cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)]
     return cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, params)
+
+
+def diagnose(spec: SourceSpec, timeout_s: float = 2.0) -> str:
+    """Why ``spec`` probably did not open, in words (OpenCV only says that it did not)."""
+    if spec.kind == "camera":
+        dev = f"/dev/video{spec.target}"
+        if os.path.isdir("/dev") and not os.path.exists(dev):
+            return f"no camera at index {spec.target} ({dev} does not exist)"
+        return f"camera {spec.target} did not open (busy, no permission, or not a capture device)"
+    if spec.kind != "url":
+        return f"OpenCV could not open {spec.name}"
+    parts = urlsplit(str(spec.target))
+    scheme = parts.scheme.lower()
+    host, port = parts.hostname, parts.port or DEFAULT_PORTS.get(scheme)
+    if not host or port is None or scheme in ("udp", "tcp") and parts.port is None:
+        return f"OpenCV/FFmpeg could not open {spec.name}"
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return f"host {host!r} not found (check the address in the URL)"
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except ConnectionRefusedError:
+        return f"connection refused by {host}:{port} (no server listening there)"
+    except OSError as exc:
+        return f"no answer from {host}:{port} within {timeout_s:g} s ({exc.__class__.__name__})"
+    hint = ("; an RTSP server that offers only UDP needs OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;udp"
+            if scheme.startswith("rtsp") else "")
+    return (f"{host}:{port} accepts connections but no video stream opened (check the path and "
+            f"credentials{hint})")
 
 
 def check_source(spec: SourceSpec) -> None:
@@ -245,24 +294,31 @@ class SourceReader(threading.Thread):
         spec: the parsed source.
         num_frames, stride, hop: clip length T, frame sampling stride, sampled frames between windows.
         queue_size: windows kept before the oldest is dropped.
-        max_reconnects: live sources only; consecutive failed reopens before giving up (None: never).
+        max_reconnects: live sources that delivered frames once: consecutive failed reopens before
+            giving up (None: never give up).
+        open_attempts: tries to open a live source that has not delivered a frame yet before it
+            fails (each try bounded by ``open_timeout_s``; None: no bound, as for a reopen).
         reconnect_backoff: (first, max) seconds between reopens, doubling after each failure.
         max_frames: stop after this many raw frames (tests); resize: (width, height) of kept frames.
         realtime: drop the oldest window when the queue is full (the default for live sources); when
             False (the default for files) the reader waits for room instead, so every window of a
             file is classified.
+        frame_sink: called with ``(source index, frame BGR, source fps)`` for every raw frame (the
+            overlay video); frames are then all decoded, not only the sampled ones.
     """
 
     def __init__(self, spec: SourceSpec, *, num_frames: int, stride: int = 1, hop: int | None = None,
                  queue_size: int = 4, notify: threading.Event | None = None,
                  max_reconnects: int | None = None, reconnect_backoff: tuple[float, float] = (0.5, 8.0),
                  max_frames: int | None = None, resize: tuple[int, int] | None = None,
-                 open_timeout_s: float = 10.0, read_timeout_s: float = 10.0,
-                 realtime: bool | None = None) -> None:
+                 open_timeout_s: float = OPEN_TIMEOUT_S, read_timeout_s: float = 10.0,
+                 open_attempts: int | None = OPEN_ATTEMPTS, realtime: bool | None = None,
+                 frame_sink: Callable[[int, np.ndarray, float], None] | None = None) -> None:
         super().__init__(name=f"ada3d-source-{spec.index}", daemon=True)
         self.realtime = spec.live if realtime is None else bool(realtime)
         self.spec, self.max_reconnects, self.backoff = spec, max_reconnects, reconnect_backoff
-        self.max_frames, self.resize = max_frames, resize
+        self.max_frames, self.resize, self.open_attempts = max_frames, resize, open_attempts
+        self.frame_sink = frame_sink
         self.timeouts = (open_timeout_s, read_timeout_s)
         self.buffer = ClipBuffer(num_frames, stride, hop)
         self.queue = DropOldestQueue(queue_size, notify)
@@ -285,37 +341,44 @@ class SourceReader(threading.Thread):
                        droppable=False)
 
     def _loop(self) -> str:
-        failures = 0
+        failures = 0  # consecutive opens (or reopens) that delivered no frame
         while not self.stop_event.is_set():
             cap = open_capture(self.spec, *self.timeouts)
+            got = 0
             try:
                 if cap.isOpened():
-                    if self.stats.status in ("reconnecting",):
+                    if self.stats.status in ("reconnecting",) and self.stats.frames:
                         self.stats.reconnects += 1
-                    self.stats.status, self.stats.error = "running", None
+                    self.stats.status = "running"
                     got, end = self._read(cap)
                     if end is not None:
                         return end
                     if got:
-                        failures = 0
-                else:
-                    self.stats.error = f"cannot open {self.spec.name}"
+                        failures, self.stats.error = 0, None
             finally:
                 cap.release()
             if not self.spec.live:
                 if self.stats.frames == 0:
-                    self.stats.error = self.stats.error or f"no frames decoded from {self.spec.name}"
+                    self.stats.error = f"no frames decoded from {self.spec.name}"
                     return "error"
                 return "eof"
-            if self.max_reconnects is not None and failures >= self.max_reconnects:
-                self.stats.error = (f"{self.spec.name}: gave up after {failures} failed reconnects "
-                                    f"({self.stats.error or 'stream stopped'})")
+            if not got:
+                failures += 1
+            never_opened = self.stats.frames == 0
+            limit = self.open_attempts if never_opened else self.max_reconnects
+            if never_opened and limit is not None and failures >= limit:
+                self.stats.error = (f"never opened after {failures} attempt(s) with a "
+                                    f"{self.timeouts[0]:g} s open timeout: {diagnose(self.spec)}")
                 return "error"
-            delay = min(self.backoff[0] * 2 ** failures, self.backoff[1])
-            failures += 1
+            if not never_opened and limit is not None and failures >= limit:
+                self.stats.error = (f"gave up after {failures} failed reconnect(s) "
+                                    f"(last: {diagnose(self.spec)})")
+                return "error"
+            self.stats.error = "stream stopped" if got else f"cannot open {self.spec.name}"
+            delay = min(self.backoff[0] * 2 ** max(failures - 1, 0), self.backoff[1])
             log.warning("%s: %s; reconnecting in %.1f s (attempt %d%s)", self.spec.name,
-                        self.stats.error or "stream stopped", delay, failures,
-                        "" if self.max_reconnects is None else f" of {self.max_reconnects}")
+                        self.stats.error, delay, failures,
+                        "" if limit is None else f" of {limit}")
             self.stats.status = "reconnecting"
             self.stats.reconnect_attempts += 1
             self.buffer.reset()
@@ -324,13 +387,15 @@ class SourceReader(threading.Thread):
 
     def _read(self, cap: cv2.VideoCapture) -> tuple[int, str | None]:
         """Read until the stream fails (returns frames read, None) or must end (returns n, reason)."""
-        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-        fps = fps / self.buffer.stride if 0 < fps < 1000 else 0.0
+        raw_fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        raw_fps = raw_fps if 0 < raw_fps < 1000 else 0.0
+        fps = raw_fps / self.buffer.stride
         got = 0
         while not self.stop_event.is_set():
             if self.max_frames is not None and self.stats.frames >= self.max_frames:
                 return got, "max_frames"
-            if self.buffer.wants_next:
+            sampled = self.buffer.wants_next
+            if sampled or self.frame_sink is not None:
                 ok, frame = cap.read()
             else:
                 ok, frame = cap.grab(), None
@@ -338,10 +403,11 @@ class SourceReader(threading.Thread):
                 return got, None
             got += 1
             self.stats.frames += 1
-            if frame is not None:
-                if self.resize is not None:
-                    frame = cv2.resize(frame, self.resize, interpolation=cv2.INTER_AREA)
-                frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            if frame is not None and self.resize is not None:
+                frame = cv2.resize(frame, self.resize, interpolation=cv2.INTER_AREA)
+            if self.frame_sink is not None:
+                self.frame_sink(self.spec.index, frame, raw_fps)
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if sampled else None
             clip = self.buffer.push(frame)
             if clip is not None:
                 while not self.realtime and self.queue.pending_windows() >= self.queue.maxsize:

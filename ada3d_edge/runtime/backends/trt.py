@@ -15,12 +15,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..trt_api import cuda_call as _cuda_call, import_cudart, import_tensorrt, parse_cuda_device, running_gpu_name
-from .backends import Backend, check_inputs
-
-
-class EngineMismatchError(RuntimeError):
-    """A TensorRT plan built for another TensorRT version or GPU."""
+from ...trt_api import cuda_call as _cuda_call, import_cudart, import_tensorrt, parse_cuda_device, running_gpu_name
+from .base import Backend, EngineMismatchError, check_inputs
 
 
 def check_engine_compat(meta: Mapping[str, Any], tensorrt_version: str, gpu_name: str) -> None:

@@ -1,6 +1,7 @@
-"""PyTorch backend: runs ``nn.Module``s behind the Backend interface (parity checks, GPU timing).
+"""PyTorch backend: runs ``nn.Module``s behind the runtime's Backend interface (parity, GPU timing).
 
-torch is imported only inside the methods, so ``ada3d_edge.runtime`` stays torch-free.
+It lives outside ``ada3d_edge.runtime`` (which never imports torch); the backend table names it.
+torch is imported only when a ``TorchBackend`` is created.
 Modules take the ONNX inputs positionally (``policy(frames)``, ``backbone(clip)``) and return a
 tensor, a tuple of tensors in the ONNX output order, or a dict by output name.
 """
@@ -11,8 +12,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..bundle import default_io
-from .backends import Backend, check_inputs
+from .bundle import default_io
+from .runtime.backends.base import Backend, check_inputs
 
 
 class TorchBackend(Backend):

@@ -1,0 +1,103 @@
+"""ONNX Runtime backend: one InferenceSession per model; CPU, or CUDA/TensorRT execution providers."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .base import Backend, BackendUnavailableError, check_inputs, process_peak_rss_mb
+
+_ORT_DEVICE_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def ort_providers(device: str = "cpu", available: Sequence[str] | None = None) -> list[str]:
+    """Execution providers for ``device`` ("cpu", "cuda", "tensorrt"), checked against ``available``."""
+    if device not in _ORT_DEVICE_PROVIDERS:
+        raise ValueError(f"unknown device {device!r} for the ort backend; valid: {list(_ORT_DEVICE_PROVIDERS)}")
+    if available is None:
+        import onnxruntime
+
+        available = onnxruntime.get_available_providers()
+    wanted = _ORT_DEVICE_PROVIDERS[device]
+    if wanted[0] not in available:
+        raise BackendUnavailableError(
+            f"device {device!r} needs ONNX Runtime's {wanted[0]}, but this onnxruntime only has "
+            f"{list(available)}; `pip install onnxruntime-gpu` (matching your CUDA) instead of "
+            "onnxruntime, or use device='cpu'"
+        )
+    return [p for p in wanted if p in available]
+
+
+class OrtBackend(Backend):
+    """ONNX Runtime, one InferenceSession per model. CPU by default.
+
+    ``intra_op_threads`` (None: ONNX Runtime's default, one per core) and ``allow_spinning``
+    (None: its default, on) set each session's intra-op thread pool; `ada3d run`'s defaults are
+    ``backends.ORT_RUN_THREADS`` / ``ORT_RUN_SPINNING``.
+    """
+
+    kind = "ort"
+    file_kind = "onnx"
+
+    def __init__(
+        self,
+        device: str = "cpu",
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int | None = None,
+        allow_spinning: bool | None = None,
+    ) -> None:
+        super().__init__()
+        import onnxruntime
+
+        self._ort = onnxruntime
+        self.device = device
+        self.providers = list(providers) if providers else ort_providers(device)
+        self.intra_op_threads, self.allow_spinning = intra_op_threads, allow_spinning
+        self._sessions: dict[str, Any] = {}
+
+    def _load(self, name: str, path: Path, meta: dict[str, Any]) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: ONNX file for {name!r} not found")
+        options = self._ort.SessionOptions()
+        options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.intra_op_threads is not None:
+            options.intra_op_num_threads = int(self.intra_op_threads)
+        if self.allow_spinning is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
+        self._sessions[name] = self._ort.InferenceSession(str(path), options, providers=self.providers)
+
+    def _session(self, name: str) -> Any:
+        try:
+            return self._sessions[name]
+        except KeyError:
+            self._require(name)
+
+    def run(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self._session(name)
+        check_inputs(name, self.input_names(name), inputs)
+        feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
+        outputs = session.run(None, feeds)
+        return {o.name: arr for o, arr in zip(session.get_outputs(), outputs)}
+
+    def input_names(self, name: str) -> list[str]:
+        return [i.name for i in self._session(name).get_inputs()]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._sessions)
+
+    def close(self) -> None:
+        self._sessions.clear()
+        super().close()
+
+    def describe(self) -> str:
+        return f"onnxruntime {self._ort.__version__} ({', '.join(self.providers)})"
+
+    def peak_memory_mb(self) -> float | None:
+        """Process peak RSS on CPU (includes everything else in the process); None on GPU."""
+        return process_peak_rss_mb() if self.providers == ["CPUExecutionProvider"] else None

@@ -1,0 +1,46 @@
+"""Loading one bundle model into a backend: the one path the predictor and the benchmark share.
+
+ONNX backends load the manifest's file. The TensorRT backend tries every plan recorded for the
+model, in manifest order, and keeps the first built for this TensorRT version and GPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ..bundle import POLICY_NAME, Bundle, BundleError, FileEntry, engine_name
+from .backends.base import Backend, EngineMismatchError
+
+
+def model_key(name: str) -> str:
+    """``policy`` -> ``policy``; ``backbone_10`` -> ``10`` (the stage mask)."""
+    return POLICY_NAME if name == POLICY_NAME else name.removeprefix("backbone_")
+
+
+def bundle_model_names(bundle: Bundle) -> list[str]:
+    """Every model of the bundle: the selection net, then one backbone per stage mask."""
+    return [POLICY_NAME] + [engine_name(mask) for mask in bundle.masks]
+
+
+def load_bundle_model(backend: Backend, bundle: Bundle, name: str) -> FileEntry:
+    """Load model ``name`` of ``bundle`` into ``backend``; returns the manifest entry it loaded.
+
+    Raises BundleError when the bundle has no plan for it (TensorRT), EngineMismatchError when none
+    of its plans runs here.
+    """
+    key = model_key(name)
+    if backend.file_kind != "plan":
+        entry = bundle.manifest.policy if key == POLICY_NAME else bundle.engine(key)
+        backend.load(name, bundle.root / entry.file, dataclasses.asdict(entry))
+        return entry
+    candidates = bundle.trt_engines(key)
+    if not candidates:
+        raise BundleError(f"{bundle.root}: no TensorRT plan for {name!r}; run "
+                          f"`ada3d build-engines {bundle.root}` on this device")
+    reasons = []
+    for entry in candidates:
+        try:
+            backend.load(name, bundle.root / entry.file, dataclasses.asdict(entry))
+            return entry
+        except EngineMismatchError as exc:
+            reasons.append(str(exc))
+    raise EngineMismatchError(f"no usable TensorRT plan for {name!r}: " + " | ".join(reasons))
