@@ -270,7 +270,7 @@ def demo_cmd(workdir: str, quick: bool, recipe, quiet: bool) -> None:
 
     try:
         run_demo(workdir, quick=quick, recipe=recipe, progress=not quiet, echo=click.echo)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise click.UsageError(str(e)) from None
 
 

@@ -234,3 +234,47 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint(tiny_synth_dataset, tmp_
     assert res.exit_code == 0, res.output
     assert read_checkpoint(d / "final.pt")["epoch"] == epochs
     assert [int(r["epoch"]) for r in rows(d / "metrics.csv")] == list(range(1, epochs + 1))
+
+
+def test_train_refuses_an_earlier_run_and_overwrite_replaces_only_its_own_files(trained, tmp_path):
+    out, recipe = trained
+    r = recipe_from_dict(tiny_recipe(Path(recipe.data.root), tmp_path / "run"))
+    path = _write(r, tmp_path)
+    run = CliRunner().invoke
+    assert run(main, ["train", "upper", str(path), "--quiet"]).exit_code == 0
+    d = tmp_path / "run" / "upper"
+    (d / "notes.txt").write_text("mine")
+    (d / "mine").mkdir()
+    (d / "mine" / "keep.txt").write_text("mine too")
+    before = {p.name: p.stat().st_mtime_ns for p in d.iterdir()}
+    res = run(main, ["train", "upper", str(path), "--set", "optim.epochs=2"])
+    assert res.exit_code == 2
+    assert str(d) in res.output and "--resume" in res.output and "--overwrite" in res.output
+    assert "final.pt" in res.output and "Traceback" not in res.output
+    assert {p.name: p.stat().st_mtime_ns for p in d.iterdir()} == before  # nothing touched
+    res = run(main, ["train", "all", str(path)])  # `all` checks every stage before training any
+    assert res.exit_code == 2 and str(d) in res.output and not (tmp_path / "run" / "policy").exists()
+    res = run(main, ["train", "upper", str(path), "--resume", "--overwrite"])
+    assert res.exit_code == 2 and "one of them" in res.output
+    res = run(main, ["train", "upper", str(path), "--overwrite", "--set", "optim.epochs=2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert read_checkpoint(d / "final.pt")["epoch"] == 2
+    assert [r["epoch"] for r in rows(d / "metrics.csv")] == ["1", "2"]
+    assert (d / "notes.txt").read_text() == "mine" and (d / "mine" / "keep.txt").read_text() == "mine too"
+
+
+def test_sweep_refuses_an_earlier_sweep_and_resume_reuses_it(trained, tmp_path):
+    out, recipe = trained
+    r = recipe_from_dict(tiny_recipe(Path(recipe.data.root), tmp_path,
+                                     init_from={"policy": str(out / "upper" / "final.pt")}))
+    path = _write(r, tmp_path)
+    run = CliRunner().invoke
+    assert run(main, ["sweep", str(path), "--gamma", "0.5", "--no-random-ft", "--quiet"]).exit_code == 0
+    joint = tmp_path / "sweep" / "gamma_0.5" / "joint" / "final.pt"
+    stamp = joint.stat().st_mtime_ns
+    res = run(main, ["sweep", str(path), "--gamma", "0.5", "--no-random-ft", "--quiet"])
+    assert res.exit_code == 2 and "gamma_0.5" in res.output and "--resume" in res.output
+    res = run(main, ["sweep", str(path), "--gamma", "0.5", "--no-random-ft", "--resume", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert joint.stat().st_mtime_ns == stamp  # reused, not retrained
+    assert (tmp_path / "sweep" / "sweep.json").is_file()

@@ -8,9 +8,11 @@ from typing import Optional, Sequence
 
 import click
 
+from .run_dir import check_stage_dir
+
 STAGE_NAMES = {"upper": "upper", "policy": "policy", "joint": "joint", "random-ft": "random_ft",
                "random_ft": "random_ft"}
-USER_ERRORS = (ValueError, FileNotFoundError, TypeError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)  # TypeError is a bug, not a user error
 
 
 def _load(recipe: str, sets: Sequence[str], random_policy: Optional[str], init_from: Optional[str],
@@ -44,6 +46,8 @@ def _end_distributed() -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe key (dotted, YAML-typed), e.g. --set policy.gamma=0.3. Repeatable.")
 @click.option("--resume", is_flag=True, help="Continue from <output_dir>/<stage>/last.pt.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the checkpoints and metrics of an earlier run in <output_dir>/<stage>/.")
 @click.option("--random-policy", default=None, metavar="frames=F,stages=S",
               help="Random FT usage targets (fractions of T and K); default: the recipe's, else the "
                    "joint stage's measured usage.")
@@ -52,19 +56,21 @@ def _end_distributed() -> None:
                    "stage's final.pt.")
 @click.option("--output-dir", default=None, help="Override output_dir.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train_cmd(stage: str, recipe: str, sets, resume: bool, random_policy, init_from, output_dir,
-              quiet: bool) -> None:
+def train_cmd(stage: str, recipe: str, sets, resume: bool, overwrite: bool, random_policy, init_from,
+              output_dir, quiet: bool) -> None:
     """Train a STAGE of Ada3D from a RECIPE (YAML in train/): upper (stage 0: backbone + MobileNetV2
     pretraining), policy (stage 1), joint (stage 2), random-ft (baseline), or all (upper, policy,
     joint). Works under torchrun (DDP)."""
     key = None if stage == "all" else STAGE_NAMES[stage]
     try:
         r = _load(recipe, sets, random_policy, init_from, output_dir, key)
+        stages = ["upper", "policy", "joint"] if key is None else [key]
+        for s in stages:  # every stage's folder before any work
+            check_stage_dir(r.stage_dir(s), s, resume, overwrite)
         from .trainer import train_stage
 
-        stages = ["upper", "policy", "joint"] if key is None else [key]
         for s in stages:
-            path = train_stage(r, s, resume=resume, progress=not quiet)
+            path = train_stage(r, s, resume=resume, overwrite=overwrite, progress=not quiet)
             click.echo(f"{s}: {path}")
     except USER_ERRORS as e:
         raise click.UsageError(str(e)) from None
@@ -121,9 +127,12 @@ def eval_cmd(checkpoint: str, data_list: str, root, classes_file, clips, json_ou
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe key. Repeatable.")
 @click.option("--output-dir", default=None, help="Override output_dir.")
 @click.option("--no-random-ft", is_flag=True, help="Skip the Random FT runs.")
+@click.option("--resume", is_flag=True, help="Reuse finished stages of an earlier sweep; continue unfinished ones.")
+@click.option("--overwrite", is_flag=True, help="Replace the checkpoints and metrics of an earlier sweep.")
 @click.option("--clips", type=click.IntRange(1), default=None, help="Eval clips per video.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def sweep_cmd(recipe: str, gammas, sets, output_dir, no_random_ft: bool, clips, quiet: bool) -> None:
+def sweep_cmd(recipe: str, gammas, sets, output_dir, no_random_ft: bool, resume: bool, overwrite: bool, clips,
+              quiet: bool) -> None:
     """Gamma sweep (paper Fig 3): train policy + joint (and Random FT at the resulting usage) per gamma, evaluate, and plot
     accuracy vs GFLOPs (PNG) with the points as CSV and JSON. Trains `upper` first when missing."""
     try:
@@ -133,7 +142,8 @@ def sweep_cmd(recipe: str, gammas, sets, output_dir, no_random_ft: bool, clips, 
             raise ValueError("no gamma values: pass --gamma 0.2,0.5,1.0 or set `gammas` in the recipe")
         from .sweep import run_sweep
 
-        out = run_sweep(r, values, random_ft=not no_random_ft, num_clips=clips, progress=not quiet)
+        out = run_sweep(r, values, random_ft=not no_random_ft, num_clips=clips, progress=not quiet,
+                        resume=resume, overwrite=overwrite)
     except USER_ERRORS as e:
         raise click.UsageError(str(e)) from None
     except RuntimeError as e:

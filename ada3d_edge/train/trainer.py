@@ -28,6 +28,7 @@ from .config import STAGES, Recipe, save_recipe
 from .dist import DistInfo, all_reduce_sum, barrier, init_distributed
 from .inference import CostModel, quick_validate
 from .rewards import Baseline, frame_prob_for
+from .run_dir import check_stage_dir, clear_stage_outputs
 from .stages import PolicyStep, RandomFtStep, UpperStep, prepare, set_train_modes
 
 COLUMNS = ["epoch", "step", "lr", "time_s", "loss", "acc", "selection_acc", "loss_backbone",
@@ -87,9 +88,10 @@ def random_policy_probs(recipe: Recipe, num_frames: int) -> Dict[str, float]:
 
 class Trainer:
     def __init__(self, recipe: Recipe, stage: str, info: DistInfo, resume: bool, progress: bool,
-                 on_step: Optional[StepHook]):
+                 on_step: Optional[StepHook], overwrite: bool = False):
         self.recipe, self.stage, self.info = recipe, stage, info
         self.resume, self.progress, self.on_step = resume, progress and info.is_main, on_step
+        self.overwrite = overwrite
         self.out = recipe.stage_dir(stage)
 
     def log(self, msg: str) -> None:
@@ -225,11 +227,11 @@ class Trainer:
         r, info = self.recipe, self.info
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if self.overwrite:
+                clear_stage_outputs(self.out)
             save_recipe(r, self.out / "config.yaml")
             if self.resume:
                 self._trim_csv()
-            elif (self.out / "metrics.csv").exists():
-                (self.out / "metrics.csv").unlink()
             self.log(f"{len(self.train_ds)} training videos, {len(self.classes)} classes, "
                      f"{self.epochs} epochs x {len(self.loader)} steps, world size {info.world_size}, "
                      f"init: {self.loaded.get('init')}, output: {self.out}")
@@ -328,19 +330,22 @@ class Trainer:
         return row
 
 
-def train_stage(recipe: Recipe, stage: str, *, resume: bool = False, progress: bool = True,
-                on_step: Optional[StepHook] = None) -> Path:
+def train_stage(recipe: Recipe, stage: str, *, resume: bool = False, overwrite: bool = False,
+                progress: bool = True, on_step: Optional[StepHook] = None) -> Path:
     """Run one training stage ("upper", "policy", "joint", "random_ft"); returns final.pt's path.
 
+    A stage folder that holds an earlier run is refused (`run_dir.OutputExistsError`) unless
+    `resume` (continue from its last.pt) or `overwrite` (remove its checkpoints and metrics first).
     Every missing file (lists, classes, root, the checkpoint to start from) is reported before any
     training work. Under torchrun the process group is joined here (and left to the caller to end).
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+    check_stage_dir(recipe.stage_dir(stage), stage, resume, overwrite)
     resolve_data_paths(recipe)
     check_data_paths(recipe)
     info = init_distributed(recipe.device)
-    return Trainer(recipe, stage, info, resume, progress, on_step).run()
+    return Trainer(recipe, stage, info, resume, progress, on_step, overwrite).run()
 
 
 __all__ = ["train_stage", "Trainer", "random_policy_probs", "COLUMNS"]
