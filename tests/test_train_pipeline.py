@@ -278,3 +278,40 @@ def test_sweep_refuses_an_earlier_sweep_and_resume_reuses_it(trained, tmp_path):
     assert res.exit_code == 0, res.output
     assert joint.stat().st_mtime_ns == stamp  # reused, not retrained
     assert (tmp_path / "sweep" / "sweep.json").is_file()
+
+
+def _list_with_a_bad_video(root: Path, folder: Path) -> Path:
+    """val.txt of `root` with absolute paths plus one corrupt video (9 lines, 1 unreadable)."""
+    (folder / "bad.mp4").write_bytes(b"not a video")
+    lines = [f"{root / ln.split()[0]} {ln.split()[1]}" for ln in (root / "val.txt").read_text().splitlines()
+             if ln.strip()]
+    path = folder / "with_bad.txt"
+    path.write_text("\n".join(lines + [f"{folder / 'bad.mp4'} 0"]) + "\n")
+    return path
+
+
+def test_eval_stops_on_unreadable_videos_like_training_and_counts_them(trained, tmp_path):
+    out, recipe = trained
+    data = _list_with_a_bad_video(Path(recipe.data.root), tmp_path)
+    args = ["eval", str(out / "joint" / "final.pt"), "--data", str(data), "--classes",
+            str(Path(recipe.data.root) / "classes.txt"), "--clips", "1", "--quiet"]
+    res = CliRunner().invoke(main, args)  # the recipe's data.max_bad_fraction: 0.0
+    assert res.exit_code == 1, res.output
+    error = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(error) == 1 and "bad.mp4" in error[0] and "--max-bad-fraction" in error[0]
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(main, args + ["--max-bad-fraction", "0.2"])
+    assert res.exit_code == 0, res.output
+    assert "8 videos x 1 clips, 1 unreadable videos skipped" in res.output
+
+
+def test_train_max_bad_fraction_option(trained, tmp_path):
+    out, recipe = trained
+    data = _list_with_a_bad_video(Path(recipe.data.root), tmp_path)
+    r = recipe_from_dict(tiny_recipe(Path(recipe.data.root), tmp_path / "run", data={"train_list": str(data)}))
+    path = _write(r, tmp_path)
+    res = CliRunner().invoke(main, ["train", "upper", str(path), "--quiet"])
+    assert res.exit_code == 1 and "bad.mp4" in res.output and "--max-bad-fraction" in res.output
+    res = CliRunner().invoke(main, ["train", "upper", str(path), "--quiet", "--max-bad-fraction", "0.5"])
+    assert res.exit_code == 0, res.output
+    assert sum(int(r["bad_videos"]) for r in rows(tmp_path / "run" / "upper" / "metrics.csv")) == 1

@@ -55,15 +55,18 @@ def _end_distributed() -> None:
               help="Checkpoint to start from (ada3d, pytorchvideo or PySlowFast); default: the previous "
                    "stage's final.pt.")
 @click.option("--output-dir", default=None, help="Override output_dir.")
+@click.option("--max-bad-fraction", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Override data.max_bad_fraction: the largest share of unreadable videos skipped per epoch.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_cmd(stage: str, recipe: str, sets, resume: bool, overwrite: bool, random_policy, init_from,
-              output_dir, quiet: bool) -> None:
+              output_dir, max_bad_fraction, quiet: bool) -> None:
     """Train a STAGE of Ada3D from a RECIPE (YAML in train/): upper (stage 0: backbone + MobileNetV2
     pretraining), policy (stage 1), joint (stage 2), random-ft (baseline), or all (upper, policy,
     joint). Works under torchrun (DDP)."""
     key = None if stage == "all" else STAGE_NAMES[stage]
     try:
-        r = _load(recipe, sets, random_policy, init_from, output_dir, key)
+        extra = [f"data.max_bad_fraction={max_bad_fraction}"] if max_bad_fraction is not None else []
+        r = _load(recipe, [*sets, *extra], random_policy, init_from, output_dir, key)
         stages = ["upper", "policy", "joint"] if key is None else [key]
         for s in stages:  # every stage's folder before any work
             check_stage_dir(r.stage_dir(s), s, resume, overwrite)
@@ -100,9 +103,12 @@ def train_cmd(stage: str, recipe: str, sets, resume: bool, overwrite: bool, rand
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random policies.")
+@click.option("--max-bad-fraction", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Largest share of unreadable videos skipped before eval stops (default: the checkpoint's "
+                   "recipe's data.max_bad_fraction, the rule its training ran under).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_cmd(checkpoint: str, data_list: str, root, classes_file, clips, json_out, random_ft, upper, threshold,
-             batch_size: int, workers: int, device: str, seed: int, quiet: bool) -> None:
+             batch_size: int, workers: int, device: str, seed: int, max_bad_fraction, quiet: bool) -> None:
     """Table 1 for CHECKPOINT: Upper, Random, Random FT, Ada3D — accuracy (or mAP), GFLOPs per clip,
     mean # 3D stages and # frames; per-class usage and static/motion means."""
     try:
@@ -110,7 +116,7 @@ def eval_cmd(checkpoint: str, data_list: str, root, classes_file, clips, json_ou
 
         res = evaluate(checkpoint, data_list, root=root, classes_file=classes_file, num_clips=clips,
                        random_ft=random_ft, upper=upper, threshold=threshold, batch_size=batch_size, workers=workers,
-                       device=device, seed=seed, progress=not quiet)
+                       device=device, seed=seed, progress=not quiet, max_bad_fraction=max_bad_fraction)
     except USER_ERRORS as e:
         raise click.UsageError(str(e)) from None
     except RuntimeError as e:

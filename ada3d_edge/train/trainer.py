@@ -139,7 +139,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, total, warmup, r.optim.schedule))
         self.cost = CostModel(self.model.config, r.data.test_crop)
-        self.tracker = BadVideoTracker(r.data.max_bad_fraction, dataset=self.train_ds)
+        self.tracker = BadVideoTracker(r.data.max_bad_fraction, dataset=self.train_ds,
+                                       setting="data.max_bad_fraction (--max-bad-fraction)")
         self.start_epoch, self.global_step, self.metrics = 0, 0, {}
         if self.resume:
             self._load_last()
