@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import click
 
+from ..extras import require
 from .run_dir import check_stage_dir
 
 STAGE_NAMES = {"upper": "upper", "policy": "policy", "joint": "joint", "random-ft": "random_ft",
@@ -63,6 +64,7 @@ def train_cmd(stage: str, recipe: str, sets, resume: bool, overwrite: bool, rand
     """Train a STAGE of Ada3D from a RECIPE (YAML in train/): upper (stage 0: backbone + MobileNetV2
     pretraining), policy (stage 1), joint (stage 2), random-ft (baseline), or all (upper, policy,
     joint). Works under torchrun (DDP)."""
+    require("torch", "train", "train")
     key = None if stage == "all" else STAGE_NAMES[stage]
     try:
         extra = [f"data.max_bad_fraction={max_bad_fraction}"] if max_bad_fraction is not None else []
@@ -111,6 +113,7 @@ def eval_cmd(checkpoint: str, data_list: str, root, classes_file, clips, json_ou
              batch_size: int, workers: int, device: str, seed: int, max_bad_fraction, quiet: bool) -> None:
     """Table 1 for CHECKPOINT: Upper, Random, Random FT, Ada3D — accuracy (or mAP), GFLOPs per clip,
     mean # 3D stages and # frames; per-class usage and static/motion means."""
+    require("torch", "train", "eval")
     try:
         from .evaluate import evaluate, format_table, write_json
 
@@ -141,6 +144,8 @@ def sweep_cmd(recipe: str, gammas, sets, output_dir, no_random_ft: bool, resume:
               quiet: bool) -> None:
     """Gamma sweep (paper Fig 3): train policy + joint (and Random FT at the resulting usage) per gamma, evaluate, and plot
     accuracy vs GFLOPs (PNG) with the points as CSV and JSON. Trains `upper` first when missing."""
+    require("torch", "train", "sweep")
+    require("matplotlib", "train", "sweep")
     try:
         r = _load(recipe, sets, None, None, output_dir, None)
         values = [float(g) for g in gammas.split(",") if g.strip()] if gammas else list(r.gammas)
