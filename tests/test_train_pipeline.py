@@ -138,6 +138,8 @@ def test_resume_after_crash_finishes_the_same_epochs(tiny_synth_dataset, tmp_pat
     assert read_checkpoint(d / "last.pt")["epoch"] == 1 and not (d / "final.pt").exists()
     res = CliRunner().invoke(main, ["train", "upper", str(_write(recipe, tmp_path)), "--resume", "--quiet"])
     assert res.exit_code == 0, res.output
+    assert f"resumed from {d / 'last.pt'} (1 of 3 epochs done; first init: scratch)" in res.output
+    assert ", init: scratch" not in res.output
     ck = read_checkpoint(d / "final.pt")
     assert ck["epoch"] == 3 and ck["step"] == 6
     assert [r["epoch"] for r in rows(d / "metrics.csv")] == ["1", "2", "3"]
@@ -315,3 +317,44 @@ def test_train_max_bad_fraction_option(trained, tmp_path):
     res = CliRunner().invoke(main, ["train", "upper", str(path), "--quiet", "--max-bad-fraction", "0.5"])
     assert res.exit_code == 0, res.output
     assert sum(int(r["bad_videos"]) for r in rows(tmp_path / "run" / "upper" / "metrics.csv")) == 1
+
+
+def test_ctrl_c_says_where_last_pt_is_and_how_to_resume(trained, tmp_path, monkeypatch):
+    import shlex
+
+    from ada3d_edge.train import trainer
+
+    out, recipe = trained
+    r = recipe_from_dict(tiny_recipe(Path(recipe.data.root), tmp_path / "run", optim={"epochs": 2}))
+    path = _write(r, tmp_path)
+    real = trainer.Trainer.train_epoch
+
+    def interrupted(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(trainer.Trainer, "train_epoch", interrupted)
+    res = CliRunner().invoke(main, ["train", "all", str(path), "--set", "seed=3", "--quiet"])
+    assert res.exit_code == 130 and "Aborted" not in res.stderr
+    last = tmp_path / "run" / "upper" / "last.pt"
+    assert f"Interrupted: {last} holds upper after epoch 1 of 2; continue with: " in res.stderr
+    commands = res.stderr.strip().split("continue with: ")[1].split(" && ")
+    assert commands[0] == f"ada3d train upper {path} --set seed=3 --quiet --resume"
+    assert [shlex.split(c)[2] for c in commands] == ["upper", "policy", "joint"]
+    monkeypatch.setattr(trainer.Trainer, "train_epoch", real)
+    res = CliRunner().invoke(main, shlex.split(commands[0])[1:])
+    assert res.exit_code == 0, res.output
+    assert read_checkpoint(tmp_path / "run" / "upper" / "final.pt")["epoch"] == 2
+
+
+def test_eval_caption_says_costs_more_when_ada3d_is_dearer(trained):
+    from ada3d_edge.train.evaluate import evaluate, format_table
+
+    out, recipe = trained
+    res = evaluate(out / "joint" / "final.pt", Path(recipe.data.root) / "val.txt", num_clips=1, progress=False)
+    extra = res["rows"][-1]["gflops"] / res["rows"][0]["gflops"] - 1  # the tiny selection net costs more
+    assert extra > 0
+    text = format_table(res)
+    assert f"Ada3D costs {100 * extra:.1f}% more GFLOPs than Upper." in text and "saves -" not in text
+    assert "Ada3D saves 30.9% GFLOPs vs Upper." in format_table({**res, "gflops_saving_vs_upper": 0.309})

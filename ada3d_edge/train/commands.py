@@ -4,6 +4,7 @@ Only click is imported here; torch and the training code load when a command run
 """
 from __future__ import annotations
 
+import shlex
 from typing import Optional, Sequence
 
 import click
@@ -41,6 +42,34 @@ def _end_distributed() -> None:
         dist.destroy_process_group()
 
 
+def _interrupted(recipe, stage: str, later: Sequence[str], ctx: click.Context) -> str:
+    """What Ctrl-C in a training stage left behind, and the exact commands that continue it."""
+    from .checkpoint import read_checkpoint
+
+    last = recipe.stage_dir(stage) / "last.pt"
+    p = ctx.params
+    common = [p["recipe"], *[w for kv in p["sets"] for w in ("--set", kv)]]
+    for opt, key in (("--output-dir", "output_dir"), ("--random-policy", "random_policy"),
+                     ("--init-from", "init_from"), ("--max-bad-fraction", "max_bad_fraction")):
+        if p.get(key) is not None:
+            common += [opt, str(p[key])]
+    if p.get("quiet"):
+        common.append("--quiet")
+
+    def command(s: str, *extra: str) -> str:
+        return " ".join(shlex.quote(w) for w in ["ada3d", "train", s.replace("_", "-"), *common, *extra])
+
+    again = ("--overwrite",) if p.get("overwrite") else ()
+    rest = [command(s, *again) for s in later]
+    if not last.is_file():
+        return (f"Interrupted: {stage} finished no epoch, so there is nothing to resume; start it again with: "
+                + " && ".join([command(stage), *rest]))
+    ck = read_checkpoint(last)
+    epochs = (ck.get("train_state") or {}).get("epochs", "?")
+    return (f"Interrupted: {last} holds {stage} after epoch {ck['epoch']} of {epochs}; continue with: "
+            + " && ".join([command(stage, "--resume"), *rest]))
+
+
 @click.command("train")
 @click.argument("stage", type=click.Choice(["upper", "policy", "joint", "random-ft", "all"]))
 @click.argument("recipe", type=click.Path(dir_okay=False))
@@ -74,11 +103,17 @@ def train_cmd(stage: str, recipe: str, sets, resume: bool, overwrite: bool, rand
             check_stage_dir(r.stage_dir(s), s, resume, overwrite)
         from .trainer import train_stage
 
-        for s in stages:
-            path = train_stage(r, s, resume=resume, overwrite=overwrite, progress=not quiet)
+        for i, s in enumerate(stages):
+            try:
+                path = train_stage(r, s, resume=resume, overwrite=overwrite, progress=not quiet)
+            except KeyboardInterrupt:
+                click.echo(_interrupted(r, s, stages[i + 1:], click.get_current_context()), err=True)
+                raise click.exceptions.Exit(130) from None
             click.echo(f"{s}: {path}")
     except USER_ERRORS as e:
         raise click.UsageError(str(e)) from None
+    except click.exceptions.Exit:  # a RuntimeError too
+        raise
     except RuntimeError as e:  # too many unreadable videos and the like
         raise click.ClickException(str(e)) from None
     finally:

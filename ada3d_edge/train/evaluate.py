@@ -241,8 +241,7 @@ def format_table(res: Dict[str, Any]) -> str:
     lines.append(f"\n\\* includes the selection network ({res['selection_gflops_per_clip']:.4g} GFLOPs/clip: "
                  f"MobileNetV2 x{res['selection_width']} on {res['num_frames']} frames at "
                  f"{res['policy_size']}px). Random: frame p={res['random_policy']['frame_prob']:.3f}, "
-                 f"stage p={res['random_policy']['stage_prob']:.3f}. Ada3D saves "
-                 f"{100 * res['gflops_saving_vs_upper']:.1f}% GFLOPs vs Upper.")
+                 f"stage p={res['random_policy']['stage_prob']:.3f}. {saving_text(res['gflops_saving_vs_upper'])}")
     if res["per_class"]:
         lines += ["", "| Class | kind | videos | Ada3D # 3D | Ada3D # Frame |", "|---|---|---|---|---|"]
         for r in res["per_class"]:
@@ -253,6 +252,13 @@ def format_table(res: Dict[str, Any]) -> str:
         for kind, r in res["by_kind"].items():
             lines.append(f"| {kind} | {r['num_videos']} | {r['mean_3d']:.2f} | {r['mean_frames']:.2f} |")
     return "\n".join(lines)
+
+
+def saving_text(saving: float) -> str:
+    """"Ada3D saves 30.9% GFLOPs vs Upper." or, when it costs more, "Ada3D costs 11.8% more GFLOPs than Upper"."""
+    if saving < 0:
+        return f"Ada3D costs {-100 * saving:.1f}% more GFLOPs than Upper."
+    return f"Ada3D saves {100 * saving:.1f}% GFLOPs vs Upper."
 
 
 def write_json(res: Dict[str, Any], path: PathLike) -> Path:

@@ -104,11 +104,12 @@ class Trainer:
         self.train_ds = make_dataset(r, "train")
         self.val_ds = make_dataset(r, "test", list_file=r.data.val_list, num_clips=r.data.val_clips)
         self.classes, self.multi_label = self.train_ds.classes, self.train_ds.multi_label
-        self.init = init_path(r, self.stage)
+        self.init = None if self.resume else init_path(r, self.stage)  # resuming: last.pt holds the weights
         self.random = random_policy_probs(r, r.data.num_frames) if self.stage == "random_ft" else None
         seed_everything(r.seed + info.rank)
         self.model = build_model(r, len(self.classes))
-        self.loaded = load_init(self.model, self.init)
+        self.loaded = {} if self.resume else load_init(self.model, self.init)
+        self.resumed_from: Optional[Path] = None
         self.model.to(info.device)
         prepare(self.model, self.stage)
         self.baseline = Baseline(r.policy.baseline, r.policy.baseline_momentum)
@@ -170,6 +171,8 @@ class Trainer:
         self.baseline.load_state_dict(st.get("baseline", {}))
         self.start_epoch, self.global_step = int(ck["epoch"]), int(ck["step"])
         self.metrics = dict(ck.get("metrics", {}))
+        self.loaded = dict(st.get("init") or {"init": "unknown (not recorded in last.pt)"})
+        self.resumed_from = path
         if ck.get("rng") and self.info.is_main:
             set_rng_state(ck["rng"])
         else:  # only rank 0 writes checkpoints: the others get a fresh seed per resumed epoch
@@ -177,6 +180,13 @@ class Trainer:
         if ck.get("recipe") and ck["recipe"] != self._recipe_dict():
             self.log("note: the recipe differs from the one last.pt was trained with; using the new one")
         self.log(f"resuming from {path}: {self.start_epoch} of {self.epochs} epochs done")
+
+    def start_text(self) -> str:
+        """Where the weights came from: the init checkpoint, or the last.pt a resumed run continues."""
+        init = f"init: {self.loaded.get('init')}"
+        if self.resumed_from is None:
+            return init
+        return f"resumed from {self.resumed_from} ({self.start_epoch} of {self.epochs} epochs done; first {init})"
 
     def _recipe_dict(self) -> Dict[str, Any]:
         d = self.recipe.to_dict()
@@ -235,7 +245,7 @@ class Trainer:
                 self._trim_csv()
             self.log(f"{len(self.train_ds)} training videos, {len(self.classes)} classes, "
                      f"{self.epochs} epochs x {len(self.loader)} steps, world size {info.world_size}, "
-                     f"init: {self.loaded.get('init')}, output: {self.out}")
+                     f"{self.start_text()}, output: {self.out}")
         if self.stage == "policy" and not is_calibrated(self.model.backbone):
             self.calibrate_bn("before stage 1 (its backbone has no per-configuration statistics)")
         barrier(info)
