@@ -2,10 +2,8 @@
 resume after a crash, eval output, sweep, multi-label, and the errors users see first."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
-from typing import Any, Dict
 
 import pytest
 import torch
@@ -17,29 +15,9 @@ from ada3d_edge.models.backbone import is_config_bn_key
 from ada3d_edge.train.checkpoint import load_model, read_checkpoint, save_checkpoint
 from ada3d_edge.train.config import recipe_from_dict
 from ada3d_edge.train.trainer import train_stage
+from train_helpers import rows, tiny_recipe, write_recipe
 
 torch.set_num_threads(1)
-
-
-def tiny_recipe(root: Path, out: Path, **sections: Dict[str, Any]) -> Dict[str, Any]:
-    """A recipe dict for the tiny fixture: slow_tiny, T=4, 32 px, 1 epoch per stage."""
-    r = {"model": {"arch": "slow_tiny", "selection_width": 0.35, "policy_size": 32},
-         "data": {"root": str(root), "train_list": "train.txt", "val_list": "val.txt",
-                  "classes": "classes.txt", "num_frames": 4, "stride": 2, "crop": 32,
-                  "short_side_range": [32, 36], "test_crop": 32, "num_clips": 2, "flip": False,
-                  "workers": 0, "max_bad_fraction": 0.0},
-         "optim": {"lr": 0.05, "epochs": 1, "batch_size": 8},
-         "policy": {"lr": 0.01, "epochs": 1, "batch_size": 8, "gamma": 0.5},
-         "joint": {"lr": 0.01, "epochs": 1, "batch_size": 8},
-         "output_dir": str(out), "device": "cpu"}
-    for k, v in sections.items():
-        r[k] = {**r.get(k, {}), **v} if isinstance(v, dict) else v
-    return r
-
-
-def rows(path: Path):
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +114,7 @@ def test_resume_after_crash_finishes_the_same_epochs(tiny_synth_dataset, tmp_pat
         train_stage(recipe, "upper", progress=False, on_step=crash)
     d = tmp_path / "upper"
     assert read_checkpoint(d / "last.pt")["epoch"] == 1 and not (d / "final.pt").exists()
-    res = CliRunner().invoke(main, ["train", "upper", str(_write(recipe, tmp_path)), "--resume", "--quiet"])
+    res = CliRunner().invoke(main, ["train", "upper", str(write_recipe(recipe, tmp_path)), "--resume", "--quiet"])
     assert res.exit_code == 0, res.output
     assert f"resumed from {d / 'last.pt'} (1 of 3 epochs done; first init: scratch)" in res.output
     assert ", init: scratch" not in res.output
@@ -145,17 +123,11 @@ def test_resume_after_crash_finishes_the_same_epochs(tiny_synth_dataset, tmp_pat
     assert [r["epoch"] for r in rows(d / "metrics.csv")] == ["1", "2", "3"]
 
 
-def _write(recipe, folder: Path) -> Path:
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe.to_dict()))
-    return path
-
-
 def test_sweep_writes_plot_and_points(trained, tmp_path):
     out, recipe = trained
     r = recipe_from_dict(tiny_recipe(Path(recipe.data.root), tmp_path,
                                      init_from={"policy": str(out / "upper" / "final.pt")}))
-    res = CliRunner().invoke(main, ["sweep", str(_write(r, tmp_path)), "--gamma", "0.2,1.0", "--quiet"])
+    res = CliRunner().invoke(main, ["sweep", str(write_recipe(r, tmp_path)), "--gamma", "0.2,1.0", "--quiet"])
     assert res.exit_code == 0, res.output
     pts = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["points"]
     assert [p["gamma"] for p in pts] == [0.2, 1.0]
@@ -184,7 +156,7 @@ def test_multi_label_trains_with_bce_and_evaluates_map(tiny_synth_dataset, tmp_p
 
 def test_clear_errors_before_any_work(tiny_synth_dataset, tmp_path):
     recipe = recipe_from_dict(tiny_recipe(tiny_synth_dataset, tmp_path / "out"))
-    path = _write(recipe, tmp_path)
+    path = write_recipe(recipe, tmp_path)
     run = CliRunner().invoke
     res = run(main, ["train", "upper", str(path), "--set", "data.train_list=missing.txt"])
     assert res.exit_code == 2 and "data.train_list" in res.output and "missing.txt" in res.output
@@ -215,7 +187,7 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint(tiny_synth_dataset, tmp_
 
     epochs = 6
     recipe = recipe_from_dict(tiny_recipe(tiny_synth_dataset, tmp_path, optim={"epochs": epochs}))
-    path = _write(recipe, tmp_path)
+    path = write_recipe(recipe, tmp_path)
     d = tmp_path / "upper"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "ada3d_edge.cli", "train", "upper", str(path), "--quiet"],
@@ -241,7 +213,7 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint(tiny_synth_dataset, tmp_
 def test_train_refuses_an_earlier_run_and_overwrite_replaces_only_its_own_files(trained, tmp_path):
     out, recipe = trained
     r = recipe_from_dict(tiny_recipe(Path(recipe.data.root), tmp_path / "run"))
-    path = _write(r, tmp_path)
+    path = write_recipe(r, tmp_path)
     run = CliRunner().invoke
     assert run(main, ["train", "upper", str(path), "--quiet"]).exit_code == 0
     d = tmp_path / "run" / "upper"
@@ -269,7 +241,7 @@ def test_sweep_refuses_an_earlier_sweep_and_resume_reuses_it(trained, tmp_path):
     out, recipe = trained
     r = recipe_from_dict(tiny_recipe(Path(recipe.data.root), tmp_path,
                                      init_from={"policy": str(out / "upper" / "final.pt")}))
-    path = _write(r, tmp_path)
+    path = write_recipe(r, tmp_path)
     run = CliRunner().invoke
     assert run(main, ["sweep", str(path), "--gamma", "0.5", "--no-random-ft", "--quiet"]).exit_code == 0
     joint = tmp_path / "sweep" / "gamma_0.5" / "joint" / "final.pt"
@@ -311,7 +283,7 @@ def test_train_max_bad_fraction_option(trained, tmp_path):
     out, recipe = trained
     data = _list_with_a_bad_video(Path(recipe.data.root), tmp_path)
     r = recipe_from_dict(tiny_recipe(Path(recipe.data.root), tmp_path / "run", data={"train_list": str(data)}))
-    path = _write(r, tmp_path)
+    path = write_recipe(r, tmp_path)
     res = CliRunner().invoke(main, ["train", "upper", str(path), "--quiet"])
     assert res.exit_code == 1 and "bad.mp4" in res.output and "--max-bad-fraction" in res.output
     res = CliRunner().invoke(main, ["train", "upper", str(path), "--quiet", "--max-bad-fraction", "0.5"])
@@ -326,7 +298,7 @@ def test_ctrl_c_says_where_last_pt_is_and_how_to_resume(trained, tmp_path, monke
 
     out, recipe = trained
     r = recipe_from_dict(tiny_recipe(Path(recipe.data.root), tmp_path / "run", optim={"epochs": 2}))
-    path = _write(r, tmp_path)
+    path = write_recipe(r, tmp_path)
     real = trainer.Trainer.train_epoch
 
     def interrupted(self, epoch):
