@@ -86,6 +86,10 @@ for _cmd in _TRAIN_COMMANDS:  # ada3d train | eval | sweep
 def export_cmd(checkpoint: str, out: str, opset: int, no_verify: bool, fold: str, no_fold: bool,
                overwrite: bool, quiet: bool) -> None:
     """Export CHECKPOINT to a bundle: policy.onnx + one backbone ONNX per stage mask + manifest.json."""
+    from .extras import require
+
+    require("torch", "export", "export")
+    require("onnx", "export", "export")
     from .export.exporter import export_bundle
     from .export.verify import VerificationError
 
@@ -319,11 +323,15 @@ def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, 
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo_cmd(workdir: str, quick: bool, recipe, quiet: bool) -> None:
     """Synthesize data, train upper -> policy -> joint, evaluate, export, run on a stream, bench vs Upper."""
+    from .extras import require
+
+    for module in ("torch", "onnx", "matplotlib"):
+        require(module, "train,export", "demo")
     from .demo import run_demo
 
     try:
         run_demo(workdir, quick=quick, recipe=recipe, progress=not quiet, echo=click.echo)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise click.UsageError(str(e)) from None
 
 

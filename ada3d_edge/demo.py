@@ -15,6 +15,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 RECIPE = Path(__file__).resolve().parents[1] / "train" / "demo.yaml"
 STAGES = ("upper", "policy", "joint")
+MARKER = ".ada3d-demo"  # written into a workdir the demo created; only such a folder is written over
+OUTPUTS = {"data", "train", "bundle", "eval.json", "run.jsonl", "overlay.mp4", "run_summary.json",
+           "bench.json", "bench.png", MARKER}
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,8 @@ def _train(plan: DemoPlan, recipe_path: Path, data: Path, train_dir: Path, steps
             steps.skip(final)
             continue
         t0 = time.time()
-        train_stage(recipe, stage, resume=(train_dir / stage / "last.pt").is_file(), progress=progress)
+        resume = (train_dir / stage / "last.pt").is_file()  # the workdir is the demo's own (MARKER)
+        train_stage(recipe, stage, resume=resume, overwrite=not resume, progress=progress)
         with times.open("a") as f:
             f.write(f"{stage} {time.time() - t0:.0f}\n")
     return train_dir / "joint" / "final.pt"
@@ -167,6 +171,21 @@ def _bench(plan: DemoPlan, bundle: Path, data: Path, work: Path, steps: _Steps,
     return result
 
 
+def claim_workdir(work: Path) -> None:
+    """Create `work` for the demo, or accept it when an earlier demo made it; refuse any other folder
+    that is not empty (the demo writes over its own outputs there)."""
+    if work.exists() and not work.is_dir():
+        raise FileExistsError(f"--workdir {work} is a file; pass a new or empty folder")
+    if work.is_dir() and not (work / MARKER).is_file():
+        names = {p.name for p in work.iterdir()}
+        earlier_demo = names <= OUTPUTS and (work / "data" / "dataset.json").is_file()  # made before MARKER
+        if names and not earlier_demo:
+            raise FileExistsError(f"--workdir {work} is not empty and was not made by `ada3d demo` "
+                                  f"(no {MARKER} in it); pass a new or empty folder")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / MARKER).touch()
+
+
 def run_demo(workdir: str | Path = "runs/demo", quick: bool = False, recipe: Optional[str | Path] = None,
              progress: bool = True, echo: Callable[[str], None] = print) -> Dict[str, Any]:
     """Run every step of the demo in `workdir`; returns the paths of what it wrote."""
@@ -176,7 +195,7 @@ def run_demo(workdir: str | Path = "runs/demo", quick: bool = False, recipe: Opt
         raise FileNotFoundError(f"demo recipe {recipe_path} not found; it ships in the source tree "
                                 "(train/demo.yaml): run from a clone, or pass --recipe PATH")
     work = Path(workdir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
+    claim_workdir(work)
     data, bundle = work / "data", work / "bundle"
     steps = _Steps(echo, total=1 + len(STAGES) + 4)
     echo(f"ada3d demo{' --quick' if quick else ''}: everything goes to {work}")

@@ -35,3 +35,26 @@ def test_demo_without_recipe_is_a_clear_error(tmp_path):
     res = CliRunner().invoke(main, ["demo", "--quick", "--workdir", str(tmp_path), "--recipe",
                                     str(tmp_path / "none.yaml")])
     assert res.exit_code != 0 and "none.yaml" in res.output
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.txt").write_text("mine")
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    res = CliRunner().invoke(main, ["demo", "--quick", "--quiet", "--workdir", str(tmp_path)])
+    assert res.exit_code == 2 and str(tmp_path) in res.output and "new or empty folder" in res.output
+    assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
+
+def test_demo_claims_new_and_its_own_folders(tmp_path):
+    from ada3d_edge.demo import MARKER, claim_workdir
+
+    claim_workdir(tmp_path / "new")
+    assert (tmp_path / "new" / MARKER).is_file()
+    (tmp_path / "new" / "eval.json").write_text("{}")
+    claim_workdir(tmp_path / "new")  # its own folder again: accepted
+    old = tmp_path / "old"  # made by a demo before the marker existed
+    (old / "data").mkdir(parents=True)
+    (old / "data" / "dataset.json").write_text("{}")
+    claim_workdir(old)
+    assert (old / MARKER).is_file()

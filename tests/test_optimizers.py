@@ -9,7 +9,7 @@ from ada3d_edge.train.build import make_optimizer
 from ada3d_edge.train.checkpoint import read_checkpoint, save_checkpoint
 from ada3d_edge.train.config import recipe_from_dict
 from ada3d_edge.train.optimizers import MixedOptimizer
-from test_train_pipeline import tiny_recipe
+from train_helpers import tiny_recipe
 
 
 def _two_layers():

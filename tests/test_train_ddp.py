@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ada3d_edge.train.checkpoint import read_checkpoint
-from test_train_pipeline import rows, tiny_recipe
+from train_helpers import rows, tiny_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 

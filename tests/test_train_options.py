@@ -8,7 +8,7 @@ from ada3d_edge.train.build import make_optimizer
 from ada3d_edge.train.config import recipe_from_dict
 from ada3d_edge.train.rewards import Baseline, bernoulli_entropy
 from ada3d_edge.train.stages import PolicyStep, UpperStep
-from test_train_pipeline import tiny_recipe
+from train_helpers import tiny_recipe
 
 
 def _recipe(tmp_path, **sections):

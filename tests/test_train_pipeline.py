@@ -2,10 +2,8 @@
 resume after a crash, eval output, sweep, multi-label, and the errors users see first."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
-from typing import Any, Dict
 
 import pytest
 import torch
@@ -17,29 +15,9 @@ from ada3d_edge.models.backbone import is_config_bn_key
 from ada3d_edge.train.checkpoint import load_model, read_checkpoint, save_checkpoint
 from ada3d_edge.train.config import recipe_from_dict
 from ada3d_edge.train.trainer import train_stage
+from train_helpers import rows, tiny_recipe, write_recipe
 
 torch.set_num_threads(1)
-
-
-def tiny_recipe(root: Path, out: Path, **sections: Dict[str, Any]) -> Dict[str, Any]:
-    """A recipe dict for the tiny fixture: slow_tiny, T=4, 32 px, 1 epoch per stage."""
-    r = {"model": {"arch": "slow_tiny", "selection_width": 0.35, "policy_size": 32},
-         "data": {"root": str(root), "train_list": "train.txt", "val_list": "val.txt",
-                  "classes": "classes.txt", "num_frames": 4, "stride": 2, "crop": 32,
-                  "short_side_range": [32, 36], "test_crop": 32, "num_clips": 2, "flip": False,
-                  "workers": 0, "max_bad_fraction": 0.0},
-         "optim": {"lr": 0.05, "epochs": 1, "batch_size": 8},
-         "policy": {"lr": 0.01, "epochs": 1, "batch_size": 8, "gamma": 0.5},
-         "joint": {"lr": 0.01, "epochs": 1, "batch_size": 8},
-         "output_dir": str(out), "device": "cpu"}
-    for k, v in sections.items():
-        r[k] = {**r.get(k, {}), **v} if isinstance(v, dict) else v
-    return r
-
-
-def rows(path: Path):
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -136,24 +114,20 @@ def test_resume_after_crash_finishes_the_same_epochs(tiny_synth_dataset, tmp_pat
         train_stage(recipe, "upper", progress=False, on_step=crash)
     d = tmp_path / "upper"
     assert read_checkpoint(d / "last.pt")["epoch"] == 1 and not (d / "final.pt").exists()
-    res = CliRunner().invoke(main, ["train", "upper", str(_write(recipe, tmp_path)), "--resume", "--quiet"])
+    res = CliRunner().invoke(main, ["train", "upper", str(write_recipe(recipe, tmp_path)), "--resume", "--quiet"])
     assert res.exit_code == 0, res.output
+    assert f"resumed from {d / 'last.pt'} (1 of 3 epochs done; first init: scratch)" in res.output
+    assert ", init: scratch" not in res.output
     ck = read_checkpoint(d / "final.pt")
     assert ck["epoch"] == 3 and ck["step"] == 6
     assert [r["epoch"] for r in rows(d / "metrics.csv")] == ["1", "2", "3"]
-
-
-def _write(recipe, folder: Path) -> Path:
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe.to_dict()))
-    return path
 
 
 def test_sweep_writes_plot_and_points(trained, tmp_path):
     out, recipe = trained
     r = recipe_from_dict(tiny_recipe(Path(recipe.data.root), tmp_path,
                                      init_from={"policy": str(out / "upper" / "final.pt")}))
-    res = CliRunner().invoke(main, ["sweep", str(_write(r, tmp_path)), "--gamma", "0.2,1.0", "--quiet"])
+    res = CliRunner().invoke(main, ["sweep", str(write_recipe(r, tmp_path)), "--gamma", "0.2,1.0", "--quiet"])
     assert res.exit_code == 0, res.output
     pts = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["points"]
     assert [p["gamma"] for p in pts] == [0.2, 1.0]
@@ -182,7 +156,7 @@ def test_multi_label_trains_with_bce_and_evaluates_map(tiny_synth_dataset, tmp_p
 
 def test_clear_errors_before_any_work(tiny_synth_dataset, tmp_path):
     recipe = recipe_from_dict(tiny_recipe(tiny_synth_dataset, tmp_path / "out"))
-    path = _write(recipe, tmp_path)
+    path = write_recipe(recipe, tmp_path)
     run = CliRunner().invoke
     res = run(main, ["train", "upper", str(path), "--set", "data.train_list=missing.txt"])
     assert res.exit_code == 2 and "data.train_list" in res.output and "missing.txt" in res.output
@@ -213,7 +187,7 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint(tiny_synth_dataset, tmp_
 
     epochs = 6
     recipe = recipe_from_dict(tiny_recipe(tiny_synth_dataset, tmp_path, optim={"epochs": epochs}))
-    path = _write(recipe, tmp_path)
+    path = write_recipe(recipe, tmp_path)
     d = tmp_path / "upper"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "ada3d_edge.cli", "train", "upper", str(path), "--quiet"],
@@ -234,3 +208,125 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint(tiny_synth_dataset, tmp_
     assert res.exit_code == 0, res.output
     assert read_checkpoint(d / "final.pt")["epoch"] == epochs
     assert [int(r["epoch"]) for r in rows(d / "metrics.csv")] == list(range(1, epochs + 1))
+
+
+def test_train_refuses_an_earlier_run_and_overwrite_replaces_only_its_own_files(trained, tmp_path):
+    out, recipe = trained
+    r = recipe_from_dict(tiny_recipe(Path(recipe.data.root), tmp_path / "run"))
+    path = write_recipe(r, tmp_path)
+    run = CliRunner().invoke
+    assert run(main, ["train", "upper", str(path), "--quiet"]).exit_code == 0
+    d = tmp_path / "run" / "upper"
+    (d / "notes.txt").write_text("mine")
+    (d / "mine").mkdir()
+    (d / "mine" / "keep.txt").write_text("mine too")
+    before = {p.name: p.stat().st_mtime_ns for p in d.iterdir()}
+    res = run(main, ["train", "upper", str(path), "--set", "optim.epochs=2"])
+    assert res.exit_code == 2
+    assert str(d) in res.output and "--resume" in res.output and "--overwrite" in res.output
+    assert "final.pt" in res.output and "Traceback" not in res.output
+    assert {p.name: p.stat().st_mtime_ns for p in d.iterdir()} == before  # nothing touched
+    res = run(main, ["train", "all", str(path)])  # `all` checks every stage before training any
+    assert res.exit_code == 2 and str(d) in res.output and not (tmp_path / "run" / "policy").exists()
+    res = run(main, ["train", "upper", str(path), "--resume", "--overwrite"])
+    assert res.exit_code == 2 and "one of them" in res.output
+    res = run(main, ["train", "upper", str(path), "--overwrite", "--set", "optim.epochs=2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert read_checkpoint(d / "final.pt")["epoch"] == 2
+    assert [r["epoch"] for r in rows(d / "metrics.csv")] == ["1", "2"]
+    assert (d / "notes.txt").read_text() == "mine" and (d / "mine" / "keep.txt").read_text() == "mine too"
+
+
+def test_sweep_refuses_an_earlier_sweep_and_resume_reuses_it(trained, tmp_path):
+    out, recipe = trained
+    r = recipe_from_dict(tiny_recipe(Path(recipe.data.root), tmp_path,
+                                     init_from={"policy": str(out / "upper" / "final.pt")}))
+    path = write_recipe(r, tmp_path)
+    run = CliRunner().invoke
+    assert run(main, ["sweep", str(path), "--gamma", "0.5", "--no-random-ft", "--quiet"]).exit_code == 0
+    joint = tmp_path / "sweep" / "gamma_0.5" / "joint" / "final.pt"
+    stamp = joint.stat().st_mtime_ns
+    res = run(main, ["sweep", str(path), "--gamma", "0.5", "--no-random-ft", "--quiet"])
+    assert res.exit_code == 2 and "gamma_0.5" in res.output and "--resume" in res.output
+    res = run(main, ["sweep", str(path), "--gamma", "0.5", "--no-random-ft", "--resume", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert joint.stat().st_mtime_ns == stamp  # reused, not retrained
+    assert (tmp_path / "sweep" / "sweep.json").is_file()
+
+
+def _list_with_a_bad_video(root: Path, folder: Path) -> Path:
+    """val.txt of `root` with absolute paths plus one corrupt video (9 lines, 1 unreadable)."""
+    (folder / "bad.mp4").write_bytes(b"not a video")
+    lines = [f"{root / ln.split()[0]} {ln.split()[1]}" for ln in (root / "val.txt").read_text().splitlines()
+             if ln.strip()]
+    path = folder / "with_bad.txt"
+    path.write_text("\n".join(lines + [f"{folder / 'bad.mp4'} 0"]) + "\n")
+    return path
+
+
+def test_eval_stops_on_unreadable_videos_like_training_and_counts_them(trained, tmp_path):
+    out, recipe = trained
+    data = _list_with_a_bad_video(Path(recipe.data.root), tmp_path)
+    args = ["eval", str(out / "joint" / "final.pt"), "--data", str(data), "--classes",
+            str(Path(recipe.data.root) / "classes.txt"), "--clips", "1", "--quiet"]
+    res = CliRunner().invoke(main, args)  # the recipe's data.max_bad_fraction: 0.0
+    assert res.exit_code == 1, res.output
+    error = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(error) == 1 and "bad.mp4" in error[0] and "--max-bad-fraction" in error[0]
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(main, args + ["--max-bad-fraction", "0.2"])
+    assert res.exit_code == 0, res.output
+    assert "8 videos x 1 clips, 1 unreadable videos skipped" in res.output
+
+
+def test_train_max_bad_fraction_option(trained, tmp_path):
+    out, recipe = trained
+    data = _list_with_a_bad_video(Path(recipe.data.root), tmp_path)
+    r = recipe_from_dict(tiny_recipe(Path(recipe.data.root), tmp_path / "run", data={"train_list": str(data)}))
+    path = write_recipe(r, tmp_path)
+    res = CliRunner().invoke(main, ["train", "upper", str(path), "--quiet"])
+    assert res.exit_code == 1 and "bad.mp4" in res.output and "--max-bad-fraction" in res.output
+    res = CliRunner().invoke(main, ["train", "upper", str(path), "--quiet", "--max-bad-fraction", "0.5"])
+    assert res.exit_code == 0, res.output
+    assert sum(int(r["bad_videos"]) for r in rows(tmp_path / "run" / "upper" / "metrics.csv")) == 1
+
+
+def test_ctrl_c_says_where_last_pt_is_and_how_to_resume(trained, tmp_path, monkeypatch):
+    import shlex
+
+    from ada3d_edge.train import trainer
+
+    out, recipe = trained
+    r = recipe_from_dict(tiny_recipe(Path(recipe.data.root), tmp_path / "run", optim={"epochs": 2}))
+    path = write_recipe(r, tmp_path)
+    real = trainer.Trainer.train_epoch
+
+    def interrupted(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(trainer.Trainer, "train_epoch", interrupted)
+    res = CliRunner().invoke(main, ["train", "all", str(path), "--set", "seed=3", "--quiet"])
+    assert res.exit_code == 130 and "Aborted" not in res.stderr
+    last = tmp_path / "run" / "upper" / "last.pt"
+    assert f"Interrupted: {last} holds upper after epoch 1 of 2; continue with: " in res.stderr
+    commands = res.stderr.strip().split("continue with: ")[1].split(" && ")
+    assert commands[0] == f"ada3d train upper {path} --set seed=3 --quiet --resume"
+    assert [shlex.split(c)[2] for c in commands] == ["upper", "policy", "joint"]
+    monkeypatch.setattr(trainer.Trainer, "train_epoch", real)
+    res = CliRunner().invoke(main, shlex.split(commands[0])[1:])
+    assert res.exit_code == 0, res.output
+    assert read_checkpoint(tmp_path / "run" / "upper" / "final.pt")["epoch"] == 2
+
+
+def test_eval_caption_says_costs_more_when_ada3d_is_dearer(trained):
+    from ada3d_edge.train.evaluate import evaluate, format_table
+
+    out, recipe = trained
+    res = evaluate(out / "joint" / "final.pt", Path(recipe.data.root) / "val.txt", num_clips=1, progress=False)
+    extra = res["rows"][-1]["gflops"] / res["rows"][0]["gflops"] - 1  # the tiny selection net costs more
+    assert extra > 0
+    text = format_table(res)
+    assert f"Ada3D costs {100 * extra:.1f}% more GFLOPs than Upper." in text and "saves -" not in text
+    assert "Ada3D saves 30.9% GFLOPs vs Upper." in format_table({**res, "gflops_saving_vs_upper": 0.309})

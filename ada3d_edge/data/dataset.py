@@ -260,10 +260,11 @@ def collate_skip_bad(batch: Sequence[Optional[Dict[str, Any]]]) -> Dict[str, Any
 
 
 def check_bad_fraction(num_bad: int, num_seen: int, max_bad_fraction: float,
-                       first_bad: Optional[Tuple[str, str]] = None) -> None:
+                       first_bad: Optional[Tuple[str, str]] = None, setting: str = "max_bad_fraction") -> None:
     """Raise RuntimeError when ``num_bad / num_seen > max_bad_fraction``.
 
-    ``first_bad`` = ``(path, reason)`` of an unreadable video, quoted in the message.
+    ``first_bad`` = ``(path, reason)`` of an unreadable video, quoted in the message; ``setting`` names
+    where the user raises the limit (a recipe key or a command-line option).
     """
     if not 0.0 <= max_bad_fraction <= 1.0:
         raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction!r}")
@@ -275,7 +276,7 @@ def check_bad_fraction(num_bad: int, num_seen: int, max_bad_fraction: float,
              "the paths are in the warnings logged above")
     raise RuntimeError(f"{num_bad} of {num_seen} videos unreadable ({100.0 * num_bad / num_seen:.1f}%)"
                        f" > max_bad_fraction={max_bad_fraction}; {where}. Fix or remove those "
-                       f"videos from the list, or raise max_bad_fraction")
+                       f"videos from the list, or raise {setting}")
 
 
 class BadVideoTracker:
@@ -284,13 +285,15 @@ class BadVideoTracker:
     Args:
         max_bad_fraction: largest tolerated fraction of unreadable videos (0.0 = none).
         dataset: when given, the error message names the first bad video and its reason.
+        setting: where the user raises the limit, named in the error message.
     """
 
     def __init__(self, max_bad_fraction: float = 0.0,
-                 dataset: Optional[VideoListDataset] = None) -> None:
+                 dataset: Optional[VideoListDataset] = None, setting: str = "max_bad_fraction") -> None:
         check_bad_fraction(0, 0, max_bad_fraction)  # validates the fraction
         self.max_bad_fraction = float(max_bad_fraction)
         self.dataset = dataset
+        self.setting = setting
         self.num_bad = 0
         self.num_seen = 0
 
@@ -320,4 +323,4 @@ class BadVideoTracker:
             check_bad_fraction(num_bad, num_seen, limit)
         except RuntimeError:
             first = self.dataset.bad_videos(limit=1) if self.dataset is not None else []
-            check_bad_fraction(num_bad, num_seen, limit, first[0] if first else None)
+            check_bad_fraction(num_bad, num_seen, limit, first[0] if first else None, self.setting)

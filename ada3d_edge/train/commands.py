@@ -4,13 +4,17 @@ Only click is imported here; torch and the training code load when a command run
 """
 from __future__ import annotations
 
+import shlex
 from typing import Optional, Sequence
 
 import click
 
+from ..extras import require
+from .run_dir import check_stage_dir
+
 STAGE_NAMES = {"upper": "upper", "policy": "policy", "joint": "joint", "random-ft": "random_ft",
                "random_ft": "random_ft"}
-USER_ERRORS = (ValueError, FileNotFoundError, TypeError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)  # TypeError is a bug, not a user error
 
 
 def _load(recipe: str, sets: Sequence[str], random_policy: Optional[str], init_from: Optional[str],
@@ -38,12 +42,42 @@ def _end_distributed() -> None:
         dist.destroy_process_group()
 
 
+def _interrupted(recipe, stage: str, later: Sequence[str], ctx: click.Context) -> str:
+    """What Ctrl-C in a training stage left behind, and the exact commands that continue it."""
+    from .checkpoint import read_checkpoint
+
+    last = recipe.stage_dir(stage) / "last.pt"
+    p = ctx.params
+    common = [p["recipe"], *[w for kv in p["sets"] for w in ("--set", kv)]]
+    for opt, key in (("--output-dir", "output_dir"), ("--random-policy", "random_policy"),
+                     ("--init-from", "init_from"), ("--max-bad-fraction", "max_bad_fraction")):
+        if p.get(key) is not None:
+            common += [opt, str(p[key])]
+    if p.get("quiet"):
+        common.append("--quiet")
+
+    def command(s: str, *extra: str) -> str:
+        return " ".join(shlex.quote(w) for w in ["ada3d", "train", s.replace("_", "-"), *common, *extra])
+
+    again = ("--overwrite",) if p.get("overwrite") else ()
+    rest = [command(s, *again) for s in later]
+    if not last.is_file():
+        return (f"Interrupted: {stage} finished no epoch, so there is nothing to resume; start it again with: "
+                + " && ".join([command(stage), *rest]))
+    ck = read_checkpoint(last)
+    epochs = (ck.get("train_state") or {}).get("epochs", "?")
+    return (f"Interrupted: {last} holds {stage} after epoch {ck['epoch']} of {epochs}; continue with: "
+            + " && ".join([command(stage, "--resume"), *rest]))
+
+
 @click.command("train")
 @click.argument("stage", type=click.Choice(["upper", "policy", "joint", "random-ft", "all"]))
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe key (dotted, YAML-typed), e.g. --set policy.gamma=0.3. Repeatable.")
 @click.option("--resume", is_flag=True, help="Continue from <output_dir>/<stage>/last.pt.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the checkpoints and metrics of an earlier run in <output_dir>/<stage>/.")
 @click.option("--random-policy", default=None, metavar="frames=F,stages=S",
               help="Random FT usage targets (fractions of T and K); default: the recipe's, else the "
                    "joint stage's measured usage.")
@@ -51,23 +85,35 @@ def _end_distributed() -> None:
               help="Checkpoint to start from (ada3d, pytorchvideo or PySlowFast); default: the previous "
                    "stage's final.pt.")
 @click.option("--output-dir", default=None, help="Override output_dir.")
+@click.option("--max-bad-fraction", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Override data.max_bad_fraction: the largest share of unreadable videos skipped per epoch.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train_cmd(stage: str, recipe: str, sets, resume: bool, random_policy, init_from, output_dir,
-              quiet: bool) -> None:
+def train_cmd(stage: str, recipe: str, sets, resume: bool, overwrite: bool, random_policy, init_from,
+              output_dir, max_bad_fraction, quiet: bool) -> None:
     """Train a STAGE of Ada3D from a RECIPE (YAML in train/): upper (stage 0: backbone + MobileNetV2
     pretraining), policy (stage 1), joint (stage 2), random-ft (baseline), or all (upper, policy,
     joint). Works under torchrun (DDP)."""
+    require("torch", "train", "train")
     key = None if stage == "all" else STAGE_NAMES[stage]
     try:
-        r = _load(recipe, sets, random_policy, init_from, output_dir, key)
+        extra = [f"data.max_bad_fraction={max_bad_fraction}"] if max_bad_fraction is not None else []
+        r = _load(recipe, [*sets, *extra], random_policy, init_from, output_dir, key)
+        stages = ["upper", "policy", "joint"] if key is None else [key]
+        for s in stages:  # every stage's folder before any work
+            check_stage_dir(r.stage_dir(s), s, resume, overwrite)
         from .trainer import train_stage
 
-        stages = ["upper", "policy", "joint"] if key is None else [key]
-        for s in stages:
-            path = train_stage(r, s, resume=resume, progress=not quiet)
+        for i, s in enumerate(stages):
+            try:
+                path = train_stage(r, s, resume=resume, overwrite=overwrite, progress=not quiet)
+            except KeyboardInterrupt:
+                click.echo(_interrupted(r, s, stages[i + 1:], click.get_current_context()), err=True)
+                raise click.exceptions.Exit(130) from None
             click.echo(f"{s}: {path}")
     except USER_ERRORS as e:
         raise click.UsageError(str(e)) from None
+    except click.exceptions.Exit:  # a RuntimeError too
+        raise
     except RuntimeError as e:  # too many unreadable videos and the like
         raise click.ClickException(str(e)) from None
     finally:
@@ -94,17 +140,21 @@ def train_cmd(stage: str, recipe: str, sets, resume: bool, random_policy, init_f
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random policies.")
+@click.option("--max-bad-fraction", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Largest share of unreadable videos skipped before eval stops (default: the checkpoint's "
+                   "recipe's data.max_bad_fraction, the rule its training ran under).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_cmd(checkpoint: str, data_list: str, root, classes_file, clips, json_out, random_ft, upper, threshold,
-             batch_size: int, workers: int, device: str, seed: int, quiet: bool) -> None:
+             batch_size: int, workers: int, device: str, seed: int, max_bad_fraction, quiet: bool) -> None:
     """Table 1 for CHECKPOINT: Upper, Random, Random FT, Ada3D — accuracy (or mAP), GFLOPs per clip,
     mean # 3D stages and # frames; per-class usage and static/motion means."""
+    require("torch", "train", "eval")
     try:
         from .evaluate import evaluate, format_table, write_json
 
         res = evaluate(checkpoint, data_list, root=root, classes_file=classes_file, num_clips=clips,
                        random_ft=random_ft, upper=upper, threshold=threshold, batch_size=batch_size, workers=workers,
-                       device=device, seed=seed, progress=not quiet)
+                       device=device, seed=seed, progress=not quiet, max_bad_fraction=max_bad_fraction)
     except USER_ERRORS as e:
         raise click.UsageError(str(e)) from None
     except RuntimeError as e:
@@ -121,11 +171,16 @@ def eval_cmd(checkpoint: str, data_list: str, root, classes_file, clips, json_ou
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe key. Repeatable.")
 @click.option("--output-dir", default=None, help="Override output_dir.")
 @click.option("--no-random-ft", is_flag=True, help="Skip the Random FT runs.")
+@click.option("--resume", is_flag=True, help="Reuse finished stages of an earlier sweep; continue unfinished ones.")
+@click.option("--overwrite", is_flag=True, help="Replace the checkpoints and metrics of an earlier sweep.")
 @click.option("--clips", type=click.IntRange(1), default=None, help="Eval clips per video.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def sweep_cmd(recipe: str, gammas, sets, output_dir, no_random_ft: bool, clips, quiet: bool) -> None:
+def sweep_cmd(recipe: str, gammas, sets, output_dir, no_random_ft: bool, resume: bool, overwrite: bool, clips,
+              quiet: bool) -> None:
     """Gamma sweep (paper Fig 3): train policy + joint (and Random FT at the resulting usage) per gamma, evaluate, and plot
     accuracy vs GFLOPs (PNG) with the points as CSV and JSON. Trains `upper` first when missing."""
+    require("torch", "train", "sweep")
+    require("matplotlib", "train", "sweep")
     try:
         r = _load(recipe, sets, None, None, output_dir, None)
         values = [float(g) for g in gammas.split(",") if g.strip()] if gammas else list(r.gammas)
@@ -133,7 +188,8 @@ def sweep_cmd(recipe: str, gammas, sets, output_dir, no_random_ft: bool, clips, 
             raise ValueError("no gamma values: pass --gamma 0.2,0.5,1.0 or set `gammas` in the recipe")
         from .sweep import run_sweep
 
-        out = run_sweep(r, values, random_ft=not no_random_ft, num_clips=clips, progress=not quiet)
+        out = run_sweep(r, values, random_ft=not no_random_ft, num_clips=clips, progress=not quiet,
+                        resume=resume, overwrite=overwrite)
     except USER_ERRORS as e:
         raise click.UsageError(str(e)) from None
     except RuntimeError as e:

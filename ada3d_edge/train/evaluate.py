@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data.dataset import VideoListDataset, collate_skip_bad
+from ..data.dataset import BadVideoTracker, VideoListDataset, collate_skip_bad
 from ..data.lists import require_file
 from .checkpoint import load_model
 from .dist import pick_device
@@ -80,6 +80,14 @@ class _Acc:
                 "mean_frames": float(np.concatenate(self.frames).mean())}
 
 
+def recipe_max_bad_fraction(ckpt: Dict[str, Any]) -> float:
+    """The unreadable-video limit a checkpoint was trained under (its recipe's data.max_bad_fraction)."""
+    from .config import DataCfg
+
+    data = (ckpt.get("recipe") or {}).get("data") or {}
+    return float(data.get("max_bad_fraction", DataCfg.max_bad_fraction))
+
+
 def _check_same_model(main: Dict[str, Any], other: Dict[str, Any], ck_main, ck_other, path) -> None:
     keys = ("arch", "num_classes", "num_frames", "backbone_overrides")
     diff = [k for k in keys if main.get(k) != other.get(k)]
@@ -94,9 +102,13 @@ def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike]
              random_ft: Optional[PathLike] = None, upper: Optional[PathLike] = None,
              threshold: Optional[float] = None,
              batch_size: int = 4, workers: int = 0, device: str = "auto", seed: int = 0,
-             progress: bool = True) -> Dict[str, Any]:
+             progress: bool = True, max_bad_fraction: Optional[float] = None) -> Dict[str, Any]:
     """Evaluate `checkpoint` (+ optional Random FT checkpoint) on a list file; returns the result dict
-    (rows, per-class usage, static/motion means) that `format_table` prints and `--json` writes."""
+    (rows, per-class usage, static/motion means) that `format_table` prints and `--json` writes.
+
+    Unreadable videos are skipped and counted; more than `max_bad_fraction` of the list (default: the
+    checkpoint's recipe's `data.max_bad_fraction`, the rule its training ran under) is a RuntimeError.
+    """
     t0 = time.time()
     data_list = Path(require_file(data_list, "list file", "--data"))
     root = Path(root) if root is not None else data_list.parent
@@ -108,6 +120,7 @@ def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike]
     model, ck = load_model(checkpoint)
     d = ck["data"]
     thr = float(d.get("threshold", 0.5) if threshold is None else threshold)
+    max_bad = recipe_max_bad_fraction(ck) if max_bad_fraction is None else float(max_bad_fraction)
     n_clips = int(num_clips or d.get("num_clips", 10))
     ds = VideoListDataset(data_list, root, cls_file, split="test", num_frames=d["num_frames"],
                           stride=d["stride"], test_crop_size=d["test_crop_size"], num_clips=n_clips,
@@ -141,6 +154,7 @@ def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike]
         ada.add(model(clip, acts), acts, cost, multi, b, n)
         labels.append(lab.numpy())
         indices.append(batch["index"].numpy())
+    BadVideoTracker(max_bad, ds, setting="--max-bad-fraction").check(num_bad=ds.num_bad, num_seen=len(ds))
     if not labels:
         raise RuntimeError(f"no readable video in {data_list}; see the warnings above")
     labels_np, idx = np.concatenate(labels), np.concatenate(indices)
@@ -168,7 +182,7 @@ def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike]
         "checkpoint": str(checkpoint), "random_ft_checkpoint": str(random_ft) if random_ft else None,
         "upper_checkpoint": str(upper) if upper else None,
         "data": str(data_list), "root": str(root), "num_videos": int(len(labels_np)),
-        "num_videos_skipped": ds.num_bad, "num_clips": n_clips,
+        "num_videos_skipped": ds.num_bad, "max_bad_fraction": max_bad, "num_clips": n_clips,
         "metric": "mAP" if multi else "top1", "multi_label": multi, "arch": model.config["arch"],
         "stages": list(model.backbone.stage_names), "num_frames": t, "num_stages": k,
         "crop": d["test_crop_size"], "policy_size": d["policy_size"],
@@ -215,7 +229,7 @@ def format_table(res: Dict[str, Any]) -> str:
     upper_src = res.get("upper_checkpoint") or "the evaluated checkpoint's backbone"
     lines = [f"{res['arch']} (K={res['num_stages']}: {', '.join(res['stages'])}), T={res['num_frames']}, "
              f"crop {res['crop']}, {res['num_videos']} videos x {res['num_clips']} clips, "
-             f"threshold {res['threshold']}",
+             f"{res.get('num_videos_skipped', 0)} unreadable videos skipped, threshold {res['threshold']}",
              f"Upper and Random run {upper_src}.",
              "", f"| Method | {metric} (%) | GFLOPs/clip | backbone | selection | # 3D | # Frame |",
              "|---|---|---|---|---|---|---|"]
@@ -227,8 +241,7 @@ def format_table(res: Dict[str, Any]) -> str:
     lines.append(f"\n\\* includes the selection network ({res['selection_gflops_per_clip']:.4g} GFLOPs/clip: "
                  f"MobileNetV2 x{res['selection_width']} on {res['num_frames']} frames at "
                  f"{res['policy_size']}px). Random: frame p={res['random_policy']['frame_prob']:.3f}, "
-                 f"stage p={res['random_policy']['stage_prob']:.3f}. Ada3D saves "
-                 f"{100 * res['gflops_saving_vs_upper']:.1f}% GFLOPs vs Upper.")
+                 f"stage p={res['random_policy']['stage_prob']:.3f}. {saving_text(res['gflops_saving_vs_upper'])}")
     if res["per_class"]:
         lines += ["", "| Class | kind | videos | Ada3D # 3D | Ada3D # Frame |", "|---|---|---|---|---|"]
         for r in res["per_class"]:
@@ -239,6 +252,13 @@ def format_table(res: Dict[str, Any]) -> str:
         for kind, r in res["by_kind"].items():
             lines.append(f"| {kind} | {r['num_videos']} | {r['mean_3d']:.2f} | {r['mean_frames']:.2f} |")
     return "\n".join(lines)
+
+
+def saving_text(saving: float) -> str:
+    """"Ada3D saves 30.9% GFLOPs vs Upper." or, when it costs more, "Ada3D costs 11.8% more GFLOPs than Upper"."""
+    if saving < 0:
+        return f"Ada3D costs {-100 * saving:.1f}% more GFLOPs than Upper."
+    return f"Ada3D saves {100 * saving:.1f}% GFLOPs vs Upper."
 
 
 def write_json(res: Dict[str, Any], path: PathLike) -> Path:

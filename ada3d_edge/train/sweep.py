@@ -13,9 +13,11 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
+from .build import check_data_paths, resolve_data_paths
 from .config import Recipe
 from .dist import DistInfo, barrier, init_distributed
 from .evaluate import evaluate, write_json
+from .run_dir import check_stage_dir
 from .trainer import train_stage
 
 FIELDS = ["gamma", "ada3d_metric", "ada3d_gflops", "ada3d_mean_3d", "ada3d_mean_frames",
@@ -65,39 +67,62 @@ def plot(points: List[Dict[str, Any]], metric: str, path: Path) -> Path:
 
 
 def run_sweep(recipe: Recipe, gammas: Sequence[float], random_ft: bool = True, num_clips=None,
-              progress: bool = True) -> Dict[str, Any]:
-    """Train and evaluate every gamma; returns the points and the written paths."""
+              progress: bool = True, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
+    """Train and evaluate every gamma; returns the points and the written paths.
+
+    Every stage folder is checked before any work: one that holds an earlier run is refused unless
+    `resume` (finished stages are reused, unfinished ones continue from last.pt) or `overwrite`.
+    """
+    resolve_data_paths(recipe)
+    check_data_paths(recipe)
     base = Path(recipe.output_dir)
     out = base / "sweep"
-    info: DistInfo = init_distributed(recipe.device)
     upper = recipe.init_from.policy or str(base / "upper" / "final.pt")
+    stages = ["policy", "joint"] + (["random_ft"] if random_ft else [])
+    plans = [(float(g), _gamma_recipe(recipe, float(g), out, upper)) for g in gammas]
+    todo = ([(recipe, "upper")] if not Path(upper).is_file() else []) + [(r, s) for _, r in plans for s in stages]
+    for r, stage in todo:
+        check_stage_dir(r.stage_dir(stage), stage, resume, overwrite)
+    info: DistInfo = init_distributed(recipe.device)
     if not Path(upper).is_file():
-        train_stage(recipe, "upper", progress=progress)
+        _train(recipe, "upper", resume, overwrite, progress)
     points, metric = [], "top1"
-    for g in gammas:
-        r: Recipe = copy.deepcopy(recipe)
-        r.policy.gamma = float(g)
-        r.output_dir = str(out / f"gamma_{g:g}")
-        r.init_from.policy = upper
-        r.init_from.random_ft = recipe.init_from.random_ft or upper
-        r.init_from.joint = None
-        train_stage(r, "policy", progress=progress)
-        joint = train_stage(r, "joint", progress=progress)
-        rft = None
-        if random_ft:
-            r.random_policy.frames = r.random_policy.stages = None  # the joint model's measured usage
-            rft = train_stage(r, "random_ft", progress=progress)
+    for g, r in plans:
+        _train(r, "policy", resume, overwrite, progress)
+        joint = _train(r, "joint", resume, overwrite, progress)
+        rft = _train(r, "random_ft", resume, overwrite, progress) if random_ft else None
         if info.is_main:
             res = evaluate(joint, r.data.val_list, root=r.data.root, classes_file=r.data.classes,
                            num_clips=num_clips, random_ft=rft, upper=upper, device=r.device, seed=r.seed,
                            progress=progress)
             write_json(res, out / f"eval_gamma_{g:g}.json")
-            points.append(point(float(g), res))
+            points.append(point(g, res))
             metric = res["metric"]
         barrier(info)
     if info.is_main:
         return write_sweep(points, metric, out)
     return {"points": points, "metric": metric, **_paths(out, "sweep")}
+
+
+def _gamma_recipe(recipe: Recipe, gamma: float, out: Path, upper: str) -> Recipe:
+    r: Recipe = copy.deepcopy(recipe)
+    r.policy.gamma = gamma
+    r.output_dir = str(out / f"gamma_{gamma:g}")
+    r.init_from.policy = upper
+    r.init_from.random_ft = recipe.init_from.random_ft or upper
+    r.init_from.joint = None
+    r.random_policy.frames = r.random_policy.stages = None  # Random FT at the joint model's measured usage
+    return r
+
+
+def _train(r: Recipe, stage: str, resume: bool, overwrite: bool, progress: bool) -> Path:
+    """One stage of the sweep; with `resume` a finished stage is reused and an unfinished one continues."""
+    final, last = r.stage_dir(stage) / "final.pt", r.stage_dir(stage) / "last.pt"
+    if resume and final.is_file():
+        return final
+    resume_this = resume and last.is_file()
+    return train_stage(r, stage, resume=resume_this, overwrite=overwrite or (resume and not resume_this),
+                       progress=progress)
 
 
 def _paths(out: Path, stem: str) -> Dict[str, str]:

@@ -28,6 +28,7 @@ from .config import STAGES, Recipe, save_recipe
 from .dist import DistInfo, all_reduce_sum, barrier, init_distributed
 from .inference import CostModel, quick_validate
 from .rewards import Baseline, frame_prob_for
+from .run_dir import check_stage_dir, clear_stage_outputs
 from .stages import PolicyStep, RandomFtStep, UpperStep, prepare, set_train_modes
 
 COLUMNS = ["epoch", "step", "lr", "time_s", "loss", "acc", "selection_acc", "loss_backbone",
@@ -87,9 +88,10 @@ def random_policy_probs(recipe: Recipe, num_frames: int) -> Dict[str, float]:
 
 class Trainer:
     def __init__(self, recipe: Recipe, stage: str, info: DistInfo, resume: bool, progress: bool,
-                 on_step: Optional[StepHook]):
+                 on_step: Optional[StepHook], overwrite: bool = False):
         self.recipe, self.stage, self.info = recipe, stage, info
         self.resume, self.progress, self.on_step = resume, progress and info.is_main, on_step
+        self.overwrite = overwrite
         self.out = recipe.stage_dir(stage)
 
     def log(self, msg: str) -> None:
@@ -102,11 +104,12 @@ class Trainer:
         self.train_ds = make_dataset(r, "train")
         self.val_ds = make_dataset(r, "test", list_file=r.data.val_list, num_clips=r.data.val_clips)
         self.classes, self.multi_label = self.train_ds.classes, self.train_ds.multi_label
-        self.init = init_path(r, self.stage)
+        self.init = None if self.resume else init_path(r, self.stage)  # resuming: last.pt holds the weights
         self.random = random_policy_probs(r, r.data.num_frames) if self.stage == "random_ft" else None
         seed_everything(r.seed + info.rank)
         self.model = build_model(r, len(self.classes))
-        self.loaded = load_init(self.model, self.init)
+        self.loaded = {} if self.resume else load_init(self.model, self.init)
+        self.resumed_from: Optional[Path] = None
         self.model.to(info.device)
         prepare(self.model, self.stage)
         self.baseline = Baseline(r.policy.baseline, r.policy.baseline_momentum)
@@ -137,7 +140,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, total, warmup, r.optim.schedule))
         self.cost = CostModel(self.model.config, r.data.test_crop)
-        self.tracker = BadVideoTracker(r.data.max_bad_fraction, dataset=self.train_ds)
+        self.tracker = BadVideoTracker(r.data.max_bad_fraction, dataset=self.train_ds,
+                                       setting="data.max_bad_fraction (--max-bad-fraction)")
         self.start_epoch, self.global_step, self.metrics = 0, 0, {}
         if self.resume:
             self._load_last()
@@ -167,6 +171,8 @@ class Trainer:
         self.baseline.load_state_dict(st.get("baseline", {}))
         self.start_epoch, self.global_step = int(ck["epoch"]), int(ck["step"])
         self.metrics = dict(ck.get("metrics", {}))
+        self.loaded = dict(st.get("init") or {"init": "unknown (not recorded in last.pt)"})
+        self.resumed_from = path
         if ck.get("rng") and self.info.is_main:
             set_rng_state(ck["rng"])
         else:  # only rank 0 writes checkpoints: the others get a fresh seed per resumed epoch
@@ -174,6 +180,13 @@ class Trainer:
         if ck.get("recipe") and ck["recipe"] != self._recipe_dict():
             self.log("note: the recipe differs from the one last.pt was trained with; using the new one")
         self.log(f"resuming from {path}: {self.start_epoch} of {self.epochs} epochs done")
+
+    def start_text(self) -> str:
+        """Where the weights came from: the init checkpoint, or the last.pt a resumed run continues."""
+        init = f"init: {self.loaded.get('init')}"
+        if self.resumed_from is None:
+            return init
+        return f"resumed from {self.resumed_from} ({self.start_epoch} of {self.epochs} epochs done; first {init})"
 
     def _recipe_dict(self) -> Dict[str, Any]:
         d = self.recipe.to_dict()
@@ -225,14 +238,14 @@ class Trainer:
         r, info = self.recipe, self.info
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if self.overwrite:
+                clear_stage_outputs(self.out)
             save_recipe(r, self.out / "config.yaml")
             if self.resume:
                 self._trim_csv()
-            elif (self.out / "metrics.csv").exists():
-                (self.out / "metrics.csv").unlink()
             self.log(f"{len(self.train_ds)} training videos, {len(self.classes)} classes, "
                      f"{self.epochs} epochs x {len(self.loader)} steps, world size {info.world_size}, "
-                     f"init: {self.loaded.get('init')}, output: {self.out}")
+                     f"{self.start_text()}, output: {self.out}")
         if self.stage == "policy" and not is_calibrated(self.model.backbone):
             self.calibrate_bn("before stage 1 (its backbone has no per-configuration statistics)")
         barrier(info)
@@ -328,19 +341,22 @@ class Trainer:
         return row
 
 
-def train_stage(recipe: Recipe, stage: str, *, resume: bool = False, progress: bool = True,
-                on_step: Optional[StepHook] = None) -> Path:
+def train_stage(recipe: Recipe, stage: str, *, resume: bool = False, overwrite: bool = False,
+                progress: bool = True, on_step: Optional[StepHook] = None) -> Path:
     """Run one training stage ("upper", "policy", "joint", "random_ft"); returns final.pt's path.
 
+    A stage folder that holds an earlier run is refused (`run_dir.OutputExistsError`) unless
+    `resume` (continue from its last.pt) or `overwrite` (remove its checkpoints and metrics first).
     Every missing file (lists, classes, root, the checkpoint to start from) is reported before any
     training work. Under torchrun the process group is joined here (and left to the caller to end).
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+    check_stage_dir(recipe.stage_dir(stage), stage, resume, overwrite)
     resolve_data_paths(recipe)
     check_data_paths(recipe)
     info = init_distributed(recipe.device)
-    return Trainer(recipe, stage, info, resume, progress, on_step).run()
+    return Trainer(recipe, stage, info, resume, progress, on_step, overwrite).run()
 
 
 __all__ = ["train_stage", "Trainer", "random_policy_probs", "COLUMNS"]
