@@ -48,7 +48,7 @@ def _end_distributed() -> None:
               help="Random FT usage targets (fractions of T and K); default: the recipe's, else the "
                    "joint stage's measured usage.")
 @click.option("--init-from", default=None, type=click.Path(dir_okay=False),
-              help="Checkpoint to start from (ada3d, pytorchvideo or PySlowFast); default: the previous "
+              help="Checkpoint to start from (ada3d, pytorchvideo, PySlowFast or mmaction2); default: the previous "
                    "stage's final.pt.")
 @click.option("--output-dir", default=None, help="Override output_dir.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
