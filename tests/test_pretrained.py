@@ -56,6 +56,37 @@ def _randomised(arch, classes=6, **kw):
     return model
 
 
+def _well_scaled(model, seed=0):
+    """Random weights that keep activations finite through 16 blocks (BN variances > 0), eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for k, p in model.state_dict().items():
+            if re.search(r"(running_var|bn(_[abc])?\.weight)$", k):
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+            elif p.is_floating_point() and p.dim() == 1 and not is_config_bn_key(k):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            elif p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("scheme", ["pytorchvideo", "pyslowfast"])
+@pytest.mark.parametrize("arch,pool", [("slow_r50", False), ("i3d_r50", False), ("i3d_r50", True)])
+def test_full_depth_checkpoint_forward_matches_the_source_model(tmp_path, scheme, arch, pool):
+    """R50 block counts (3,4,6,3: every key of the real files; I3D's alternating kernels), thin widths."""
+    thin = dict(num_classes=400, widths=(8, 16, 32, 64), stem_width=8, temporal_pool=pool)
+    src = _well_scaled(build_backbone(arch, **thin))
+    state = _to_pytorchvideo(src.state_dict(), pool) if scheme == "pytorchvideo" else _to_pyslowfast(src.state_dict())
+    path = tmp_path / "ckpt.pyth"
+    torch.save({"model_state": state, "epoch": 196, "cfg": "MODEL:\n  ARCH: i3d\n"}, path)
+    dst = build_backbone(arch, **thin).eval()
+    assert load_pretrained(dst, path)["source"] == scheme
+    clip = torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (dst(clip) - src(clip)).abs().max().item() <= 1e-5
+        assert (dst.forward_features(clip) - src.forward_features(clip)).abs().max().item() <= 1e-5
+
+
 @pytest.mark.parametrize("arch,pool", [("slow_tiny", False), ("i3d_tiny", True)])
 def test_pytorchvideo_checkpoint(tmp_path, arch, pool):
     src = _randomised(arch, temporal_pool=pool)
