@@ -78,13 +78,41 @@ def test_full_depth_checkpoint_forward_matches_the_source_model(tmp_path, scheme
     src = _well_scaled(build_backbone(arch, **thin))
     state = _to_pytorchvideo(src.state_dict(), pool) if scheme == "pytorchvideo" else _to_pyslowfast(src.state_dict())
     path = tmp_path / "ckpt.pyth"
-    torch.save({"model_state": state, "epoch": 196, "cfg": "MODEL:\n  ARCH: i3d\n"}, path)
+    ckpt = {"model_state": state, "epoch": 196}
+    if scheme == "pyslowfast" and (pool or arch == "slow_r50"):  # its i3d always pools: no config here
+        ckpt["cfg"] = f"MODEL:\n  ARCH: {arch[:-4]}\n  NUM_CLASSES: 400\n"
+    torch.save(ckpt, path)
     dst = build_backbone(arch, **thin).eval()
-    assert load_pretrained(dst, path)["source"] == scheme
+    info = load_pretrained(dst, path)
+    assert info["source"] == scheme
+    if "cfg" in ckpt or scheme == "pytorchvideo":
+        assert info["notes"] == []
+    else:
+        assert "temporal pooling was not checked" in info["notes"][0]
     clip = torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert (dst(clip) - src(clip)).abs().max().item() <= 1e-5
         assert (dst.forward_features(clip) - src.forward_features(clip)).abs().max().item() <= 1e-5
+
+
+def test_temporal_pool_of_the_file_must_match(tmp_path):
+    """pytorchvideo's I3D shows its pool as a gap in the block numbers; PySlowFast's i3d pools (its cfg)."""
+    src = _randomised("i3d_tiny", temporal_pool=True)
+    pv, sf = tmp_path / "I3D_8x8_R50.pyth", tmp_path / "i3d.pyth"
+    torch.save({"model_state": _to_pytorchvideo(src.state_dict(), True)}, pv)
+    torch.save({"model_state": _to_pyslowfast(src.state_dict()), "cfg": "MODEL:\n  ARCH: i3d\n"}, sf)
+    for path, what in ((pv, r"stage blocks \[1, 3, 4, 5\]"), (sf, "MODEL.ARCH=i3d")):
+        with pytest.raises(CheckpointMismatchError, match=what + ": a temporal max-pool .*backbone.temporal_pool: true"):
+            load_pretrained(build_backbone("i3d_tiny", num_classes=6), path)
+        load_pretrained(build_backbone("i3d_tiny", num_classes=6, temporal_pool=True), path)
+    with pytest.raises(CheckpointMismatchError, match=r"stage blocks \[1, 2, 3, 4\]: no temporal max-pool"):
+        load_pretrained(build_backbone("i3d_tiny", num_classes=6, temporal_pool=True), _save_pv(tmp_path, src))
+
+
+def _save_pv(tmp_path, model):
+    path = tmp_path / "no_pool.pyth"
+    torch.save({"model_state": _to_pytorchvideo(model.state_dict(), False)}, path)
+    return path
 
 
 @pytest.mark.parametrize("arch,pool", [("slow_tiny", False), ("i3d_tiny", True)])

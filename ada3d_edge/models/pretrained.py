@@ -1,8 +1,8 @@
 """Import pytorchvideo hub, PySlowFast and mmaction2 checkpoints into our backbones.
 
 Each checkpoint scheme is a spec in `SCHEMES`: how to recognise it, a key filter that renames its keys
-to ours (timm style) and, where the weights cannot show everything (mmaction2's temporal strides and
-pooling), a check of the config the file carries. Missing, unexpected and mis-shaped keys, temporal
+to ours (timm style) and a check of what the weights cannot show (temporal pooling; mmaction2's
+temporal strides), from the key numbering or the config the file carries. Missing, unexpected and mis-shaped keys, temporal
 kernels that differ from the arch's and config settings we do not build are listed in one error.
 Files are read with `torch.load(weights_only=True)`; besides tensors only numpy scalars, arrays and
 dtypes (found in training metadata) are allowed, anything else is refused by name, unread.
@@ -116,9 +116,45 @@ class Scheme:
     check: Optional[ConfigCheck] = None
 
 
+def _pool_mismatch(pooled: bool, what: str, spec: BackboneSpec) -> List[str]:
+    if pooled == spec.temporal_pool:
+        return []
+    fix = str(pooled).lower()
+    return [f"{what}: {'a' if pooled else 'no'} temporal max-pool (2,1,1) after res2, but {spec.name} is "
+            f"built with temporal_pool={spec.temporal_pool}; set model.backbone.temporal_pool: {fix} in the recipe"]
+
+
+def _check_pytorchvideo(ckpt: Any, spec: BackboneSpec, _ignore_strides: bool) -> Tuple[List[str], List[str]]:
+    """pytorchvideo's I3D holds its temporal pool as a block of its own (no weights): the stage blocks
+    are then numbered 1, 3, 4, 5."""
+    ids = sorted({int(m.group(1)) for k in state_dict_of(ckpt, "checkpoint")
+                  for m in [re.match(r"blocks\.(\d+)\.res_blocks\.", k)] if m})
+    pooled = len(ids) > 1 and ids[1] - ids[0] > 1
+    return _pool_mismatch(pooled, f"stage blocks {ids}", spec), []
+
+
+def _check_pyslowfast(ckpt: Any, spec: BackboneSpec, _ignore_strides: bool) -> Tuple[List[str], List[str]]:
+    """PySlowFast's `i3d` and `c2d` pool (2,1,1) after res2 (its `_POOL1`), which no weight shows; its
+    checkpoints hold the config as a YAML dump (`cfg`), read with yaml.safe_load."""
+    import yaml
+
+    text = ckpt.get("cfg") if isinstance(ckpt, dict) else None
+    try:
+        cfg = yaml.safe_load(text) if isinstance(text, str) else None
+    except yaml.YAMLError:
+        cfg = None
+    arch = (cfg.get("MODEL") or {}).get("ARCH") if isinstance(cfg, dict) else None
+    if not isinstance(arch, str):
+        return [], ["the file holds no cfg naming MODEL.ARCH: its temporal pooling was not checked "
+                    "(PySlowFast's i3d pools after res2)"]
+    return _pool_mismatch(arch.lower() in ("i3d", "c2d"), f"MODEL.ARCH={arch}", spec), []
+
+
 SCHEMES: Dict[str, Scheme] = {s.name: s for s in (
-    Scheme("pytorchvideo", lambda keys: any(k.startswith("blocks.0.") for k in keys), from_pytorchvideo),
-    Scheme("pyslowfast", lambda keys: any(k.startswith("s1.pathway0_stem") for k in keys), from_pyslowfast),
+    Scheme("pytorchvideo", lambda keys: any(k.startswith("blocks.0.") for k in keys), from_pytorchvideo,
+           check=_check_pytorchvideo),
+    Scheme("pyslowfast", lambda keys: any(k.startswith("s1.pathway0_stem") for k in keys), from_pyslowfast,
+           check=_check_pyslowfast),
     Scheme("mmaction2", mmaction.is_mmaction2, mmaction.from_mmaction2, mmaction.short_name,
            mmaction.check_config),
     Scheme("native", lambda keys: True, lambda s: s),
