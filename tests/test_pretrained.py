@@ -102,7 +102,7 @@ def test_temporal_pool_of_the_file_must_match(tmp_path):
     torch.save({"model_state": _to_pytorchvideo(src.state_dict(), True)}, pv)
     torch.save({"model_state": _to_pyslowfast(src.state_dict()), "cfg": "MODEL:\n  ARCH: i3d\n"}, sf)
     for path, what in ((pv, r"stage blocks \[1, 3, 4, 5\]"), (sf, "MODEL.ARCH=i3d")):
-        with pytest.raises(CheckpointMismatchError, match=what + ": a temporal max-pool .*backbone.temporal_pool: true"):
+        with pytest.raises(CheckpointMismatchError, match=what + ": a temporal max-pool .*temporal_pool: true"):
             load_pretrained(build_backbone("i3d_tiny", num_classes=6), path)
         load_pretrained(build_backbone("i3d_tiny", num_classes=6, temporal_pool=True), path)
     with pytest.raises(CheckpointMismatchError, match=r"stage blocks \[1, 2, 3, 4\]: no temporal max-pool"):

@@ -243,6 +243,12 @@ def test_mismatched_arch_is_refused_with_the_kernels_named(tmp_path):
     msg = str(e.value)
     assert "layer3.0.conv2: file has kt=3, slow_r50 expects 1" in msg and "layer3.0.conv1: file has kt=1" in msg
     assert "inflate_style='3x3x3'" in msg
+    # another mmaction2 backbone: recognised as mmaction2, refused by type
+    fast = {k.replace("backbone.", "backbone.slow_path."): v
+            for k, v in mmaction2_state(depth=(1, 1, 1, 1), base=8).items()}
+    sf = _save(tmp_path, mmengine_checkpoint(fast, dict(type="ResNet3dSlowFast", pretrained=None)), "sf.pth")
+    with pytest.raises(CheckpointMismatchError, match="backbone type 'ResNet3dSlowFast': only ResNet3d / "):
+        load_pretrained(build_backbone("slow_tiny", num_classes=400), sf)
 
 
 def test_missing_and_unexpected_keys_are_listed(tmp_path):
@@ -372,8 +378,8 @@ def test_parity_with_mmaction2_itself(tmp_path):
     """Where mmaction2 imports: its own ResNet3dSlowOnly / ResNet3d with random weights, saved as its
     Recognizer3D keys, must give our imported model the same features."""
     pytest.importorskip("mmaction.models.backbones.resnet3d", reason=(
-        "mmaction2 does not import here: it needs mmcv (pip has no mmcv wheel for this torch/CPU; "
-        "mmcv-lite would do) and mmengine"))
+        "mmaction2 does not import here: it needs mmcv and mmengine, and pip has no mmcv wheel for "
+        "this torch on CPU"))
     from mmaction.models.backbones.resnet3d import ResNet3d
     from mmaction.models.backbones.resnet3d_slowonly import ResNet3dSlowOnly
 

@@ -28,7 +28,8 @@ BACKBONE_TYPES = ("ResNet3d", "ResNet3dSlowOnly")
 
 
 def is_mmaction2(keys: List[str]) -> bool:
-    return any(k.startswith(("backbone.conv1.conv.", "backbone.layer1.", "cls_head.fc_cls.")) for k in keys)
+    """A recognizer's keys: `backbone.*` and `cls_head.*` (any backbone: the config check names it)."""
+    return any(k.startswith(("backbone.", "cls_head.")) for k in keys)
 
 
 def from_mmaction2(state: Dict[str, Any]) -> Dict[str, Any]:
@@ -133,7 +134,7 @@ def check_config(ckpt: Any, spec: BackboneSpec, ignore_temporal_strides: bool) -
     kind = str(backbone.get("type", "?")).rsplit(".", 1)[-1]
     if kind not in BACKBONE_TYPES:
         return [f"backbone type {kind!r}: only {' / '.join(BACKBONE_TYPES)} map onto our backbones"], []
-    cfg = _effective(backbone, v1="mmengine_version" in meta)
+    cfg = _effective(backbone, v1="mmengine_version" in meta or "cfg" in meta)  # 0.x (mmcv): 'config'
     problems: List[str] = []
     strides = [f"{k}={cfg[k]!r}" for k, ours in _TEMPORAL_STRIDES.items()
                if cfg[k] is not _UNREAD and _flat(cfg[k]) != _flat(ours)]

@@ -2,8 +2,9 @@
 
 Each checkpoint scheme is a spec in `SCHEMES`: how to recognise it, a key filter that renames its keys
 to ours (timm style) and a check of what the weights cannot show (temporal pooling; mmaction2's
-temporal strides), from the key numbering or the config the file carries. Missing, unexpected and mis-shaped keys, temporal
-kernels that differ from the arch's and config settings we do not build are listed in one error.
+temporal strides), from the key numbering or the config the file carries. Missing, unexpected and
+mis-shaped keys, temporal kernels that differ from the arch's and config settings we do not build are
+listed in one error.
 Files are read with `torch.load(weights_only=True)`; besides tensors only numpy scalars, arrays and
 dtypes (found in training metadata) are allowed, anything else is refused by name, unread.
 """
