@@ -23,6 +23,7 @@ import yaml
 from click.testing import CliRunner
 
 from ada3d_edge.models import CheckpointMismatchError, build_backbone, load_pretrained
+from ada3d_edge.models.mmaction import read_backbone_config
 
 torch.set_num_threads(1)
 
@@ -205,12 +206,18 @@ def test_mmaction2_v0_defaults_and_files_without_config(tmp_path):
     without any config loads on its kernels alone and says what it could not check."""
     sd = mmaction2_state(base=8, conv1_kernel=(5, 7, 7), inflate=I3D["inflate"])
     v0 = {k: v for k, v in I3D.items() if k not in ("conv1_stride_t", "pool1_stride_t")}
+    # 0.x wrote cfg.text: each file of the _base_ chain after its path, bases first (mmcv merges them)
+    text = (f"/work/mmaction2/configs/_base_/models/i3d_r50.py\n{config_text(v0)}"
+            "/work/mmaction2/configs/recognition/i3d/i3d_r50_32x2x1_100e_kinetics400_rgb.py\n"
+            "_base_ = ['../../_base_/models/i3d_r50.py']\nmodel = dict(backbone=dict(pretrained=None))\n")
     meta0 = {"mmcv_version": "1.3.1", "time": "Mon Jul  6 14:00:00 2020", "epoch": 100, "iter": 93800,
-             "config": config_text(v0), "hook_msgs": {"best_score": np.float64(0.7268)}}
+             "mmaction_version": "0.6.0+f0f5da5", "config": text, "hook_msgs": {"best_score": np.float64(0.7268)}}
     path = _save(tmp_path, {"meta": meta0, "state_dict": sd}, "v0.pth")
     model = build_backbone("i3d_r50", num_classes=400, widths=(8, 16, 32, 64), stem_width=8, temporal_pool=True)
     with pytest.raises(CheckpointMismatchError, match="conv1_stride_t=2, pool1_stride_t=2"):
         load_pretrained(model, path)
+    merged = read_backbone_config(meta0)
+    assert merged["pretrained"] is None and merged["conv1_kernel"] == (5, 7, 7)  # child over base
     bare = _save(tmp_path, {"meta": {"epoch": 100}, "state_dict": sd}, "bare.pth")
     info = load_pretrained(model, bare)
     assert "holds no config" in info["notes"][0] and "conv1_stride_t" in info["notes"][0]

@@ -82,21 +82,36 @@ def _literal(node: ast.AST) -> Any:
         return _UNREAD
 
 
+def _merge(base: Any, override: Any) -> Any:
+    """mmcv's Config merge: dicts merge key by key unless the override says `_delete_=True`."""
+    if not isinstance(override, dict):
+        return override
+    own = {k: v for k, v in override.items() if k != "_delete_"}
+    if not isinstance(base, dict) or override.get("_delete_"):
+        return own
+    return {**base, **{k: _merge(base.get(k), v) for k, v in own.items()}}
+
+
 def read_backbone_config(meta: Any) -> Optional[Dict[str, Any]]:
-    """The `model.backbone` dict of the config text in a checkpoint's meta; None when there is none."""
+    """The `model.backbone` dict of the config text in a checkpoint's meta; None when there is none.
+
+    mmengine writes the merged config (`meta['cfg']`); mmaction2 0.x wrote `cfg.text` (`meta['config']`):
+    each file of the `_base_` chain after a line holding its path, bases first, merged here as mmcv did.
+    """
     if not isinstance(meta, dict):
         return None
     text = meta.get("cfg", meta.get("config"))
     if not isinstance(text, str):
         return None
-    try:
-        tree = ast.parse(text)
-    except SyntaxError:
-        return None
-    model = None
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "model" for t in node.targets):
-            model = _literal(node.value)
+    model: Any = None
+    for chunk in re.split(r"(?m)^\S+\.py[ \t]*$", text):
+        try:
+            tree = ast.parse(chunk)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "model" for t in node.targets):
+                model = _merge(model, _literal(node.value))
     backbone = model.get("backbone") if isinstance(model, dict) else None
     return backbone if isinstance(backbone, dict) else None
 
