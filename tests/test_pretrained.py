@@ -156,8 +156,22 @@ def test_wrong_temporal_kernels_are_listed(tmp_path):
     path = tmp_path / "i3d.pyth"
     torch.save({"model_state": _randomised("slow_tiny").state_dict()}, path)
     other = build_backbone("slow_tiny", num_classes=6, stem_kernel_t=5)
-    with pytest.raises(CheckpointMismatchError, match=r"shape mismatch \(1\): stem.conv.weight"):
+    with pytest.raises(CheckpointMismatchError, match=r"shape mismatch \(1\): stem.conv.weight") as e:
         load_pretrained(other, path)
+    assert "temporal kernels (1): stem.conv: file has kt=1, slow_tiny expects 5" in str(e.value)
+
+
+@pytest.mark.parametrize("scheme", ["pytorchvideo", "pyslowfast"])
+def test_other_arch_is_refused_with_the_kernels_named_in_the_file_s_terms(tmp_path, scheme):
+    thin = dict(num_classes=400, widths=(8, 16, 32, 64), stem_width=8)
+    src = build_backbone("i3d_r50", **thin).state_dict()
+    path = tmp_path / "i3d.pyth"
+    torch.save({"model_state": _to_pytorchvideo(src, False) if scheme == "pytorchvideo" else _to_pyslowfast(src)}, path)
+    with pytest.raises(CheckpointMismatchError) as e:
+        load_pretrained(build_backbone("slow_r50", **thin), path)
+    first = {"pytorchvideo": "blocks.1.res_blocks.0.branch2.conv_a", "pyslowfast": "s2.pathway0_res0.branch2.a"}
+    assert f"{first[scheme]}: file has kt=3, slow_r50 expects 1" in str(e.value)
+    assert "The file's temporal kernels are those of i3d_r50" in str(e.value)
 
 
 def test_head_with_other_class_count_only_reset_when_asked(tmp_path):
