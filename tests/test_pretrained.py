@@ -56,6 +56,65 @@ def _randomised(arch, classes=6, **kw):
     return model
 
 
+def _well_scaled(model, seed=0):
+    """Random weights that keep activations finite through 16 blocks (BN variances > 0), eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for k, p in model.state_dict().items():
+            if re.search(r"(running_var|bn(_[abc])?\.weight)$", k):
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+            elif p.is_floating_point() and p.dim() == 1 and not is_config_bn_key(k):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            elif p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("scheme", ["pytorchvideo", "pyslowfast"])
+@pytest.mark.parametrize("arch,pool", [("slow_r50", False), ("i3d_r50", False), ("i3d_r50", True)])
+def test_full_depth_checkpoint_forward_matches_the_source_model(tmp_path, scheme, arch, pool):
+    """R50 block counts (3,4,6,3: every key of the real files; I3D's alternating kernels), thin widths."""
+    thin = dict(num_classes=400, widths=(8, 16, 32, 64), stem_width=8, temporal_pool=pool)
+    src = _well_scaled(build_backbone(arch, **thin))
+    state = _to_pytorchvideo(src.state_dict(), pool) if scheme == "pytorchvideo" else _to_pyslowfast(src.state_dict())
+    path = tmp_path / "ckpt.pyth"
+    ckpt = {"model_state": state, "epoch": 196}
+    if scheme == "pyslowfast" and (pool or arch == "slow_r50"):  # its i3d always pools: no config here
+        ckpt["cfg"] = f"MODEL:\n  ARCH: {arch[:-4]}\n  NUM_CLASSES: 400\n"
+    torch.save(ckpt, path)
+    dst = build_backbone(arch, **thin).eval()
+    info = load_pretrained(dst, path)
+    assert info["source"] == scheme
+    if "cfg" in ckpt or scheme == "pytorchvideo":
+        assert info["notes"] == []
+    else:
+        assert "temporal pooling was not checked" in info["notes"][0]
+    clip = torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (dst(clip) - src(clip)).abs().max().item() <= 1e-5
+        assert (dst.forward_features(clip) - src.forward_features(clip)).abs().max().item() <= 1e-5
+
+
+def test_temporal_pool_of_the_file_must_match(tmp_path):
+    """pytorchvideo's I3D shows its pool as a gap in the block numbers; PySlowFast's i3d pools (its cfg)."""
+    src = _randomised("i3d_tiny", temporal_pool=True)
+    pv, sf = tmp_path / "I3D_8x8_R50.pyth", tmp_path / "i3d.pyth"
+    torch.save({"model_state": _to_pytorchvideo(src.state_dict(), True)}, pv)
+    torch.save({"model_state": _to_pyslowfast(src.state_dict()), "cfg": "MODEL:\n  ARCH: i3d\n"}, sf)
+    for path, what in ((pv, r"stage blocks \[1, 3, 4, 5\]"), (sf, "MODEL.ARCH=i3d")):
+        with pytest.raises(CheckpointMismatchError, match=what + ": a temporal max-pool .*temporal_pool: true"):
+            load_pretrained(build_backbone("i3d_tiny", num_classes=6), path)
+        load_pretrained(build_backbone("i3d_tiny", num_classes=6, temporal_pool=True), path)
+    with pytest.raises(CheckpointMismatchError, match=r"stage blocks \[1, 2, 3, 4\]: no temporal max-pool"):
+        load_pretrained(build_backbone("i3d_tiny", num_classes=6, temporal_pool=True), _save_pv(tmp_path, src))
+
+
+def _save_pv(tmp_path, model):
+    path = tmp_path / "no_pool.pyth"
+    torch.save({"model_state": _to_pytorchvideo(model.state_dict(), False)}, path)
+    return path
+
+
 @pytest.mark.parametrize("arch,pool", [("slow_tiny", False), ("i3d_tiny", True)])
 def test_pytorchvideo_checkpoint(tmp_path, arch, pool):
     src = _randomised(arch, temporal_pool=pool)
@@ -97,8 +156,22 @@ def test_wrong_temporal_kernels_are_listed(tmp_path):
     path = tmp_path / "i3d.pyth"
     torch.save({"model_state": _randomised("slow_tiny").state_dict()}, path)
     other = build_backbone("slow_tiny", num_classes=6, stem_kernel_t=5)
-    with pytest.raises(CheckpointMismatchError, match=r"shape mismatch \(1\): stem.conv.weight"):
+    with pytest.raises(CheckpointMismatchError, match=r"shape mismatch \(1\): stem.conv.weight") as e:
         load_pretrained(other, path)
+    assert "temporal kernels (1): stem.conv: file has kt=1, slow_tiny expects 5" in str(e.value)
+
+
+@pytest.mark.parametrize("scheme", ["pytorchvideo", "pyslowfast"])
+def test_other_arch_is_refused_with_the_kernels_named_in_the_file_s_terms(tmp_path, scheme):
+    thin = dict(num_classes=400, widths=(8, 16, 32, 64), stem_width=8)
+    src = build_backbone("i3d_r50", **thin).state_dict()
+    path = tmp_path / "i3d.pyth"
+    torch.save({"model_state": _to_pytorchvideo(src, False) if scheme == "pytorchvideo" else _to_pyslowfast(src)}, path)
+    with pytest.raises(CheckpointMismatchError) as e:
+        load_pretrained(build_backbone("slow_r50", **thin), path)
+    first = {"pytorchvideo": "blocks.1.res_blocks.0.branch2.conv_a", "pyslowfast": "s2.pathway0_res0.branch2.a"}
+    assert f"{first[scheme]}: file has kt=3, slow_r50 expects 1" in str(e.value)
+    assert "The file's temporal kernels are those of i3d_r50" in str(e.value)
 
 
 def test_head_with_other_class_count_only_reset_when_asked(tmp_path):

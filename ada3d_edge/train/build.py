@@ -104,8 +104,10 @@ def is_ada3d_checkpoint(path: str) -> bool:
 
 
 def load_init(model: Ada3D, path: Optional[str]) -> Dict[str, Any]:
-    """Load an ada3d checkpoint (whole model) or foreign backbone weights (pytorchvideo / PySlowFast,
-    head re-initialised when the class count differs). Returns what was loaded, for the log."""
+    """Load an ada3d checkpoint (whole model) or foreign backbone weights (pytorchvideo / PySlowFast /
+    mmaction2; head re-initialised when the class count differs; temporal strides of the file's config,
+    which our backbones do not have, ignored: fine-tuning starts from the weights). Returns what was
+    loaded, for the log."""
     if path is None:
         return {"init": "scratch"}
     if is_ada3d_checkpoint(path):
@@ -119,7 +121,7 @@ def load_init(model: Ada3D, path: Optional[str]) -> Dict[str, Any]:
         load_ada3d_state(model, ckpt["model"])
         return {"init": path, "init_stage": ckpt.get("stage"), "init_metrics": ckpt.get("metrics", {})}
     from ..models.pretrained import load_pretrained
-    skipped = load_pretrained(model, path, reset_head=True)
+    skipped = load_pretrained(model, path, reset_head=True, ignore_temporal_strides=True)
     return {"init": path, "init_stage": "pretrained", **skipped}
 
 

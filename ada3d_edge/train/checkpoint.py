@@ -58,7 +58,8 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
         raise ValueError(f"cannot read checkpoint {path} (corrupt, truncated, or holds pickled objects): {e}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not an ada3d checkpoint (no format={FORMAT!r}); "
-                         "to import pytorchvideo/PySlowFast weights use load_pretrained / `init_from` in a recipe")
+                         "to import pytorchvideo/PySlowFast/mmaction2 weights use load_pretrained / "
+                         "`init_from` in a recipe")
     if int(ckpt.get("version", 0)) > VERSION:
         raise ValueError(f"{path} has checkpoint version {ckpt['version']}; this ada3d_edge reads <= {VERSION}")
     return ckpt

@@ -82,7 +82,7 @@ def _interrupted(recipe, stage: str, later: Sequence[str], ctx: click.Context) -
               help="Random FT usage targets (fractions of T and K); default: the recipe's, else the "
                    "joint stage's measured usage.")
 @click.option("--init-from", default=None, type=click.Path(dir_okay=False),
-              help="Checkpoint to start from (ada3d, pytorchvideo or PySlowFast); default: the previous "
+              help="Checkpoint to start from (ada3d, pytorchvideo, PySlowFast or mmaction2); default: the previous "
                    "stage's final.pt.")
 @click.option("--output-dir", default=None, help="Override output_dir.")
 @click.option("--max-bad-fraction", type=click.FloatRange(0.0, 1.0), default=None,
