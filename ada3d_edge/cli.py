@@ -183,16 +183,17 @@ def run_cmd(bundle: str, sources: tuple[str, ...], backend: str, device, thresho
 
     Exits 1 when a source ended in error or no window was processed (the summary says which and why).
     """
-    from .runtime.app import run_failure, run_streams
+    from .runtime.app import RunOptions, run_failure, run_streams
     from .runtime.backends.base import USER_ERRORS
-    from .runtime.sources import SourceError
+    from .runtime.sources import SourceError, SourceOptions
 
     try:
-        summary = run_streams(bundle, list(sources), backend=backend, device=device, threshold=threshold,
-                              hop=hop, max_batch=max_batch, queue_size=queue_size, jsonl=jsonl,
-                              overlay=overlay, show=show, topk=topk, max_windows=max_windows,
-                              duration=duration, max_reconnects=max_reconnects, realtime=realtime,
-                              threads=threads, spinning=spinning, source_options={"open_timeout_s": open_timeout, "open_attempts": open_attempts})
+        options = RunOptions(backend=backend, device=device, threshold=threshold, threads=threads,
+                             spinning=spinning, hop=hop, max_batch=max_batch, queue_size=queue_size, jsonl=jsonl,
+                             overlay=overlay, show=show, topk=topk, max_windows=max_windows, duration=duration,
+                             source=SourceOptions(max_reconnects=max_reconnects, open_attempts=open_attempts,
+                                                  open_timeout_s=open_timeout, realtime=realtime))
+        summary = run_streams(bundle, list(sources), options)
     except SourceError as e:
         raise click.BadParameter(str(e), param_hint="--source") from e
     except USER_ERRORS as e:  # bundle, option or machine: one line; anything else is a bug (traceback)
