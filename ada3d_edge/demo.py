@@ -122,7 +122,7 @@ def _stream(plan: DemoPlan, bundle: Path, data: Path, work: Path, steps: _Steps,
             echo: Callable[[str], None]) -> Dict[str, Any]:
     from .runtime.app import RunOptions, run_streams
     from .runtime.sources import SourceOptions
-    from .runtime.loopback import FFMPEG, free_port, start_http_server, stop_process, wait_port
+    from .testing.loopback import FFMPEG, free_port, start_http_server, stop_process, wait_port
 
     steps.start("run the runtime on a stream")
     first_val = (data / "val.txt").read_text().split()[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ada3d_edge.runtime.loopback import (FFMPEG, RTSP_RELAY, free_port, start_http_server,  # noqa: F401
+from ada3d_edge.testing.loopback import (FFMPEG, RTSP_RELAY, free_port, start_http_server,  # noqa: F401
                                        start_rtsp_push, start_rtsp_relay, stop_process, wait_port)
 
 
