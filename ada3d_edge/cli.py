@@ -148,9 +148,12 @@ def build_engines_cmd(bundle: str, profile_path, fp16: bool, int8: bool, calib, 
 from .runtime import backends as _backends  # noqa: E402  (the backend table only: no numpy, no onnxruntime)
 
 @main.command("run")
-@click.argument("bundle", type=click.Path(exists=True))
-@click.option("--source", "-s", "sources", multiple=True, required=True,
+@click.argument("bundle", type=click.Path(exists=True), required=False)
+@click.option("--source", "-s", "sources", multiple=True,
               help="Camera index, video file, rtsp:// or http(s):// URL, or GStreamer pipeline. Repeatable.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Multi-camera YAML (runtime/README.md): bundle, sources with their own options, sinks; "
+                   "options given here win over it.")
 @click.option("--backend", type=click.Choice(_backends.backend_kinds(runs_bundle=True)), default="ort",
               show_default=True, help="Backends that run from a bundle alone (the backend table).")
 @click.option("--device", type=click.Choice(_backends.device_choices(_backends.backend_kinds(runs_bundle=True))),
@@ -182,23 +185,24 @@ from .runtime import backends as _backends  # noqa: E402  (the backend table onl
               help="ONNX Runtime intra-op threads (benchmarks/results/run_threads.md).")
 @click.option("--spin/--no-spin", "spinning", default=_backends.ORT_RUN_SPINNING, show_default=True,
               help="Let ONNX Runtime's idle intra-op threads spin (costs p95 latency under load).")
-def run_cmd(bundle: str, sources: tuple[str, ...], backend: str, device, threshold, hop, max_batch: int,
-            queue_size: int, jsonl, overlay, show: bool, topk: int, max_windows, duration, max_reconnects,
-            open_timeout: float, open_attempts: int, realtime, threads: int, spinning: bool) -> None:
+def run_cmd(bundle, sources: tuple[str, ...], config_path, **params) -> None:
     """Classify streams from one or more sources with the bundle; prints a summary at the end.
 
     Exits 1 when a source ended in error or no window was processed (the summary says which and why).
     """
+    from click.core import ParameterSource
+
     from .runtime.app import run_failure, run_streams
     from .runtime.backends.base import USER_ERRORS
+    from .runtime.config import load_run_config, resolve_run
     from .runtime.sources import SourceError
 
+    ctx = click.get_current_context()
+    given = {k for k in params if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     try:
-        summary = run_streams(bundle, list(sources), backend=backend, device=device, threshold=threshold,
-                              hop=hop, max_batch=max_batch, queue_size=queue_size, jsonl=jsonl,
-                              overlay=overlay, show=show, topk=topk, max_windows=max_windows,
-                              duration=duration, max_reconnects=max_reconnects, realtime=realtime,
-                              threads=threads, spinning=spinning, source_options={"open_timeout_s": open_timeout, "open_attempts": open_attempts})
+        config = load_run_config(config_path) if config_path else None
+        bundle, entries, options = resolve_run(bundle, list(sources), params, given, config)
+        summary = run_streams(bundle, entries, options)
     except SourceError as e:
         raise click.BadParameter(str(e), param_hint="--source") from e
     except USER_ERRORS as e:  # bundle, option or machine: one line; anything else is a bug (traceback)

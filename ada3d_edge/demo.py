@@ -124,8 +124,9 @@ def _export(ckpt: Path, bundle: Path, steps: _Steps, progress: bool) -> Path:
 
 def _stream(plan: DemoPlan, bundle: Path, data: Path, work: Path, steps: _Steps,
             echo: Callable[[str], None]) -> Dict[str, Any]:
-    from .runtime.app import run_streams
-    from .runtime.loopback import FFMPEG, free_port, start_http_server, stop_process, wait_port
+    from .runtime.app import RunOptions, run_streams
+    from .runtime.sources import SourceOptions
+    from .testing.loopback import FFMPEG, free_port, start_http_server, stop_process, wait_port
 
     steps.start("run the runtime on a stream")
     first_val = (data / "val.txt").read_text().split()[0]
@@ -141,9 +142,9 @@ def _stream(plan: DemoPlan, bundle: Path, data: Path, work: Path, steps: _Steps,
             server = None
     echo(f"  source: {source}" + ("" if server else "  (ffmpeg absent: read as a file)"))
     try:
-        summary = run_streams(str(bundle), [source], jsonl=str(work / "run.jsonl"),
-                              overlay=str(work / "overlay.mp4"), max_windows=plan.stream_windows,
-                              duration=120.0, max_reconnects=3)
+        summary = run_streams(str(bundle), [source], RunOptions(
+            jsonl=str(work / "run.jsonl"), overlay=str(work / "overlay.mp4"), max_windows=plan.stream_windows,
+            duration=120.0, source=SourceOptions(max_reconnects=3))).to_json()
     finally:
         stop_process(server)
     (work / "run_summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ada3d_edge.runtime.loopback import (FFMPEG, RTSP_RELAY, free_port, start_http_server,  # noqa: F401
+from ada3d_edge.testing.loopback import (FFMPEG, RTSP_RELAY, free_port, start_http_server,  # noqa: F401
                                        start_rtsp_push, start_rtsp_relay, stop_process, wait_port)
 
 
@@ -83,10 +83,12 @@ class StandInPredictor:
 def main(argv: list[str]) -> None:
     """Run the stream app with the stand-in predictor on the given sources (used by the SIGINT test)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from ada3d_edge.runtime.app import run_streams
+    from ada3d_edge.runtime.app import RunOptions, run_streams
+    from ada3d_edge.runtime.sources import SourceOptions
 
-    run_streams(None, argv, predictor=StandInPredictor(delay_s=0.05), jsonl="-", topk=2, hop=2,
-                max_reconnects=None, source_options={"reconnect_backoff": (0.05, 0.2), "open_attempts": None})
+    options = RunOptions(jsonl="-", topk=2, hop=2, source=SourceOptions(reconnect_backoff=(0.05, 0.2),
+                                                                        open_attempts=None))
+    run_streams(None, argv, options, predictor=StandInPredictor(delay_s=0.05))
 
 
 if __name__ == "__main__":

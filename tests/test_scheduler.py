@@ -17,10 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from ada3d_edge.cli import main
-from ada3d_edge.runtime.app import run_streams
+from ada3d_edge.runtime.app import RunOptions, run_streams
 from ada3d_edge.runtime.scheduler import Scheduler, format_summary
 from ada3d_edge.runtime.sinks import overlay_path
-from ada3d_edge.runtime.sources import SourceError, SourceReader, parse_source
+from ada3d_edge.runtime.sources import SourceError, SourceOptions, SourceReader, parse_source
 from stream_helpers import StandInPredictor, free_port, make_clip, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def clip(tmp_path):
 
 def test_file_source_ends_cleanly_with_summary(clip, capsys):
     pred = StandInPredictor(num_frames=4, stride=2)
-    summary = run_streams(None, [str(clip)], predictor=pred, queue_size=50, max_batch=3)
+    summary = run_streams(None, [str(clip)], RunOptions(queue_size=50, max_batch=3), predictor=pred).to_json()
     # 60 raw frames, stride 2 -> 30 sampled; T=4, hop=T -> windows at 4, 8, ..., 28 sampled
     assert summary["windows"] == 7 and summary["stop_reason"] == "sources_ended"
     src = summary["sources"][0]
@@ -49,8 +49,8 @@ def test_file_source_ends_cleanly_with_summary(clip, capsys):
 
 def test_drop_oldest_is_counted_under_a_slow_predictor(clip):
     pred = StandInPredictor(num_frames=4, stride=1, delay_s=0.15)
-    summary = run_streams(None, [str(clip)], predictor=pred, hop=1, queue_size=2, max_batch=1,
-                          jsonl=os.devnull, realtime=True)
+    summary = run_streams(None, [str(clip)], RunOptions(hop=1, queue_size=2, max_batch=1, jsonl=os.devnull,
+                                                        source=SourceOptions(realtime=True)), predictor=pred).to_json()
     src = summary["sources"][0]
     assert src["windows"] == 57  # 60 frames, T=4, hop 1
     assert src["dropped"] > 0 and src["processed"] + src["dropped"] == src["windows"]
@@ -59,8 +59,8 @@ def test_drop_oldest_is_counted_under_a_slow_predictor(clip):
 
 def test_file_source_waits_instead_of_dropping_by_default(clip):
     pred = StandInPredictor(num_frames=4, stride=1, delay_s=0.02)
-    summary = run_streams(None, [str(clip)], predictor=pred, hop=1, queue_size=2, max_batch=1,
-                          jsonl=os.devnull)
+    summary = run_streams(None, [str(clip)], RunOptions(hop=1, queue_size=2, max_batch=1, jsonl=os.devnull),
+                          predictor=pred).to_json()
     src = summary["sources"][0]
     assert src["windows"] == 57 and src["dropped"] == 0 and src["processed"] == 57
 
@@ -68,8 +68,8 @@ def test_file_source_waits_instead_of_dropping_by_default(clip):
 def test_jsonl_records_and_newest_windows_survive(clip, tmp_path):
     out = tmp_path / "res.jsonl"
     pred = StandInPredictor(num_frames=4, stride=1, delay_s=0.1)
-    run_streams(None, [str(clip)], predictor=pred, hop=4, queue_size=1, max_batch=1, jsonl=out,
-                topk=1, realtime=True)
+    run_streams(None, [str(clip)], RunOptions(hop=4, queue_size=1, max_batch=1, jsonl=out, topk=1,
+                                              source=SourceOptions(realtime=True)), predictor=pred)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert records and set(records[0]) == {"source", "timestamp", "frame_index", "topk",
                                            "stage_mask", "frames_kept", "latency_ms"}
@@ -82,8 +82,8 @@ def test_max_windows_and_batching_across_sources(tmp_path):
     b = make_clip(tmp_path / "b.mp4", 80)
     pred = StandInPredictor(num_frames=4, stride=1, delay_s=0.02)
     overlay = tmp_path / "ov.mp4"
-    summary = run_streams(None, [str(a), str(b)], predictor=pred, hop=2, queue_size=100,
-                          max_batch=4, max_windows=10, overlay=overlay)
+    summary = run_streams(None, [str(a), str(b)], RunOptions(hop=2, queue_size=100, max_batch=4, max_windows=10,
+                                                            overlay=overlay), predictor=pred).to_json()
     assert summary["windows"] == 10 and summary["stop_reason"] == "max_windows"
     assert max(pred.batches) <= 4 and max(pred.batches) > 1
     assert all(s["processed"] > 0 for s in summary["sources"])  # round-robin: nobody starves
@@ -98,8 +98,8 @@ def test_max_windows_and_batching_across_sources(tmp_path):
 
 def test_overlay_has_every_source_frame_at_its_rate_with_the_prediction(clip, tmp_path, capsys):
     out = tmp_path / "ov.mp4"
-    summary = run_streams(None, [str(clip)], predictor=StandInPredictor(num_frames=4, stride=2),
-                          queue_size=50, overlay=out, jsonl=tmp_path / "r.jsonl")
+    summary = run_streams(None, [str(clip)], RunOptions(queue_size=50, overlay=out, jsonl=tmp_path / "r.jsonl"),
+                          predictor=StandInPredictor(num_frames=4, stride=2)).to_json()
     cap = cv2.VideoCapture(str(out))
     fps, frames = cap.get(cv2.CAP_PROP_FPS), []
     while True:
@@ -136,13 +136,13 @@ def test_duration_limit_and_stop_event(clip):
     pred = StandInPredictor(num_frames=4, stride=1)
     dead = f"http://127.0.0.1:{free_port()}/live.ts"  # never ends on its own with open_attempts None
     t0 = time.monotonic()
-    summary = run_streams(None, [dead], predictor=pred, duration=1.0, jsonl=os.devnull,
-                          source_options={"reconnect_backoff": (0.05, 0.1), "open_attempts": None})
+    summary = run_streams(None, [dead], RunOptions(duration=1.0, jsonl=os.devnull, source=SourceOptions(
+        reconnect_backoff=(0.05, 0.1), open_attempts=None)), predictor=pred).to_json()
     assert summary["stop_reason"] == "duration" and time.monotonic() - t0 < 8
     assert summary["sources"][0]["reconnect_attempts"] >= 1
     stop = threading.Event()
     stop.set()
-    summary = run_streams(None, [str(clip)], predictor=pred, stop_event=stop, jsonl=os.devnull)
+    summary = run_streams(None, [str(clip)], RunOptions(jsonl=os.devnull), predictor=pred, stop_event=stop).to_json()
     assert summary["stop_reason"] == "stopped"
 
 
@@ -160,7 +160,8 @@ def test_scheduler_validates_and_formats():
 def test_show_without_display_warns_and_falls_back(clip, monkeypatch, capsys):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    summary = run_streams(None, [str(clip)], predictor=StandInPredictor(), show=True, queue_size=50)
+    summary = run_streams(None, [str(clip)], RunOptions(show=True, queue_size=50),
+                          predictor=StandInPredictor()).to_json()
     captured = capsys.readouterr()
     assert "DISPLAY is not set" in captured.err and summary["windows"] > 0
     assert "[" + str(clip) in captured.out  # console sink took over

@@ -230,3 +230,12 @@ def test_reader_stop_interrupts_reconnect_backoff():
     reader.join(timeout=5)
     assert not reader.is_alive() and time.monotonic() - t0 < 3
     assert isinstance(reader.queue.get_nowait(), EndOfStream)
+
+
+def test_cli_open_defaults_are_the_readers():
+    from ada3d_edge.cli import main
+    from ada3d_edge.runtime.sources import OPEN_ATTEMPTS, OPEN_TIMEOUT_S, SourceOptions
+
+    defaults = {p.name: p.default for p in main.commands["run"].params}
+    assert defaults["open_timeout"] == OPEN_TIMEOUT_S == SourceOptions().open_timeout_s
+    assert defaults["open_attempts"] == OPEN_ATTEMPTS == SourceOptions().open_attempts

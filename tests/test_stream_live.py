@@ -12,7 +12,8 @@ from typing import Callable
 
 import pytest
 
-from ada3d_edge.runtime.app import run_streams
+from ada3d_edge.runtime.app import RunOptions, run_streams
+from ada3d_edge.runtime.sources import SourceOptions
 from stream_helpers import (FFMPEG, RTSP_RELAY, StandInPredictor, free_port, make_clip,
                             start_http_server, start_rtsp_push, start_rtsp_relay, stop_process,
                             wait_port)
@@ -20,7 +21,8 @@ from stream_helpers import (FFMPEG, RTSP_RELAY, StandInPredictor, free_port, mak
 pytestmark = [pytest.mark.stream,
               pytest.mark.skipif(FFMPEG is None, reason="ffmpeg not installed (apt-get install ffmpeg)")]
 
-SOURCE_OPTIONS = {"reconnect_backoff": (0.2, 1.0), "open_timeout_s": 3.0, "read_timeout_s": 2.0}
+SOURCE_OPTIONS = SourceOptions(max_reconnects=30, reconnect_backoff=(0.2, 1.0), open_timeout_s=3.0,
+                               read_timeout_s=2.0)
 
 
 def _wait(cond: Callable[[], bool], timeout: float) -> bool:
@@ -45,9 +47,9 @@ class _Run:
 
     def _main(self, url: str) -> None:
         try:
-            self.summary = run_streams(None, [url], predictor=self.pred, hop=2, jsonl=os.devnull,
-                                       max_reconnects=30, duration=40, stop_event=self.stop,
-                                       source_options=SOURCE_OPTIONS)
+            self.summary = run_streams(None, [url], RunOptions(hop=2, jsonl=os.devnull, duration=40,
+                                                              source=SOURCE_OPTIONS),
+                                       predictor=self.pred, stop_event=self.stop).to_json()
         except BaseException as exc:  # surfaced by finish()
             self.error = exc
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import yaml
 
@@ -87,8 +87,3 @@ def shape_profiles(manifest: Manifest, max_batch: int,
         "backbone": {BACKBONE_INPUT: ((1, 3, 1, s, s), (opt_batch, 3, t, s, s), (max_batch, 3, t, s, s))},
         "policy": {POLICY_INPUT: ((1, 3, t, p, p), (opt_batch, 3, t, p, p), (max_batch, 3, t, p, p))},
     }
-
-
-def profile_summary(profile: EngineProfile) -> Dict[str, Any]:
-    """Plain dict of a profile (for logs)."""
-    return {k: getattr(profile, k) for k in EngineProfile.__dataclass_fields__}

@@ -66,11 +66,6 @@ class Ada3D(nn.Module):
             out[idx.to(logits.device)] = logits
         return out
 
-    def predict(self, clip: torch.Tensor, policy_input: torch.Tensor, threshold: float = 0.5):
-        """Greedy inference: returns (logits, actions)."""
-        acts, _, _ = self.select(policy_input, greedy=True, threshold=threshold)
-        return self(clip, acts), acts
-
 
 def load_ada3d_state(model: nn.Module, state: Dict[str, torch.Tensor], strict: bool = True) -> None:
     """`load_state_dict` that accepts checkpoints written before two sets of statistics existed:

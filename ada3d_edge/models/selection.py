@@ -58,9 +58,6 @@ class Actions:
     log_prob_frames: Optional[torch.Tensor] = None
     log_prob_stages: Optional[torch.Tensor] = None
 
-    def detach(self) -> "Actions":
-        return Actions(self.frames, self.stages)
-
 
 def _log_prob(p: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Sum over units of the Bernoulli log-likelihood of actions `a` (0/1 floats) under `p`."""

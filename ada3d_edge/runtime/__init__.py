@@ -1,4 +1,6 @@
-"""The on-device runtime: backends, adaptive predictor, stream sources, scheduler and sinks.
+"""The on-device runtime: backends (a table), adaptive predictor, stream sources/scheduler/sinks, bench.
 
-Never imports torch (a test enforces it); the PyTorch backend imports it lazily.
+Never imports torch, models, train or export, lazily or not (tests/test_runtime_imports.py walks the
+source); the PyTorch reference backend and the PyTorch side of the bench live outside it
+(``ada3d_edge.torch_backend``, ``ada3d_edge.bench_torch``).
 """

@@ -6,23 +6,62 @@ ended, or after ``max_windows`` / ``duration``.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence, Union
 
-from .scheduler import Scheduler, format_summary, stop_on_signals
+from .scheduler import RunSummary, Scheduler, format_summary, stop_on_signals
 from .sinks import ConsoleSink, DisplaySink, JsonlSink, OverlayVideoSink, Sink, check_overlay_path
-from .sources import SourceReader, check_source, parse_source, quiet_video_logs
+from .sources import SourceOptions, SourceReader, check_source, parse_source, quiet_video_logs
 
 
-def run_failure(summary: dict) -> str | None:
+@dataclass(frozen=True)
+class RunOptions:
+    """How `run_streams` runs: backend, batching, sinks, stop conditions, and every source's options.
+
+    ``hop`` is in sampled frames (None: T, back-to-back windows). ``threads``/``spinning`` set
+    ONNX Runtime's intra-op pool (ort only; None: its defaults). ``source`` applies to every source
+    that does not bring options of its own (``StreamSource``).
+    """
+
+    backend: str = "ort"
+    device: str | None = None
+    threshold: float | None = None
+    threads: int | None = None
+    spinning: bool | None = None
+    hop: int | None = None
+    max_batch: int = 4
+    queue_size: int = 4
+    jsonl: str | os.PathLike | None = None
+    overlay: str | os.PathLike | None = None
+    show: bool = False
+    topk: int = 5
+    max_windows: int | None = None
+    duration: float | None = None
+    source: SourceOptions = field(default_factory=SourceOptions)
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """A SRC with options of its own (a config file's per-source settings)."""
+
+    src: str | int
+    options: SourceOptions | None = None
+
+
+SourceLike = Union[str, int, StreamSource]
+
+
+def run_failure(summary: RunSummary) -> str | None:
     """Why a finished run counts as failed (a source ended in error, or no window), else None."""
-    failed = [s for s in summary["sources"] if s["status"] == "error"]
+    failed = [s for s in summary.sources if s.status == "error"]
     if failed:
-        return (f"{len(failed)} of {len(summary['sources'])} source(s) ended in error: "
-                + "; ".join(f"{s['name']}: {s['error']}" for s in failed))
-    if summary["windows"] == 0:
+        return (f"{len(failed)} of {len(summary.sources)} source(s) ended in error: "
+                + "; ".join(f"{s.name}: {s.error}" for s in failed))
+    if summary.windows == 0:
         return ("no window was processed (a source must deliver T sampled frames for one window); "
                 "check the sources, or raise --duration")
     return None
@@ -39,15 +78,14 @@ def output_paths(sinks: Sequence[Sink]) -> list[str]:
     return out
 
 
-def make_sinks(num_sources: int, *, jsonl: str | os.PathLike | None = None,
-               overlay: str | os.PathLike | None = None, show: bool = False, topk: int = 5) -> list[Sink]:
+def make_sinks(num_sources: int, options: RunOptions) -> list[Sink]:
     """The sinks asked for; console lines when none is (``--show`` without a display only warns)."""
     sinks: list[Sink] = []
-    if jsonl is not None:
-        sinks.append(JsonlSink(jsonl, topk=topk))
-    if overlay is not None:
-        sinks.append(OverlayVideoSink(overlay, num_sources))
-    if show:
+    if options.jsonl is not None:
+        sinks.append(JsonlSink(options.jsonl, topk=options.topk))
+    if options.overlay is not None:
+        sinks.append(OverlayVideoSink(options.overlay, num_sources))
+    if options.show:
         try:
             sinks.append(DisplaySink())
         except RuntimeError as exc:
@@ -57,53 +95,44 @@ def make_sinks(num_sources: int, *, jsonl: str | os.PathLike | None = None,
     return sinks
 
 
-def run_streams(bundle_path: str | os.PathLike | None, sources: Sequence[str | int], *,
-                backend: str = "ort", device: str | None = None, threshold: float | None = None,
-                hop: int | None = None, max_batch: int = 4, queue_size: int = 4,
-                jsonl: str | os.PathLike | None = None, overlay: str | os.PathLike | None = None,
-                show: bool = False, topk: int = 5, max_windows: int | None = None,
-                duration: float | None = None, max_reconnects: int | None = None,
-                source_options: dict[str, Any] | None = None, predictor: Any = None,
-                stop_event: threading.Event | None = None, realtime: bool | None = None,
-                threads: int | None = None, spinning: bool | None = None) -> dict:
-    """Run the bundle on every source; returns (and prints) the summary dict.
+def run_streams(bundle_path: str | os.PathLike | None, sources: Sequence[SourceLike],
+                options: RunOptions = RunOptions(), *, predictor: Any = None,
+                stop_event: threading.Event | None = None) -> RunSummary:
+    """Run the bundle on every source; returns (and prints) the summary.
 
-    ``hop`` is in sampled frames (default: T, back-to-back windows). ``source_options`` go to every
-    ``SourceReader`` (``reconnect_backoff``, ``resize``, ``max_frames``, ``open_timeout_s``,
-    ``read_timeout_s``). ``predictor`` replaces the one built from ``bundle_path`` (tests, embedding);
-    it needs ``predict_batch`` and ``num_frames``/``stride`` (directly or on ``.manifest``).
-    Setting ``stop_event`` from another thread ends the run like Ctrl-C does. ``realtime`` (default:
-    live sources yes, files no) drops the oldest window when inference falls behind; otherwise the
-    reader waits. ``threads``/``spinning`` set ONNX Runtime's intra-op pool (ort backend only).
+    ``predictor`` replaces the one built from ``bundle_path`` (tests, embedding); it needs
+    ``predict_batch`` and ``num_frames``/``stride`` (directly or on ``.manifest``). Setting
+    ``stop_event`` from another thread ends the run like Ctrl-C does.
     """
+    o = options
     if not sources:
         raise ValueError("no source given; pass --source SRC (camera index, file, URL or pipeline)")
     quiet_video_logs()
-    specs = [parse_source(src, i) for i, src in enumerate(sources)]
+    entries = [s if isinstance(s, StreamSource) else StreamSource(s) for s in sources]
+    specs = [parse_source(e.src, i) for i, e in enumerate(entries)]
     for spec in specs:  # fail before loading any engine on what can never open
         check_source(spec)
-    if overlay is not None:
-        check_overlay_path(overlay)
+    if o.overlay is not None:
+        check_overlay_path(o.overlay)
     owned = predictor is None
     if owned:
         from .predictor import AdaptivePredictor
 
-        options = ({"intra_op_threads": threads, "allow_spinning": spinning} if backend == "ort" else {})
-        predictor = AdaptivePredictor(bundle_path, backend=backend, device=device,
-                                      threshold=threshold, max_batch=max_batch, **options)
+        pool = {"intra_op_threads": o.threads, "allow_spinning": o.spinning} if o.backend == "ort" else {}
+        predictor = AdaptivePredictor(bundle_path, backend=o.backend, device=o.device,
+                                      threshold=o.threshold, max_batch=o.max_batch, **pool)
     geometry = getattr(predictor, "manifest", predictor)
     num_frames, stride = int(geometry.num_frames), int(geometry.stride)
 
-    sinks = make_sinks(len(specs), jsonl=jsonl, overlay=overlay, show=show, topk=topk)
+    sinks = make_sinks(len(specs), o)
     stop, notify = stop_event or threading.Event(), threading.Event()
     overlay_sink = next((s for s in sinks if isinstance(s, OverlayVideoSink)), None)
-    readers = [SourceReader(spec, num_frames=num_frames, stride=stride, hop=hop,
-                            queue_size=queue_size, notify=notify, max_reconnects=max_reconnects,
-                            realtime=realtime, frame_sink=overlay_sink and overlay_sink.write_frame,
-                            **(source_options or {}))
-               for spec in specs]
-    scheduler = Scheduler(predictor, readers, sinks, max_batch=max_batch, max_windows=max_windows,
-                          duration=duration, stop_event=stop, notify=notify)
+    readers = [SourceReader(spec, num_frames=num_frames, stride=stride, hop=o.hop, queue_size=o.queue_size,
+                            notify=notify, frame_sink=overlay_sink and overlay_sink.write_frame,
+                            **dataclasses.asdict(entry.options or o.source))
+               for spec, entry in zip(specs, entries)]
+    scheduler = Scheduler(predictor, readers, sinks, max_batch=o.max_batch, max_windows=o.max_windows,
+                          duration=o.duration, stop_event=stop, notify=notify)
     try:
         with stop_on_signals(stop):
             summary = scheduler.run()
@@ -112,6 +141,6 @@ def run_streams(bundle_path: str | os.PathLike | None, sources: Sequence[str | i
             sink.close()
         if owned:
             predictor.close()
-    summary["outputs"] = output_paths(sinks)
-    print(format_summary(summary), file=sys.stderr if str(jsonl) == "-" else sys.stdout, flush=True)
+    summary.outputs = output_paths(sinks)
+    print(format_summary(summary), file=sys.stderr if str(o.jsonl) == "-" else sys.stdout, flush=True)
     return summary

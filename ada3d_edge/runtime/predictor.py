@@ -106,7 +106,8 @@ class AdaptivePredictor:
 
     Args:
         bundle: a ``Bundle`` or a bundle directory (opened and verified).
-        backend: "ort", "trt", "torch" or a ``Backend`` instance (not closed by ``close``).
+        backend: a kind of the backend table ("ort", "trt") or a ``Backend`` instance (not closed by
+            ``close``; e.g. ``ada3d_edge.torch_backend.TorchBackend`` over PyTorch modules).
         device: passed to ``make_backend`` (None = the backend's default).
         threshold: greedy threshold; None = the manifest's ``threshold``.
         warmup: run every engine once at every T' in 1..T (batch 1) at start-up.

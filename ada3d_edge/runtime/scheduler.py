@@ -1,9 +1,9 @@
 """One scheduler owns the predictor: it pulls windows from every source, batches, and feeds the sinks.
 
 The loop ends on SIGINT/SIGTERM (a handler sets an Event), when every source has ended, after
-``max_windows`` results or ``duration`` seconds, or when a sink asks to stop. ``run`` returns the
-summary dict (windows, drops and reconnects per source, latency p50/p95, configuration histogram);
-``format_summary`` renders it as a small aligned table.
+``max_windows`` results or ``duration`` seconds, or when a sink asks to stop. ``run`` returns a
+``RunSummary`` (windows, drops and reconnects per source, latency p50/p95, configuration histogram,
+``to_json``); ``format_summary`` renders it as a small aligned table.
 """
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ import signal
 import threading
 import time
 from collections import Counter
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from .sinks import Sink
 from .sources import EndOfStream, SourceReader, Window
+from .stats import LatencyStats, latency_stats
 
 
 @contextlib.contextmanager
@@ -45,12 +47,47 @@ def stop_on_signals(stop: threading.Event, signals: Sequence[int] = (signal.SIGI
             signal.signal(s, old)
 
 
-def _percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "mean": None}
-    arr = np.asarray(values, dtype=np.float64)
-    return {"p50": round(float(np.percentile(arr, 50)), 3),
-            "p95": round(float(np.percentile(arr, 95)), 3), "mean": round(float(arr.mean()), 3)}
+@dataclass(frozen=True)
+class SourceSummary:
+    """One source at the end of a run."""
+
+    name: str
+    kind: str
+    frames: int
+    windows: int
+    processed: int
+    dropped: int
+    pending: int
+    reconnects: int
+    reconnect_attempts: int
+    status: str  # ended, error, running (a reader that did not stop in time)
+    error: str | None
+
+
+@dataclass
+class RunSummary:
+    """What a run ends with; ``to_json`` gives the plain dict (latencies rounded to 3 digits)."""
+
+    windows: int
+    elapsed_s: float
+    windows_per_s: float
+    stop_reason: str
+    dropped: int
+    reconnects: int
+    latency_ms: LatencyStats | None
+    batch_ms: LatencyStats | None
+    mean_batch: float
+    gflops_mean: float | None
+    configurations: dict[str, int]
+    sources: list[SourceSummary]
+    outputs: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("latency_ms", "batch_ms"):
+            stats = getattr(self, key)
+            out[key] = stats.to_json(digits=3) if stats else {"p50": None, "p95": None, "mean": None}
+        return out
 
 
 class Scheduler:
@@ -164,31 +201,23 @@ class Scheduler:
                 reader.join(timeout=max(0.0, deadline - time.monotonic()))
         return self.summary(reason, time.perf_counter() - started)
 
-    def summary(self, reason: str, elapsed: float) -> dict:
+    def summary(self, reason: str, elapsed: float) -> RunSummary:
         """The numbers the run ends with (also what ``run`` returns)."""
-        sources = []
-        for i, r in enumerate(self.readers):
-            s = r.stats
-            sources.append({"name": r.spec.name, "kind": r.spec.kind, "frames": s.frames,
-                            "windows": s.windows, "processed": self.processed[i],
-                            "dropped": r.queue.dropped, "pending": r.queue.pending_windows(),
-                            "reconnects": s.reconnects,
-                            "reconnect_attempts": s.reconnect_attempts,
-                            "status": s.status if not r.is_alive() else "running", "error": s.error})
+        sources = [SourceSummary(name=r.spec.name, kind=r.spec.kind, frames=r.stats.frames,
+                                 windows=r.stats.windows, processed=self.processed[i], dropped=r.queue.dropped,
+                                 pending=r.queue.pending_windows(), reconnects=r.stats.reconnects,
+                                 reconnect_attempts=r.stats.reconnect_attempts,
+                                 status=r.stats.status if not r.is_alive() else "running", error=r.stats.error)
+                   for i, r in enumerate(self.readers)]
         total = sum(self.processed.values())
-        return {
-            "windows": total, "elapsed_s": round(elapsed, 3),
-            "windows_per_s": round(total / elapsed, 3) if elapsed > 0 else 0.0,
-            "stop_reason": reason,
-            "dropped": sum(s["dropped"] for s in sources),
-            "reconnects": sum(s["reconnects"] for s in sources),
-            "latency_ms": _percentiles(self.latencies),
-            "batch_ms": _percentiles(self.batch_ms),
-            "mean_batch": round(float(np.mean(self.batch_sizes)), 3) if self.batch_sizes else 0.0,
-            "gflops_mean": round(float(np.mean(self.gflops)), 4) if self.gflops else None,
-            "configurations": dict(self.configs.most_common()),
-            "sources": sources,
-        }
+        return RunSummary(
+            windows=total, elapsed_s=round(elapsed, 3),
+            windows_per_s=round(total / elapsed, 3) if elapsed > 0 else 0.0, stop_reason=reason,
+            dropped=sum(s.dropped for s in sources), reconnects=sum(s.reconnects for s in sources),
+            latency_ms=latency_stats(self.latencies), batch_ms=latency_stats(self.batch_ms),
+            mean_batch=round(float(np.mean(self.batch_sizes)), 3) if self.batch_sizes else 0.0,
+            gflops_mean=round(float(np.mean(self.gflops)), 4) if self.gflops else None,
+            configurations=dict(self.configs.most_common()), sources=sources)
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -197,28 +226,28 @@ def _table(rows: list[list[str]]) -> list[str]:
                       for c, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
 
 
-def format_summary(summary: dict) -> str:
-    """A few aligned lines: totals, one row per source, one row per configuration."""
-    lat = summary["latency_ms"]
+def format_summary(summary: RunSummary) -> str:
+    """A few aligned lines: totals, one row per source, its error if any, one row per configuration."""
+    lat = summary.latency_ms
     fmt = (lambda v: "-" if v is None else f"{v:.1f}")
-    lines = [f"ada3d run: {summary['windows']} windows in {summary['elapsed_s']:.1f} s "
-             f"({summary['windows_per_s']:.2f}/s), stopped: {summary['stop_reason']}",
-             f"latency ms p50 {fmt(lat['p50'])}  p95 {fmt(lat['p95'])}   "
-             f"mean batch {summary['mean_batch']:.2f}   dropped {summary['dropped']}   "
-             f"reconnects {summary['reconnects']}", ""]
+    lines = [f"ada3d run: {summary.windows} windows in {summary.elapsed_s:.1f} s "
+             f"({summary.windows_per_s:.2f}/s), stopped: {summary.stop_reason}",
+             f"latency ms p50 {fmt(lat and lat.p50)}  p95 {fmt(lat and lat.p95)}   "
+             f"mean batch {summary.mean_batch:.2f}   dropped {summary.dropped}   "
+             f"reconnects {summary.reconnects}", ""]
     rows = [["source", "frames", "windows", "processed", "dropped", "reconnects ok/tried", "status"]]
-    for s in summary["sources"]:
-        rows.append([s["name"], str(s["frames"]), str(s["windows"]), str(s["processed"]),
-                     str(s["dropped"]), f"{s['reconnects']}/{s['reconnect_attempts']}", s["status"]])
+    for s in summary.sources:
+        rows.append([s.name, str(s.frames), str(s.windows), str(s.processed), str(s.dropped),
+                     f"{s.reconnects}/{s.reconnect_attempts}", s.status])
     lines += _table(rows)
-    errors = [f"  {s['name']}: {s['error']}" for s in summary["sources"] if s["error"]]
+    errors = [f"  {s.name}: {s.error}" for s in summary.sources if s.error]
     if errors:
         lines += ["", "errors:"] + errors
-    if summary["configurations"]:
-        n = max(summary["windows"], 1)
+    if summary.configurations:
+        n = max(summary.windows, 1)
         rows = [["configuration", "windows", "share"]]
-        rows += [[k, str(v), f"{100 * v / n:.1f}%"] for k, v in summary["configurations"].items()]
+        rows += [[k, str(v), f"{100 * v / n:.1f}%"] for k, v in summary.configurations.items()]
         lines += [""] + _table(rows)
-    if summary.get("outputs"):
-        lines += ["", "outputs:"] + [f"  {p}" for p in summary["outputs"]]
+    if summary.outputs:
+        lines += ["", "outputs:"] + [f"  {p}" for p in summary.outputs]
     return "\n".join(lines)

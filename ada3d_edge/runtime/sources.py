@@ -275,6 +275,26 @@ class DropOldestQueue:
             return len(self._items)
 
 
+@dataclass(frozen=True)
+class SourceOptions:
+    """Per-source reading options (the keyword arguments of ``SourceReader`` they name).
+
+    ``max_reconnects``: consecutive failed reopens of a source that delivered frames (None: never
+    give up). ``open_attempts``: tries before a source that never delivered a frame fails (None: no
+    bound), each bounded by ``open_timeout_s``. ``realtime`` (None: live sources yes, files no):
+    drop the oldest window when inference falls behind, instead of waiting.
+    """
+
+    max_reconnects: int | None = None
+    open_attempts: int | None = OPEN_ATTEMPTS
+    open_timeout_s: float = OPEN_TIMEOUT_S
+    read_timeout_s: float = 10.0
+    reconnect_backoff: tuple[float, float] = (0.5, 8.0)
+    resize: tuple[int, int] | None = None
+    max_frames: int | None = None
+    realtime: bool | None = None
+
+
 @dataclass
 class SourceStats:
     """Counters a reader updates; read by the scheduler for the summary."""

@@ -1,5 +1,7 @@
 """Loopback stream servers: ffmpeg serving a video over HTTP (or pushing RTSP to a relay) on 127.0.0.1.
 
+Not part of the on-device runtime (it lives beside it, in ``ada3d_edge.testing``).
+
 Used by `ada3d demo` to show the runtime on a real stream, and by the stream tests. Processes are
 started with `subprocess.Popen` and stopped by their own PID only (`stop_process`).
 """

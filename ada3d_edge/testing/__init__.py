@@ -1,0 +1,1 @@
+"""Helpers that serve the tests and the demo, not the device: loopback stream servers."""
