@@ -34,6 +34,7 @@ def flops(arch: str, frames, crop, policy_width: float, as_json: bool) -> None:
 
 
 # --- data: synth -------------------------------------------------------------------------------
+from .data.synth_sets import CLASS_SETS as _CLASS_SETS  # noqa: E402  (plain data, no cv2)
 
 @main.command("synth")
 @click.argument("out", type=click.Path(file_okay=False))
@@ -47,21 +48,25 @@ def flops(arch: str, frames, crop, policy_width: float, as_json: bool) -> None:
 @click.option("--frames", type=int, default=40, show_default=True, help="Frames per video.")
 @click.option("--fps", type=float, default=25.0, show_default=True, help="Frame rate written.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed; same seed, same data.")
+@click.option("--class-set", type=click.Choice(list(_CLASS_SETS)), default="a", show_default=True,
+              help="a: the demo's classes; b: other classes, appearances and motions (for policy "
+                   "transfer between two datasets, the paper's Table 3).")
 @click.option("--overwrite", is_flag=True, help="Write into OUT even if it is not empty.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth(out: str, num_classes: int, videos_per_class: int, val_per_class: int, size: int,
-          frames: int, fps: float, seed: int, overwrite: bool, quiet: bool) -> None:
+          frames: int, fps: float, seed: int, class_set: str, overwrite: bool, quiet: bool) -> None:
     """Write a synthetic static/motion video dataset (mp4 + list files) to OUT."""
     from .data.synth import make_synth_dataset
 
     try:
         info = make_synth_dataset(out, num_classes=num_classes, videos_per_class=videos_per_class,
                                   val_per_class=val_per_class, size=size, frames=frames, fps=fps,
-                                  seed=seed, progress=not quiet, overwrite=overwrite)
+                                  seed=seed, progress=not quiet, overwrite=overwrite, class_set=class_set)
     except (ValueError, FileExistsError) as e:
         raise click.UsageError(str(e)) from None
     click.echo(f"wrote {info['num_train']} train + {info['num_val']} val videos of "
-               f"{info['num_classes']} classes to {out} (lists: train.txt, val.txt, classes.txt)")
+               f"{info['num_classes']} classes (set {info['class_set']}) to {out} "
+               f"(lists: train.txt, val.txt, classes.txt)")
 
 
 # --- training: train / eval --------------------------------------------------------------------

@@ -105,3 +105,15 @@ def test_cli_flops_table_and_json():
     assert len(data["rows"]) == 32 * 8 and data["stages"] == ["stem", "res2", "res3", "res4", "res5"]
     res = runner.invoke(main, ["flops", "nope"])
     assert res.exit_code != 0 and "registered" in res.output
+
+
+@pytest.mark.parametrize("arch,upper,paper,masks", [("slow_r50", "109.04", 109.1, 4), ("i3d_r50", "117.29", 117.3, 32)])
+def test_cli_flops_at_16_frames_gives_the_papers_figures(arch, upper, paper, masks):
+    """The 16-frame rows of the paper's Table 1 (i3d_r50) and Table 4 (slow_r50), at the 256 test crop."""
+    res = CliRunner().invoke(main, ["flops", arch, "--frames", "16", "--crop", "256"])
+    assert res.exit_code == 0, res.output
+    assert f"Upper (all 3D, 16 frames): {upper} GFLOPs" in res.output
+    data = json.loads(CliRunner().invoke(main, ["flops", arch, "--frames", "16", "--crop", "256", "--json"]).output)
+    assert data["frames"] == 16 and len(data["rows"]) == masks * 16
+    assert {r["frames"] for r in data["rows"]} == set(range(1, 17))
+    assert abs(data["upper_gflops"] - paper) < 0.1  # the paper rounds to one decimal

@@ -12,6 +12,7 @@ from ada3d_edge.cli import main
 from ada3d_edge.data.lists import load_classes, load_list
 from ada3d_edge.data.synth import (COLOURS, MOTION_COLOURS, MOTION_POOL, PALETTE, _place, _sprite,
                                    load_class_kinds, make_synth_dataset, render_video, synth_classes)
+from ada3d_edge.data.synth_sets import CLASS_SETS
 from ada3d_edge.data.video import probe_video, read_video_frames
 
 
@@ -167,3 +168,92 @@ def test_motion_is_strong_enough_for_stride_4_clips():
         step = np.diff(track[::4], axis=0)
         assert np.all((step[:, 2] > 40) & (step[:, 2] < 75))
         assert np.hypot(step[:, 0], step[:, 1]).min() > 4
+
+
+# --- class set b: a second dataset with other classes (policy transfer, the paper's Table 3) -------
+
+def _cls_b(name):
+    return next(c for c in synth_classes(16, "b") if c.name == name)
+
+
+@pytest.mark.parametrize("n", [4, 8, 12, 16])
+def test_class_set_b_has_other_classes_half_static_half_motion(n):
+    a_all, b = synth_classes(16, "a"), synth_classes(n, "b")
+    assert not {c.name for c in b} & {c.name for c in a_all}
+    assert [c.kind for c in b] == ["static"] * (n // 2) + ["motion"] * (n // 2)
+    assert all(c.class_set == "b" for c in b)
+    # appearances differ from every one set a draws: colours and shapes alike
+    sa, sb = CLASS_SETS["a"], CLASS_SETS["b"]
+    colours_a = set(sa.static_colours) | set(sa.motion_colours)
+    shapes_a = {s for _, s, _ in sa.static_appearances} | set(sa.motion_shapes)
+    drawn_b = [c.appearance for c in b if c.kind == "static"] + list(sb.motion_pool)
+    assert not {c for c, _, _ in drawn_b} & colours_a and not {s for _, s, _ in drawn_b} & shapes_a
+    # and one frame still tells static from motion within set b (colours of their own)
+    assert not {c.appearance[0] for c in b if c.kind == "static"} & set(sb.motion_colours)
+
+
+def test_class_set_b_every_shape_and_texture_draws():
+    sb = CLASS_SETS["b"]
+    for app in [*sb.static_appearances, *sb.motion_pool]:
+        rgb, mask = _sprite(app, 20)
+        assert 0.15 < mask.mean() < 0.8 and rgb.shape[:2] == mask.shape, app
+
+
+@pytest.mark.parametrize("fwd, rev", [p[:2] for p in CLASS_SETS["b"].motion_pairs])
+def test_class_set_b_pairs_same_frames_up_to_order(fwd, rev):
+    a = render_video(_cls_b(fwd), np.random.default_rng(11), 32, 12)
+    b = render_video(_cls_b(rev), np.random.default_rng(11), 32, 12)
+    np.testing.assert_array_equal(a[::-1], b)
+    assert not np.array_equal(a, b)
+
+
+def test_class_set_b_track_directions():
+    def track(name):
+        return render_video(_cls_b(name), np.random.default_rng(0), 64, 40, return_track=True)[1]
+    for name, dx, dy in [("move_down_right", 1, 1), ("move_up_left", -1, -1), ("move_down_left", -1, 1),
+                         ("move_up_right", 1, -1)]:
+        t = track(name)
+        assert (np.sign(t[-1, 0] - t[0, 0]), np.sign(t[-1, 1] - t[0, 1])) == (dx, dy), name
+    for name, sign in [("orbit_cw", 1), ("orbit_ccw", -1)]:
+        t = track(name)
+        rel = t[:, :2] - t[:, :2].mean(0)
+        cross = rel[:-1, 0] * rel[1:, 1] - rel[:-1, 1] * rel[1:, 0]   # > 0: clockwise with y down
+        assert np.sign(np.median(cross)) == sign and np.ptp(t[:, 2]) == 0, name  # the object does not turn
+    t = track("spin_grow")
+    assert np.all(np.diff(t[:, 2]) > 0) and t[-1, 3] > t[0, 3]
+    t = track("spin_shrink")
+    assert np.all(np.diff(t[:, 2]) < 0) and t[-1, 3] < t[0, 3]
+
+
+def test_class_set_b_dataset_deterministic_and_recorded(tmp_path):
+    kw = dict(num_classes=4, videos_per_class=1, val_per_class=1, size=32, frames=8, progress=False,
+              class_set="b")
+    make_synth_dataset(tmp_path / "a", seed=3, **kw)
+    make_synth_dataset(tmp_path / "b", seed=3, **kw)
+    make_synth_dataset(tmp_path / "c", seed=4, **kw)
+    classes = load_classes(tmp_path / "a/classes.txt")
+    kinds = load_class_kinds(tmp_path / "a/classes.json")
+    assert classes == [c.name for c in synth_classes(4, "b")]
+    assert sorted(set(kinds.values())) == ["motion", "static"]
+    assert json.loads((tmp_path / "a/dataset.json").read_text())["class_set"] == "b"
+    assert "class set `b`" in (tmp_path / "a/README.md").read_text()
+    rel = "train/orbit_ccw/orbit_ccw_0000.mp4"
+    first = read_video_frames(tmp_path / "a" / rel, range(8))
+    np.testing.assert_array_equal(first, read_video_frames(tmp_path / "b" / rel, range(8)))
+    assert not np.array_equal(first, read_video_frames(tmp_path / "c" / rel, range(8)))
+    for split in ("train.txt", "val.txt"):
+        assert (tmp_path / "a" / split).read_text() == (tmp_path / "b" / split).read_text()
+
+
+def test_cli_synth_class_set(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["synth", str(tmp_path / "b"), "--class-set", "b", "--classes", "4",
+                               "--videos-per-class", "1", "--val-per-class", "0", "--size", "32",
+                               "--frames", "8", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "set b" in res.output
+    assert load_classes(tmp_path / "b/classes.txt") == [c.name for c in synth_classes(4, "b")]
+    res = runner.invoke(main, ["synth", str(tmp_path / "z"), "--class-set", "z"])
+    assert res.exit_code == 2 and "--class-set" in res.output and "'a', 'b'" in res.output
+    with pytest.raises(ValueError, match="class set 'z' unknown; valid: a, b"):
+        synth_classes(4, "z")

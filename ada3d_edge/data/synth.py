@@ -11,6 +11,10 @@ distribution of frames: no single frame and no temporally pooled per-frame featu
 only temporal order does.
 This is the situation of the paper's Fig. 4: static classes need few frames and no 3D convolution.
 
+That is class set ``a`` (the demo's). ``class_set="b"`` (``ada3d synth --class-set b``) writes the same
+kind of dataset with other classes, appearances and motions (``synth_sets.py``): a second dataset for
+policy transfer (the paper's Table 3).
+
 Horizontal flips swap left/right and cw/ccw: train on this data with ``flip=False``.
 Everything is deterministic given the seed (one generator per video).
 """
@@ -26,34 +30,21 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from .synth_sets import CLASS_SETS, SET_A, get_class_set
 from .video import PathLike, write_video
 
 __all__ = ["SynthClass", "synth_classes", "render_video", "make_synth_dataset", "load_class_kinds"]
 
-COLOURS: Dict[str, Tuple[int, int, int]] = {   # static classes
-    "red": (225, 40, 40), "green": (40, 200, 70), "blue": (50, 100, 235), "yellow": (235, 210, 40),
-}
-# The motion classes' pool has colours of its own. A glance at one small frame then tells a static
-# class from a motion class (as a scene tells what kind of clip it is), which is the cue Ada3D's
-# selection network acts on; the direction of motion still shows only across frames. With the
-# colours shared, the selection network's MobileNetV2 at 32 px had to tell an arrow from a triangle
-# ten pixels wide and told static from motion clips apart only 64% of the time on the demo.
-MOTION_COLOURS: Dict[str, Tuple[int, int, int]] = {
-    "magenta": (225, 60, 205), "cyan": (40, 215, 225), "orange": (245, 135, 25),
-}
-PALETTE: Dict[str, Tuple[int, int, int]] = {**COLOURS, **MOTION_COLOURS}   # every object colour
-STATIC_APPEARANCES = [  # (colour, shape, texture); one class each, in this order
-    ("red", "circle", "striped"), ("green", "square", "solid"), ("blue", "triangle", "dotted"),
-    ("yellow", "cross", "striped"), ("red", "square", "dotted"), ("green", "triangle", "striped"),
-    ("blue", "cross", "solid"), ("yellow", "circle", "dotted"),
-]
-MOTION_SHAPES = ("arrow", "ell", "pacman")      # no rotational symmetry: rotation sense is visible
-TEXTURES = ("solid", "striped", "dotted")
-MOTION_POOL = [(c, s, t) for c in MOTION_COLOURS for s in MOTION_SHAPES for t in TEXTURES]
-MOTION_PAIRS = [  # (forward class, time-reversed class, motion type)
-    ("move_right", "move_left", "translate_x"), ("rotate_cw", "rotate_ccw", "rotate"),
-    ("move_down", "move_up", "translate_y"), ("grow", "shrink", "scale"),
-]
+# Class set a (the demo's), under the names the rest of the code and the tests use.
+COLOURS: Dict[str, Tuple[int, int, int]] = dict(SET_A.static_colours)
+MOTION_COLOURS: Dict[str, Tuple[int, int, int]] = dict(SET_A.motion_colours)
+STATIC_APPEARANCES = list(SET_A.static_appearances)
+MOTION_SHAPES = SET_A.motion_shapes
+TEXTURES = SET_A.motion_textures
+MOTION_POOL = list(SET_A.motion_pool)
+MOTION_PAIRS = list(SET_A.motion_pairs)
+PALETTE: Dict[str, Tuple[int, int, int]] = {   # every object colour of every class set
+    name: rgb for cs in CLASS_SETS.values() for name, rgb in {**cs.static_colours, **cs.motion_colours}.items()}
 SUPERSAMPLE = 2       # sprites are drawn at this factor and shrunk by the placing warp
 SCALE_RANGE = (0.55, 1.35)
 TRANSLATE_RANGE = (0.8, 1.0)      # travel over the video, as a fraction of the usable width
@@ -61,6 +52,8 @@ TRANSLATE_OUT = 1.0               # ... which extends this many radii past the f
 ROTATE_DEG_PER_FRAME = (11.0, 17.5)
 OBJECT_RADIUS = 0.15              # of the frame size
 ROTATE_ARM = 0.12                 # rotation is about a pivot this far (x frame size) from the centre
+ORBIT_RADIUS = 0.18               # set b's orbits: the centre circles this far (x frame size) from a point
+ORBIT_DEG_PER_FRAME = (9.0, 14.0)  # 36-56 degrees between frames sampled at stride 4: the sense is clear
 
 
 @dataclass(frozen=True)
@@ -68,7 +61,8 @@ class SynthClass:
     """One class: ``kind`` is ``"static"`` or ``"motion"``.
 
     Static classes set ``appearance`` (colour, shape, texture); motion classes set ``motion`` (a
-    type from MOTION_PAIRS) and ``reverse`` (True for the time-reversed class of the pair).
+    type from their class set's motion pairs) and ``reverse`` (True for the time-reversed class of
+    the pair), and draw their object from ``class_set``'s motion pool.
     """
 
     name: str
@@ -77,21 +71,25 @@ class SynthClass:
     appearance: Optional[Tuple[str, str, str]] = None
     motion: Optional[str] = None
     reverse: bool = False
+    class_set: str = "a"
 
 
-def synth_classes(num_classes: int = 8) -> List[SynthClass]:
-    """The first ``num_classes / 2`` static classes, then ``num_classes / 4`` motion pairs."""
+def synth_classes(num_classes: int = 8, class_set: str = "a") -> List[SynthClass]:
+    """The first ``num_classes / 2`` static classes, then ``num_classes / 4`` motion pairs of a class set."""
     if not isinstance(num_classes, (int, np.integer)) or num_classes % 4 or not 4 <= num_classes <= 16:
         raise ValueError(f"num_classes must be 4, 8, 12 or 16 (half static, half motion in "
                          f"left/right-style pairs), got {num_classes!r}")
+    cs = get_class_set(class_set)
     out = []
-    for colour, shape, texture in STATIC_APPEARANCES[:num_classes // 2]:
+    for colour, shape, texture in cs.static_appearances[:num_classes // 2]:
         out.append(SynthClass(f"{colour}_{shape}_{texture}", "static",
-                              f"a {colour} {texture} {shape} that stays put", (colour, shape, texture)))
-    for fwd, rev, motion in MOTION_PAIRS[:num_classes // 4]:
+                              f"a {colour} {texture} {shape} that stays put", (colour, shape, texture),
+                              class_set=cs.name))
+    for fwd, rev, motion in cs.motion_pairs[:num_classes // 4]:
         for name, reverse in ((fwd, False), (rev, True)):
             out.append(SynthClass(name, "motion", f"an object from the shared pool, "
-                                  f"{name.replace('_', ' ')}", motion=motion, reverse=reverse))
+                                  f"{name.replace('_', ' ')}", motion=motion, reverse=reverse,
+                                  class_set=cs.name))
     return out
 
 
@@ -126,6 +124,26 @@ def _shape_mask(shape: str, r: float) -> np.ndarray:
                     0, 40, 320, 255, -1, cv2.LINE_AA, shift=4)
         cv2.circle(mask, (int(round(c * 16)), int(round(c * 16))), int(r * 0.15 * 16), 255, -1,
                    cv2.LINE_AA, shift=4)
+    elif shape == "diamond":
+        poly([(0, -1), (0.75, 0), (0, 1), (-0.75, 0)])
+    elif shape == "ring":
+        cv2.circle(mask, (int(round(c * 16)), int(round(c * 16))), int(r * 16), 255, -1,
+                   cv2.LINE_AA, shift=4)
+        cv2.circle(mask, (int(round(c * 16)), int(round(c * 16))), int(r * 0.5 * 16), 0, -1,
+                   cv2.LINE_AA, shift=4)
+    elif shape == "star":
+        poly([(math.sin(a) * rad, -math.cos(a) * rad) for i in range(10)
+              for a, rad in [(i * math.pi / 5, 1.0 if i % 2 == 0 else 0.45)]])
+    elif shape == "hexagon":
+        poly([(0.95 * math.cos(i * math.pi / 3), 0.95 * math.sin(i * math.pi / 3)) for i in range(6)])
+    elif shape == "chevron":  # points right
+        poly([(-0.9, -0.9), (-0.3, -0.9), (0.9, 0), (-0.3, 0.9), (-0.9, 0.9), (0.3, 0)])
+    elif shape == "flag":     # pole on the left, cloth at the top right
+        poly([(-0.9, -1), (-0.6, -1), (-0.6, 1), (-0.9, 1)])
+        poly([(-0.6, -1), (0.9, -1), (0.9, -0.1), (-0.6, -0.1)])
+    elif shape == "tee":
+        poly([(-1, -1), (1, -1), (1, -0.45), (-1, -0.45)])
+        poly([(-0.28, -0.45), (0.28, -0.45), (0.28, 1), (-0.28, 1)])
     else:
         raise ValueError(f"unknown shape {shape!r}")
     return mask.astype(np.float32) / 255.0
@@ -148,6 +166,12 @@ def _sprite(appearance: Tuple[str, str, str], r: float) -> Tuple[np.ndarray, np.
         dy = (yy % period) - period / 2
         dx = (xx % period) - period / 2
         rgb[dx * dx + dy * dy < (period * 0.28) ** 2] = (255.0 + base) / 2 * 0.25
+    elif texture == "checkered":
+        dark = ((np.floor(yy / (period / 2)) + np.floor(xx / (period / 2))) % 2) == 1
+        rgb[dark] = base * 0.3
+    elif texture == "vstriped":
+        dark = (np.floor(xx / (period / 2)) % 2) == 1
+        rgb[dark] = (255.0 + base) / 2
     elif texture != "solid":
         raise ValueError(f"unknown texture {texture!r}")
     return rgb, mask
@@ -192,9 +216,11 @@ def _track(cls: SynthClass, rng: np.random.Generator, size: int, frames: int,
     object's centre, which therefore moves 6-9 px along a circle between sampled frames.
     """
     t = np.linspace(0.0, 1.0, frames)
-    margin = r * (SCALE_RANGE[1] if cls.motion == "scale" else 1.0) + 1.0
+    margin = r * (SCALE_RANGE[1] if cls.motion in ("scale", "spin_scale") else 1.0) + 1.0
     if cls.motion == "rotate":
         margin += ROTATE_ARM * size
+    elif cls.motion == "orbit":
+        margin += ORBIT_RADIUS * size
     lo, hi = margin, size - 1 - margin
     cx = np.full(frames, rng.uniform(lo, hi))
     cy = np.full(frames, rng.uniform(lo, hi))
@@ -214,6 +240,18 @@ def _track(cls: SynthClass, rng: np.random.Generator, size: int, frames: int,
         cx, cy = cx + arm * np.cos(rad), cy + arm * np.sin(rad)   # image y points down: clockwise
     elif cls.motion == "scale":
         scale = SCALE_RANGE[0] + (SCALE_RANGE[1] - SCALE_RANGE[0]) * t
+    elif cls.motion == "orbit":     # the centre circles clockwise on screen; the object does not turn
+        phase = np.deg2rad(rng.uniform(0, 360) + rng.uniform(*ORBIT_DEG_PER_FRAME) * np.arange(frames))
+        cx, cy = cx + ORBIT_RADIUS * size * np.cos(phase), cy + ORBIT_RADIUS * size * np.sin(phase)
+    elif cls.motion in ("translate_diag", "translate_antidiag"):  # down-right / down-left
+        t_lo, t_hi = lo - TRANSLATE_OUT * r, hi + TRANSLATE_OUT * r
+        length = rng.uniform(*TRANSLATE_RANGE) * (t_hi - t_lo)
+        sx, sy = rng.uniform(t_lo, t_hi - length, 2)
+        cy = sy + length * t
+        cx = sx + length * (t if cls.motion == "translate_diag" else 1.0 - t)
+    elif cls.motion == "spin_scale":  # turns clockwise about its own centre while it grows
+        angle = angle + rng.uniform(*ROTATE_DEG_PER_FRAME) * np.arange(frames)
+        scale = SCALE_RANGE[0] + (SCALE_RANGE[1] - SCALE_RANGE[0]) * t
     jitter = np.clip(rng.normal(0.0, 0.4, (frames, 2)), -1.0, 1.0)
     return np.stack([cx + jitter[:, 0], cy + jitter[:, 1], angle, scale], axis=1)
 
@@ -229,7 +267,8 @@ def render_video(cls: SynthClass, rng: np.random.Generator, size: int = 64, fram
     if cls.kind == "static":
         appearance = cls.appearance
     else:
-        appearance = MOTION_POOL[int(rng.integers(len(MOTION_POOL)))]
+        pool = get_class_set(cls.class_set).motion_pool
+        appearance = pool[int(rng.integers(len(pool)))]
     r = OBJECT_RADIUS * size
     sprite, mask = _sprite(appearance, r * SUPERSAMPLE)
     bg = _background(rng, size)
@@ -253,8 +292,8 @@ def load_class_kinds(classes_json: PathLike) -> Dict[str, str]:
         return {c["name"]: c["kind"] for c in json.load(f)}
 
 
-def _check_args(num_classes, videos_per_class, val_per_class, size, frames, fps) -> None:
-    synth_classes(num_classes)
+def _check_args(num_classes, videos_per_class, val_per_class, size, frames, fps, class_set="a") -> None:
+    synth_classes(num_classes, class_set)
     for name, value, low in (("videos_per_class", videos_per_class, 1),
                              ("val_per_class", val_per_class, 0), ("size", size, 16),
                              ("frames", frames, 2)):
@@ -266,8 +305,9 @@ def _check_args(num_classes, videos_per_class, val_per_class, size, frames, fps)
 
 def make_synth_dataset(out_dir: PathLike, *, num_classes: int = 8, videos_per_class: int = 20,
                        val_per_class: int = 5, size: int = 64, frames: int = 40, fps: float = 25.0,
-                       seed: int = 0, progress: bool = True, overwrite: bool = False) -> dict:
-    """Write the synthetic dataset to ``out_dir``.
+                       seed: int = 0, progress: bool = True, overwrite: bool = False,
+                       class_set: str = "a") -> dict:
+    """Write the synthetic dataset to ``out_dir``; ``class_set`` picks the classes (``synth_sets.py``).
 
     Layout: ``{train,val}/<class>/<class>_NNNN.mp4``, ``train.txt`` and ``val.txt`` (``path label``,
     relative to ``out_dir``), ``classes.txt``, ``classes.json`` (name, kind, description per class),
@@ -279,12 +319,12 @@ def make_synth_dataset(out_dir: PathLike, *, num_classes: int = 8, videos_per_cl
     Raises:
         ValueError: a bad argument. FileExistsError: ``out_dir`` is not empty and not ``overwrite``.
     """
-    _check_args(num_classes, videos_per_class, val_per_class, size, frames, fps)
+    _check_args(num_classes, videos_per_class, val_per_class, size, frames, fps, class_set)
     out_dir = os.fspath(out_dir)
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir!r} is not empty; choose a new folder or pass overwrite "
                               f"(--overwrite) to write over it")
-    classes = synth_classes(num_classes)
+    classes = synth_classes(num_classes, class_set)
     splits = [("train", videos_per_class), ("val", val_per_class)]
     jobs = [(split_id, split, ci, vi) for split_id, (split, n) in enumerate(splits)
             for ci in range(len(classes)) for vi in range(n)]
@@ -306,7 +346,7 @@ def make_synth_dataset(out_dir: PathLike, *, num_classes: int = 8, videos_per_cl
                    for c in classes], f, indent=1)
     info = {
         "generator": "ada3d synth", "format_version": 2, "seed": int(seed),
-        "num_classes": int(num_classes), "videos_per_class": int(videos_per_class),
+        "class_set": classes[0].class_set, "num_classes": int(num_classes), "videos_per_class": int(videos_per_class),
         "val_per_class": int(val_per_class), "size": int(size), "frames": int(frames),
         "fps": float(fps), "codec": "mp4v", "flip_safe": False,
         "num_train": len(lines["train"]), "num_val": len(lines["val"]),
@@ -324,7 +364,7 @@ def _readme(info: dict, classes: List[SynthClass]) -> str:
     return f"""# Synthetic static/motion videos (`ada3d synth`)
 
 {info['num_train']} training and {info['num_val']} validation videos, {info['size']}x{info['size']},
-{info['frames']} frames at {info['fps']:g} fps, mp4v, seed {info['seed']}.
+{info['frames']} frames at {info['fps']:g} fps, mp4v, seed {info['seed']}, class set `{info['class_set']}`.
 
 | label | class | kind | what it shows |
 |---|---|---|---|
@@ -337,8 +377,8 @@ over several frames) separates them.
 
 - Lists: `train.txt`, `val.txt` (`path label`, relative to this folder); `classes.txt`;
   `classes.json` gives each class's kind (static/motion) for per-kind evaluation.
-- Train with horizontal flip OFF: a flip turns `move_right` into `move_left` and `rotate_cw` into
-  `rotate_ccw`.
+- Train with horizontal flip OFF: a flip turns left into right and clockwise into counter-clockwise
+  (`move_right` into `move_left`, `rotate_cw` into `rotate_ccw`, `orbit_cw` into `orbit_ccw`).
 - With {info['frames']} frames per video, `num_frames * stride` should stay under {info['frames']}
   (e.g. 8 frames at stride 4) so a clip spans real motion instead of repeating the last frame.
 """

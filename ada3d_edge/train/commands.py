@@ -143,12 +143,19 @@ def train_cmd(stage: str, recipe: str, sets, resume: bool, overwrite: bool, rand
 @click.option("--max-bad-fraction", type=click.FloatRange(0.0, 1.0), default=None,
               help="Largest share of unreadable videos skipped before eval stops (default: the checkpoint's "
                    "recipe's data.max_bad_fraction, the rule its training ran under).")
+@click.option("--plot", "plot_out", default=None, type=click.Path(dir_okay=False),
+              help="Draw the per-class usage (the paper's Fig. 4: mean # 3D stages and # frames per class, "
+                   "static vs motion, sorted by usage) to this PNG (.svg and .pdf work too).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_cmd(checkpoint: str, data_list: str, root, classes_file, clips, json_out, random_ft, upper, threshold,
-             batch_size: int, workers: int, device: str, seed: int, max_bad_fraction, quiet: bool) -> None:
+             batch_size: int, workers: int, device: str, seed: int, max_bad_fraction, plot_out, quiet: bool) -> None:
     """Table 1 for CHECKPOINT: Upper, Random, Random FT, Ada3D — accuracy (or mAP), GFLOPs per clip,
     mean # 3D stages and # frames; per-class usage and static/motion means."""
     require("torch", "train", "eval")
+    if plot_out:
+        require("matplotlib", "train", "eval --plot")
+        if not plot_out.lower().endswith((".png", ".svg", ".pdf")):
+            raise click.UsageError(f"--plot {plot_out}: the file must end in .png, .svg or .pdf")
     try:
         from .evaluate import evaluate, format_table, write_json
 
@@ -162,6 +169,14 @@ def eval_cmd(checkpoint: str, data_list: str, root, classes_file, clips, json_ou
     click.echo(format_table(res))
     if json_out:
         click.echo(f"wrote {write_json(res, json_out)}")
+    if plot_out:
+        from .fig4 import plot_fig4
+
+        try:
+            plot_fig4(res, plot_out)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+        click.echo(f"wrote {plot_out} (per-class usage, the paper's Fig. 4)")
 
 
 @click.command("sweep")
