@@ -114,8 +114,8 @@ def load_init(model: Ada3D, path: Optional[str]) -> Dict[str, Any]:
         diff = [f"{k}: recipe {mine.get(k)!r} vs checkpoint {theirs.get(k)!r}"
                 for k in (*MODEL_KEYS, "backbone_overrides") if mine.get(k) != theirs.get(k)]
         if diff:
-            raise ValueError(f"{path} was trained with another model than this recipe builds:\n  "
-                             + "\n  ".join(diff))
+            raise ValueError(f"{path} was trained with another model than this recipe builds ("
+                             + "; ".join(diff) + "); start from a checkpoint of this model or change the recipe")
         load_ada3d_state(model, ckpt["model"])
         return {"init": path, "init_stage": ckpt.get("stage"), "init_metrics": ckpt.get("metrics", {})}
     from ..models.pretrained import load_pretrained

@@ -164,6 +164,20 @@ def eval_cmd(checkpoint: str, data_list: str, root, classes_file, clips, json_ou
         click.echo(f"wrote {write_json(res, json_out)}")
 
 
+def _gammas(text: str) -> list:
+    """`--gamma 0.2,0.5,1.0` -> [0.2, 0.5, 1.0]; each a number >= 0."""
+    values = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"--gamma {text!r}: {part!r} is not a number; pass values like 0.2,0.5,1.0") from None
+        if not value >= 0:
+            raise ValueError(f"--gamma {text!r}: gamma must be >= 0, got {part}")
+        values.append(value)
+    return values
+
+
 @click.command("sweep")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--gamma", "gammas", default=None, metavar="A,B,C",
@@ -183,7 +197,7 @@ def sweep_cmd(recipe: str, gammas, sets, output_dir, no_random_ft: bool, resume:
     require("matplotlib", "train", "sweep")
     try:
         r = _load(recipe, sets, None, None, output_dir, None)
-        values = [float(g) for g in gammas.split(",") if g.strip()] if gammas else list(r.gammas)
+        values = _gammas(gammas) if gammas else list(r.gammas)
         if not values:
             raise ValueError("no gamma values: pass --gamma 0.2,0.5,1.0 or set `gammas` in the recipe")
         from .sweep import run_sweep

@@ -322,6 +322,9 @@ def load_recipe(path: Union[str, Path], overrides: Sequence[str] = (), check_req
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"recipe {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe {path} must be a mapping of sections (model:, data:, optim:, ...), "
+                         f"got a {type(data).__name__}; see train/README.md")
     recipe = recipe_from_dict(data, overrides, check_required=check_required)
     recipe.source = str(path)
     return recipe

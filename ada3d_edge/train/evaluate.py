@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.dataset import BadVideoTracker, VideoListDataset, collate_skip_bad
-from ..data.lists import require_file
+from ..data.lists import load_classes, require_file
 from .checkpoint import load_model
 from .dist import pick_device
 from .inference import CostModel, all_actions, scores_of, test_batches, video_scores
@@ -88,12 +88,14 @@ def recipe_max_bad_fraction(ckpt: Dict[str, Any]) -> float:
     return float(data.get("max_bad_fraction", DataCfg.max_bad_fraction))
 
 
-def _check_same_model(main: Dict[str, Any], other: Dict[str, Any], ck_main, ck_other, path) -> None:
+def _check_same_model(main: Dict[str, Any], other: Dict[str, Any], ck_main, ck_other, path, option: str) -> None:
     keys = ("arch", "num_classes", "num_frames", "backbone_overrides")
-    diff = [k for k in keys if main.get(k) != other.get(k)]
-    if diff or ck_main["data"]["classes"] != ck_other["data"]["classes"]:
-        raise ValueError(f"{path} holds another model or class list than the checkpoint "
-                         f"(differs in {diff or ['classes']})")
+    diff = [f"{k}: {other.get(k)!r} vs {main.get(k)!r}" for k in keys if main.get(k) != other.get(k)]
+    if ck_main["data"]["classes"] != ck_other["data"]["classes"]:
+        diff.append("classes")
+    if diff:
+        raise ValueError(f"{option} {path} holds another model or class list than the evaluated checkpoint "
+                         f"({'; '.join(diff)}); pass a checkpoint trained from the same recipe")
 
 
 @torch.no_grad()
@@ -119,6 +121,10 @@ def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike]
     dev = pick_device(device)
     model, ck = load_model(checkpoint)
     d = ck["data"]
+    classes = load_classes(cls_file, "--classes")
+    if classes != list(d["classes"]):
+        raise ValueError(f"{cls_file} lists other classes than the checkpoint was trained on "
+                         f"({len(classes)} vs {len(d['classes'])}); pass the training classes file with --classes")
     thr = float(d.get("threshold", 0.5) if threshold is None else threshold)
     max_bad = recipe_max_bad_fraction(ck) if max_bad_fraction is None else float(max_bad_fraction)
     n_clips = int(num_clips or d.get("num_clips", 10))
@@ -126,19 +132,16 @@ def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike]
                           stride=d["stride"], test_crop_size=d["test_crop_size"], num_clips=n_clips,
                           policy_size=d["policy_size"], mean=d["mean"], std=d["std"],
                           multi_label=d["multi_label"] or None)
-    if ds.classes != list(d["classes"]):
-        raise ValueError(f"{cls_file} lists other classes than the checkpoint was trained on "
-                         f"({len(ds.classes)} vs {len(d['classes'])}); pass the training classes file")
     multi = bool(d["multi_label"] or ds.multi_label)
     rf_model = None
     if random_ft is not None:
         rf_model, rf_ck = load_model(random_ft)
-        _check_same_model(model.config, rf_model.config, ck, rf_ck, random_ft)
+        _check_same_model(model.config, rf_model.config, ck, rf_ck, random_ft, "--random-ft")
         rf_model.to(dev)
     up_model = model
     if upper is not None:
         up_model, up_ck = load_model(upper)
-        _check_same_model(model.config, up_model.config, ck, up_ck, upper)
+        _check_same_model(model.config, up_model.config, ck, up_ck, upper, "--upper")
         up_model.to(dev)
     model.to(dev)
     cost = CostModel(model.config, d["test_crop_size"])
