@@ -11,9 +11,8 @@ import click
 
 from ..extras import require
 from .run_dir import check_stage_dir
+from .stage_specs import PIPELINE, STAGE_REGISTRY, get_stage
 
-STAGE_NAMES = {"upper": "upper", "policy": "policy", "joint": "joint", "random-ft": "random_ft",
-               "random_ft": "random_ft"}
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)  # TypeError is a bug, not a user error
 
 
@@ -57,7 +56,7 @@ def _interrupted(recipe, stage: str, later: Sequence[str], ctx: click.Context) -
         common.append("--quiet")
 
     def command(s: str, *extra: str) -> str:
-        return " ".join(shlex.quote(w) for w in ["ada3d", "train", s.replace("_", "-"), *common, *extra])
+        return " ".join(shlex.quote(w) for w in ["ada3d", "train", get_stage(s).cli_name, *common, *extra])
 
     again = ("--overwrite",) if p.get("overwrite") else ()
     rest = [command(s, *again) for s in later]
@@ -71,7 +70,7 @@ def _interrupted(recipe, stage: str, later: Sequence[str], ctx: click.Context) -
 
 
 @click.command("train")
-@click.argument("stage", type=click.Choice(["upper", "policy", "joint", "random-ft", "all"]))
+@click.argument("stage", type=click.Choice([*(s.cli_name for s in STAGE_REGISTRY.values()), "all"]))
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe key (dotted, YAML-typed), e.g. --set policy.gamma=0.3. Repeatable.")
@@ -94,11 +93,11 @@ def train_cmd(stage: str, recipe: str, sets, resume: bool, overwrite: bool, rand
     pretraining), policy (stage 1), joint (stage 2), random-ft (baseline), or all (upper, policy,
     joint). Works under torchrun (DDP)."""
     require("torch", "train", "train")
-    key = None if stage == "all" else STAGE_NAMES[stage]
+    key = None if stage == "all" else get_stage(stage).name
     try:
         extra = [f"data.max_bad_fraction={max_bad_fraction}"] if max_bad_fraction is not None else []
         r = _load(recipe, [*sets, *extra], random_policy, init_from, output_dir, key)
-        stages = ["upper", "policy", "joint"] if key is None else [key]
+        stages = list(PIPELINE) if key is None else [key]
         for s in stages:  # every stage's folder before any work
             check_stage_dir(r.stage_dir(s), s, resume, overwrite)
         from .trainer import train_stage
