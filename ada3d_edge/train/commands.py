@@ -5,6 +5,7 @@ Only click is imported here; torch and the training code load when a command run
 from __future__ import annotations
 
 import shlex
+import sys
 from typing import Optional, Sequence
 
 import click
@@ -35,10 +36,10 @@ def _load(recipe: str, sets: Sequence[str], random_policy: Optional[str], init_f
 
 
 def _end_distributed() -> None:
-    import torch.distributed as dist
+    if "ada3d_edge.train.dist" in sys.modules:  # not loaded: no process group was joined
+        from .dist import end_distributed
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        end_distributed()
 
 
 def _interrupted(recipe, stage: str, later: Sequence[str], ctx: click.Context) -> str:
