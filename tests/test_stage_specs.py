@@ -18,7 +18,7 @@ def _recipe(tmp_path, **sections):
 
 def _model():
     torch.manual_seed(0)
-    return build_ada3d(Ada3DConfig(num_classes=4, selection_width=0.35, policy_size=32))
+    return build_ada3d(Ada3DConfig(arch="slow_tiny", num_classes=4, selection_width=0.35, policy_size=32))
 
 
 def test_every_stage_names_real_recipe_keys_and_stages():

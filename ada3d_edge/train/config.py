@@ -49,7 +49,10 @@ REQUIRED = ("data.root", "data.train_list", "data.val_list", "data.classes")
 
 @dataclass
 class ModelCfg:
-    arch: str = "slow_tiny"
+    """Defaults: the paper's SlowOnly 8x8 (`slow_r50`), to go with DataCfg's Kinetics-size defaults;
+    the demo and the tests name their small arch in the recipe."""
+
+    arch: str = "slow_r50"
     backbone: Dict[str, Any] = field(default_factory=dict)
     num_classes: Optional[int] = None
     selection_width: float = 1.0
