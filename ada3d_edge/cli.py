@@ -21,7 +21,8 @@ def main() -> None:
 @click.argument("arch")
 @click.option("--frames", "-t", type=click.IntRange(1), default=None, help="T (default: the arch's).")
 @click.option("--crop", type=click.IntRange(16), default=None, help="Crop size (default: the arch's).")
-@click.option("--policy-width", type=float, default=1.0, show_default=True, help="Selection net width.")
+@click.option("--policy-width", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True,
+              help="Selection net width.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def flops(arch: str, frames, crop, policy_width: float, as_json: bool) -> None:
     """GFLOPs of ARCH for every stage mask and every kept-frame count 1..T, with the ratio to Upper."""
@@ -40,13 +41,14 @@ from .data.synth_sets import CLASS_SETS as _CLASS_SETS  # noqa: E402  (plain dat
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--classes", "num_classes", type=int, default=8, show_default=True,
               help="Number of classes: 4, 8, 12 or 16; half static, half motion (in pairs).")
-@click.option("--videos-per-class", type=int, default=20, show_default=True,
+@click.option("--videos-per-class", type=click.IntRange(1), default=20, show_default=True,
               help="Training videos per class.")
-@click.option("--val-per-class", type=int, default=5, show_default=True,
+@click.option("--val-per-class", type=click.IntRange(0), default=5, show_default=True,
               help="Validation videos per class.")
-@click.option("--size", type=int, default=64, show_default=True, help="Frame width and height.")
-@click.option("--frames", type=int, default=40, show_default=True, help="Frames per video.")
-@click.option("--fps", type=float, default=25.0, show_default=True, help="Frame rate written.")
+@click.option("--size", type=click.IntRange(16), default=64, show_default=True, help="Frame width and height.")
+@click.option("--frames", type=click.IntRange(2), default=40, show_default=True, help="Frames per video.")
+@click.option("--fps", type=click.FloatRange(0.0, min_open=True), default=25.0, show_default=True,
+              help="Frame rate written.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed; same seed, same data.")
 @click.option("--class-set", type=click.Choice(list(_CLASS_SETS)), default="a", show_default=True,
               help="a: the demo's classes; b: other classes, appearances and motions (for policy "
@@ -56,8 +58,12 @@ from .data.synth_sets import CLASS_SETS as _CLASS_SETS  # noqa: E402  (plain dat
 def synth(out: str, num_classes: int, videos_per_class: int, val_per_class: int, size: int,
           frames: int, fps: float, seed: int, class_set: str, overwrite: bool, quiet: bool) -> None:
     """Write a synthetic static/motion video dataset (mp4 + list files) to OUT."""
-    from .data.synth import make_synth_dataset
+    from .data.synth import make_synth_dataset, synth_classes
 
+    try:
+        synth_classes(num_classes)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--classes'") from None
     try:
         info = make_synth_dataset(out, num_classes=num_classes, videos_per_class=videos_per_class,
                                   val_per_class=val_per_class, size=size, frames=frames, fps=fps,

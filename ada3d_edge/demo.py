@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from .train.stage_specs import PIPELINE
+
 RECIPE = Path(__file__).resolve().parents[1] / "train" / "demo.yaml"
-STAGES = ("upper", "policy", "joint")
 MARKER = ".ada3d-demo"  # written into a workdir the demo created; only such a folder is written over
 OUTPUTS = {"data", "train", "bundle", "eval.json", "run.jsonl", "overlay.mp4", "run_summary.json",
            "bench.json", "bench.png", MARKER}
@@ -75,7 +76,7 @@ def _train(plan: DemoPlan, recipe_path: Path, data: Path, train_dir: Path, steps
     overrides = [f"data.root={data}", f"output_dir={train_dir}", *plan.recipe_overrides]
     recipe = load_recipe(recipe_path, overrides)
     times = train_dir / "times_train.txt"  # "stage seconds" lines, read by benchmarks/train_demo.sh
-    for stage in STAGES:
+    for stage in PIPELINE:  # upper -> policy -> joint
         steps.start(f"train {stage}")
         final = train_dir / stage / "final.pt"
         if final.is_file():
@@ -198,7 +199,7 @@ def run_demo(workdir: str | Path = "runs/demo", quick: bool = False, recipe: Opt
     work = Path(workdir).resolve()
     claim_workdir(work)
     data, bundle = work / "data", work / "bundle"
-    steps = _Steps(echo, total=1 + len(STAGES) + 4)
+    steps = _Steps(echo, total=1 + len(PIPELINE) + 4)
     echo(f"ada3d demo{' --quick' if quick else ''}: everything goes to {work}")
     _synth(plan, data, steps, progress)
     ckpt = _train(plan, recipe_path, data, work / "train", steps, progress)

@@ -30,7 +30,7 @@ if [ "${SKIP_TRAIN:-0}" != 1 ]; then
   touch "$WORK/times_train.txt"
   for stage in ${STAGES:-upper policy joint random-ft}; do   # STAGES="policy joint random-ft": keep upper
     t0=$(date +%s)
-    "${ADA3D[@]}" train "$stage" "$RECIPE" "${SETS[@]}" --quiet
+    "${ADA3D[@]}" train "$stage" "$RECIPE" "${SETS[@]}" --quiet --overwrite  # it retrains the stages named
     grep -v "^$stage " "$WORK/times_train.txt" > "$WORK/times_train.tmp" || true
     echo "$stage $(( $(date +%s) - t0 ))" >> "$WORK/times_train.tmp"
     mv "$WORK/times_train.tmp" "$WORK/times_train.txt"

@@ -64,7 +64,7 @@ def test_state_of_another_optimiser_is_a_clear_error():
 
 
 def test_upper_stage_trains_the_selection_network_with_adamw_when_asked(tmp_path):
-    model = build_ada3d(Ada3DConfig(num_classes=4, selection_width=0.35, policy_size=32))
+    model = build_ada3d(Ada3DConfig(arch="slow_tiny", num_classes=4, selection_width=0.35, policy_size=32))
     recipe = recipe_from_dict(tiny_recipe(tmp_path, tmp_path, optim={"selection_optimizer": "adamw",
                                                                     "selection_lr": 0.003}),
                               check_required=False)

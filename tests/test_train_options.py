@@ -16,7 +16,7 @@ def _recipe(tmp_path, **sections):
 
 
 def test_head_lr_gives_the_policy_heads_their_own_rate(tmp_path):
-    model = build_ada3d(Ada3DConfig(num_classes=4, selection_width=0.35, policy_size=32))
+    model = build_ada3d(Ada3DConfig(arch="slow_tiny", num_classes=4, selection_width=0.35, policy_size=32))
     heads = {id(p) for h in (model.selection.frame_head, model.selection.stage_head) for p in h.parameters()}
     for stage, lr in (("policy", 0.01), ("joint", 0.01)):
         opt = make_optimizer(_recipe(tmp_path, policy={"head_lr": 0.3}), model, stage)
@@ -29,7 +29,7 @@ def test_head_lr_gives_the_policy_heads_their_own_rate(tmp_path):
 
 def test_upper_under_random_policies_runs_degraded_configurations():
     torch.manual_seed(0)
-    model = build_ada3d(Ada3DConfig(num_classes=4, selection_width=0.35, policy_size=32)).eval()
+    model = build_ada3d(Ada3DConfig(arch="slow_tiny", num_classes=4, selection_width=0.35, policy_size=32)).eval()
     clip, policy = torch.randn(3, 3, 8, 32, 32), torch.randn(3, 3, 8, 32, 32)
     labels = torch.tensor([0, 1, 2])
     plain = {round(float(UpperStep(model)(clip, policy, labels)[1]["loss_backbone"]), 6) for _ in range(2)}
@@ -54,7 +54,7 @@ def test_bernoulli_entropy():
 
 def test_entropy_bonus_pulls_saturated_heads_back_towards_exploring(tmp_path):
     torch.manual_seed(0)
-    model = build_ada3d(Ada3DConfig(num_classes=4, num_frames=4, selection_width=0.35, policy_size=32)).eval()
+    model = build_ada3d(Ada3DConfig(arch="slow_tiny", num_classes=4, num_frames=4, selection_width=0.35, policy_size=32)).eval()
     with torch.no_grad():  # nearly saturated heads: keep everything
         model.selection.frame_head.bias.fill_(4.0)
         model.selection.stage_head.bias.fill_(4.0)

@@ -156,3 +156,13 @@ def test_shipped_recipes_load(name):
         assert (r.optim.lr, r.optim.batch_size, r.optim.schedule) == (0.01, 64, "cosine")
         assert (r.policy.lr, r.policy.batch_size, r.policy.epochs, r.joint.epochs) == (1e-4, 256, 40, 60)
         assert r.optim.momentum == 0.9 and not math.isnan(r.policy.gamma)
+
+
+def test_default_recipe_model_and_data_agree():
+    """A recipe that names no arch gets the full-size model its full-size data defaults are for."""
+    from ada3d_edge.models.specs import get_spec
+    from ada3d_edge.train.config import Recipe
+
+    r = Recipe()
+    spec = get_spec(r.model.arch, num_classes=400)
+    assert (spec.crop_size, spec.num_frames, spec.sampling_stride) == (r.data.crop, r.data.num_frames, r.data.stride)

@@ -7,8 +7,11 @@ Items (`VideoListDataset`):
       {"clip": (3, T, crop, crop) float32, "policy": (3, T, P, P) float32,
        "label": () int64 | (C,) float32 multi-hot, "index": int}
 
-* ``split="test"``: ``num_clips`` uniformly spaced clips, short side resized to ``test_crop_size`` and
-  centre-cropped by `ada3d_edge.preprocess.preprocess_eval` (the runtime's code)::
+* ``split="test"``: ``num_clips`` uniformly spaced clips, short side resized to ``test_crop_size``,
+  centre-cropped and normalised by `ada3d_edge.preprocess.preprocess_eval`, which composes the
+  functions the runtime's predictor calls on a clip (`center_crop_frames`, `to_policy_tensor`,
+  `to_clip_tensor`; the runtime's short side is the bundle's, which training checkpoints leave at
+  the crop size), so evaluation sees what the device sees::
 
       {"clip": (N, 3, T, S, S), "policy": (N, 3, T, P, P), "label": ..., "index": int}
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -14,8 +14,9 @@ from ..models.ada3d import Ada3D, Ada3DConfig, build_ada3d, load_ada3d_state
 from .checkpoint import FORMAT, read_checkpoint
 from .config import Recipe
 from .optimizers import MixedOptimizer
+from .stage_specs import OptimGroup, StageSpec, get_stage, recipe_value
+from .stages import part_modules
 
-PREVIOUS = {"upper": None, "policy": "upper", "joint": "policy", "random_ft": "upper"}
 MODEL_KEYS = ("arch", "num_classes", "num_frames", "selection_width", "policy_size")
 
 
@@ -79,19 +80,20 @@ def data_info(recipe: Recipe, classes: List[str], multi_label: bool) -> Dict[str
 
 def init_path(recipe: Recipe, stage: str) -> Optional[str]:
     """The checkpoint `stage` starts from: init_from.<stage>, else the previous stage's final.pt."""
-    given = getattr(recipe.init_from, stage)
+    spec = get_stage(stage)
+    given = getattr(recipe.init_from, spec.name)
     if given:
         if not Path(given).is_file():
-            raise FileNotFoundError(f"init_from.{stage}={given!r} does not exist")
+            raise FileNotFoundError(f"init_from.{spec.name}={given!r} does not exist")
         return given
-    prev = PREVIOUS[stage]
-    if prev is None:
+    if spec.previous is None:
         return None
-    path = recipe.stage_dir(prev) / "final.pt"
+    prev = get_stage(spec.previous)
+    path = recipe.stage_dir(prev.name) / "final.pt"
     if not path.is_file():
         raise FileNotFoundError(
-            f"stage {stage!r} starts from the {prev!r} stage's checkpoint, but {path} does not exist; "
-            f"run `ada3d train {prev.replace('_', '-')} RECIPE` first or set init_from.{stage}=PATH")
+            f"stage {spec.name!r} starts from the {prev.name!r} stage's checkpoint, but {path} does not exist; "
+            f"run `ada3d train {prev.cli_name} RECIPE` first or set init_from.{spec.name}=PATH")
     return str(path)
 
 
@@ -116,8 +118,8 @@ def load_init(model: Ada3D, path: Optional[str]) -> Dict[str, Any]:
         diff = [f"{k}: recipe {mine.get(k)!r} vs checkpoint {theirs.get(k)!r}"
                 for k in (*MODEL_KEYS, "backbone_overrides") if mine.get(k) != theirs.get(k)]
         if diff:
-            raise ValueError(f"{path} was trained with another model than this recipe builds:\n  "
-                             + "\n  ".join(diff))
+            raise ValueError(f"{path} was trained with another model than this recipe builds ("
+                             + "; ".join(diff) + "); start from a checkpoint of this model or change the recipe")
         load_ada3d_state(model, ckpt["model"])
         return {"init": path, "init_stage": ckpt.get("stage"), "init_metrics": ckpt.get("metrics", {})}
     from ..models.pretrained import load_pretrained
@@ -129,58 +131,35 @@ def build_model(recipe: Recipe, num_classes: int) -> Ada3D:
     return build_ada3d(model_config(recipe, num_classes))
 
 
-def stage_settings(recipe: Recipe, stage: str) -> Tuple[int, int]:
-    """(epochs, global batch size) of a stage."""
-    if stage == "upper":
-        return recipe.optim.epochs, recipe.optim.batch_size
-    if stage == "policy":
-        return recipe.policy.epochs, recipe.policy.batch_size
-    if stage == "joint":
-        return recipe.joint.epochs, recipe.joint.batch_size
-    rf = recipe.random_ft
-    return rf.epochs or recipe.joint.epochs, rf.batch_size or recipe.joint.batch_size
+def _group_params(model: Ada3D, part: str) -> List[nn.Parameter]:
+    """The trainable parameters of an optimiser group's part (`selection`: the whole selection network)."""
+    modules = [model.selection] if part == "selection" else part_modules(model, part)
+    return [p for m in modules for p in m.parameters() if p.requires_grad]
 
 
-def _trainable(module: nn.Module) -> List[nn.Parameter]:
-    return [p for p in module.parameters() if p.requires_grad]
+def _group(recipe: Recipe, model: Ada3D, group: OptimGroup) -> Dict[str, Any]:
+    return {"params": _group_params(model, group.part), "lr": recipe_value(recipe, group.lr),
+            "weight_decay": recipe_value(recipe, group.weight_decay)}
 
 
-def _policy_groups(model: Ada3D, lr: float, head_lr: Optional[float], weight_decay: float) -> List[Dict[str, Any]]:
-    """The selection network's MobileNetV2 at `lr`, its two policy heads at `head_lr` (None: `lr`).
-
-    REINFORCE moves the heads' biases (input-independent usage) far faster than their weights; a
-    larger head rate lets the policy become input-dependent before it settles on one usage for all.
-    """
-    sel = model.selection
-    heads = {id(p) for h in (sel.frame_head, sel.stage_head) for p in h.parameters()}
-    body = [p for p in _trainable(sel) if id(p) not in heads]
-    head = [p for p in _trainable(sel) if id(p) in heads]
-    return [{"params": body, "lr": lr, "weight_decay": weight_decay},
-            {"params": head, "lr": head_lr or lr, "weight_decay": weight_decay}]
+def _optimizer_kind(recipe: Recipe, group: OptimGroup) -> str:
+    return recipe_value(recipe, (group.optimizer,)) if "." in group.optimizer else group.optimizer
 
 
-def make_optimizer(recipe: Recipe, model: Ada3D, stage: str) -> torch.optim.Optimizer:
-    """SGD (momentum from optim.momentum); per-stage learning rates (see config). In the upper stage,
-    `optim.selection_optimizer: adamw` trains the selection network's MobileNetV2 with AdamW beside
-    the backbone's SGD (`MixedOptimizer`)."""
-    o, j, p = recipe.optim, recipe.joint, recipe.policy
-    if stage == "upper":
-        selection = {"params": _trainable(model.selection), "lr": o.selection_lr or o.lr,
-                     "weight_decay": o.weight_decay}
-        backbone = {"params": _trainable(model.backbone), "lr": o.lr, "weight_decay": o.weight_decay}
-        if o.selection_optimizer == "adamw":
-            return MixedOptimizer([torch.optim.AdamW([selection], lr=selection["lr"]),
-                                   torch.optim.SGD([backbone], lr=o.lr, momentum=o.momentum)])
-        groups = [selection, backbone]
-    elif stage == "policy":
-        groups = _policy_groups(model, p.lr, p.head_lr, p.weight_decay)
-    elif stage == "joint":
-        groups = _policy_groups(model, j.lr, p.head_lr, p.weight_decay) + [
-            {"params": _trainable(model.backbone), "lr": j.backbone_lr or j.lr, "weight_decay": o.weight_decay}]
-    else:
-        lr = recipe.random_ft.lr or j.backbone_lr or j.lr
-        groups = [{"params": _trainable(model.backbone), "lr": lr, "weight_decay": o.weight_decay}]
-    return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=o.momentum)
+def make_optimizer(recipe: Recipe, model: Ada3D, stage: Union[str, StageSpec]) -> torch.optim.Optimizer:
+    """The stage's parameter groups (`StageSpec.groups`: rates and weight decay from the recipe keys
+    it names) in SGD with momentum `optim.momentum`. A group whose optimiser is AdamW (stage 0's
+    MobileNetV2 with `optim.selection_optimizer: adamw`) goes to an AdamW beside the SGD
+    (`MixedOptimizer`)."""
+    spec = stage if isinstance(stage, StageSpec) else get_stage(stage)
+    groups = [(_optimizer_kind(recipe, g), _group(recipe, model, g)) for g in spec.groups]
+    adamw = [g for kind, g in groups if kind == "adamw"]
+    sgd = [g for kind, g in groups if kind != "adamw"]
+    momentum = recipe.optim.momentum
+    if adamw:
+        return MixedOptimizer([torch.optim.AdamW(adamw, lr=adamw[0]["lr"]),
+                               torch.optim.SGD(sgd, lr=sgd[0]["lr"], momentum=momentum)])
+    return torch.optim.SGD(sgd, lr=sgd[0]["lr"], momentum=momentum)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:

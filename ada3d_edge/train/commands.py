@@ -5,15 +5,15 @@ Only click is imported here; torch and the training code load when a command run
 from __future__ import annotations
 
 import shlex
+import sys
 from typing import Optional, Sequence
 
 import click
 
 from ..extras import require
 from .run_dir import check_stage_dir
+from .stage_specs import PIPELINE, STAGE_REGISTRY, get_stage
 
-STAGE_NAMES = {"upper": "upper", "policy": "policy", "joint": "joint", "random-ft": "random_ft",
-               "random_ft": "random_ft"}
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)  # TypeError is a bug, not a user error
 
 
@@ -36,10 +36,10 @@ def _load(recipe: str, sets: Sequence[str], random_policy: Optional[str], init_f
 
 
 def _end_distributed() -> None:
-    import torch.distributed as dist
+    if "ada3d_edge.train.dist" in sys.modules:  # not loaded: no process group was joined
+        from .dist import end_distributed
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        end_distributed()
 
 
 def _interrupted(recipe, stage: str, later: Sequence[str], ctx: click.Context) -> str:
@@ -57,7 +57,7 @@ def _interrupted(recipe, stage: str, later: Sequence[str], ctx: click.Context) -
         common.append("--quiet")
 
     def command(s: str, *extra: str) -> str:
-        return " ".join(shlex.quote(w) for w in ["ada3d", "train", s.replace("_", "-"), *common, *extra])
+        return " ".join(shlex.quote(w) for w in ["ada3d", "train", get_stage(s).cli_name, *common, *extra])
 
     again = ("--overwrite",) if p.get("overwrite") else ()
     rest = [command(s, *again) for s in later]
@@ -71,7 +71,7 @@ def _interrupted(recipe, stage: str, later: Sequence[str], ctx: click.Context) -
 
 
 @click.command("train")
-@click.argument("stage", type=click.Choice(["upper", "policy", "joint", "random-ft", "all"]))
+@click.argument("stage", type=click.Choice([*(s.cli_name for s in STAGE_REGISTRY.values()), "all"]))
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe key (dotted, YAML-typed), e.g. --set policy.gamma=0.3. Repeatable.")
@@ -94,11 +94,11 @@ def train_cmd(stage: str, recipe: str, sets, resume: bool, overwrite: bool, rand
     pretraining), policy (stage 1), joint (stage 2), random-ft (baseline), or all (upper, policy,
     joint). Works under torchrun (DDP)."""
     require("torch", "train", "train")
-    key = None if stage == "all" else STAGE_NAMES[stage]
+    key = None if stage == "all" else get_stage(stage).name
     try:
         extra = [f"data.max_bad_fraction={max_bad_fraction}"] if max_bad_fraction is not None else []
         r = _load(recipe, [*sets, *extra], random_policy, init_from, output_dir, key)
-        stages = ["upper", "policy", "joint"] if key is None else [key]
+        stages = list(PIPELINE) if key is None else [key]
         for s in stages:  # every stage's folder before any work
             check_stage_dir(r.stage_dir(s), s, resume, overwrite)
         from .trainer import train_stage
@@ -179,6 +179,20 @@ def eval_cmd(checkpoint: str, data_list: str, root, classes_file, clips, json_ou
         click.echo(f"wrote {plot_out} (per-class usage, the paper's Fig. 4)")
 
 
+def _gammas(text: str) -> list:
+    """`--gamma 0.2,0.5,1.0` -> [0.2, 0.5, 1.0]; each a number >= 0."""
+    values = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"--gamma {text!r}: {part!r} is not a number; pass values like 0.2,0.5,1.0") from None
+        if not value >= 0:
+            raise ValueError(f"--gamma {text!r}: gamma must be >= 0, got {part}")
+        values.append(value)
+    return values
+
+
 @click.command("sweep")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--gamma", "gammas", default=None, metavar="A,B,C",
@@ -198,7 +212,7 @@ def sweep_cmd(recipe: str, gammas, sets, output_dir, no_random_ft: bool, resume:
     require("matplotlib", "train", "sweep")
     try:
         r = _load(recipe, sets, None, None, output_dir, None)
-        values = [float(g) for g in gammas.split(",") if g.strip()] if gammas else list(r.gammas)
+        values = _gammas(gammas) if gammas else list(r.gammas)
         if not values:
             raise ValueError("no gamma values: pass --gamma 0.2,0.5,1.0 or set `gammas` in the recipe")
         from .sweep import run_sweep

@@ -13,8 +13,11 @@ A recipe has these sections (every key optional unless marked; unknown keys are 
                stage 0's MobileNetV2; the backbone always uses SGD), momentum, weight_decay,
                schedule (cosine | constant), warmup_epochs, epochs, batch_size
     policy:    stage 1 and the reward: gamma, baseline (batch_mean | moving_average | self_critical),
-               baseline_momentum, lr, epochs, batch_size, weight_decay
-    joint:     stage 2: lr (selection network), backbone_lr (null = lr), epochs, batch_size
+               baseline_momentum, entropy_coef, lr, head_lr (null = lr), epochs, batch_size, weight_decay
+               (gamma, baseline and entropy_coef drive stage 2's policy gradient too)
+    joint:     stage 2: lr (selection network), backbone_lr (null = lr), head_lr (null = policy.head_lr,
+               else lr), weight_decay (selection network; null = policy.weight_decay; the backbone
+               uses optim.weight_decay), epochs, batch_size
     random_ft: Random FT: lr (null = joint backbone lr), epochs / batch_size (null = joint's)
     random_policy: frames, stages — mean usage targets (fractions of T and K) for Random FT
     bn_calibration: batches (per stage configuration; 0 = off), frame_keep_prob — BatchNorm
@@ -24,7 +27,9 @@ A recipe has these sections (every key optional unless marked; unknown keys are 
                (null = the previous stage's final.pt in output_dir; upper: from scratch)
     seed, output_dir, device (auto | cpu | cuda), threshold, gammas (for `ada3d sweep`)
 
-Batch sizes are global (divided by the number of DDP processes), as in PySlowFast. Relative paths
+Which keys drive which stage (rates, weight decay, epochs, batch size) is written in each stage's
+spec (`stage_specs.STAGE_REGISTRY`). Batch sizes are global (divided by the number of DDP
+processes), as in PySlowFast. Relative paths
 are relative to the working directory; list and classes paths are looked up under `data.root` first.
 """
 from __future__ import annotations
@@ -37,7 +42,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
-STAGES = ("upper", "policy", "joint", "random_ft")
 BASELINES = ("batch_mean", "moving_average", "self_critical")  # policy.baseline (rewards.Baseline)
 SELECTION_OPTIMIZERS = ("sgd", "adamw")  # optim.selection_optimizer (build.make_optimizer)
 REQUIRED = ("data.root", "data.train_list", "data.val_list", "data.classes")
@@ -45,7 +49,10 @@ REQUIRED = ("data.root", "data.train_list", "data.val_list", "data.classes")
 
 @dataclass
 class ModelCfg:
-    arch: str = "slow_tiny"
+    """Defaults: the paper's SlowOnly 8x8 (`slow_r50`), to go with DataCfg's Kinetics-size defaults;
+    the demo and the tests name their small arch in the recipe."""
+
+    arch: str = "slow_r50"
     backbone: Dict[str, Any] = field(default_factory=dict)
     num_classes: Optional[int] = None
     selection_width: float = 1.0
@@ -94,7 +101,7 @@ class PolicyCfg:
     baseline: str = "batch_mean"
     baseline_momentum: float = 0.9
     lr: float = 1e-4
-    head_lr: Optional[float] = None  # the two policy heads (stages 1-2); None = lr (joint: joint.lr)
+    head_lr: Optional[float] = None  # the two policy heads in stage 1 (and 2 unless joint.head_lr); None = lr
     entropy_coef: float = 0.0  # bonus on the policies' Bernoulli entropy (stages 1-2); 0 = the paper
     epochs: int = 40
     batch_size: int = 256
@@ -105,6 +112,8 @@ class PolicyCfg:
 class JointCfg:
     lr: float = 1e-4
     backbone_lr: Optional[float] = None
+    head_lr: Optional[float] = None  # the two policy heads; None = policy.head_lr, else joint.lr
+    weight_decay: Optional[float] = None  # the selection network; None = policy.weight_decay
     epochs: int = 60
     batch_size: int = 256
 
@@ -322,6 +331,9 @@ def load_recipe(path: Union[str, Path], overrides: Sequence[str] = (), check_req
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"recipe {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe {path} must be a mapping of sections (model:, data:, optim:, ...), "
+                         f"got a {type(data).__name__}; see train/README.md")
     recipe = recipe_from_dict(data, overrides, check_required=check_required)
     recipe.source = str(path)
     return recipe
@@ -358,10 +370,12 @@ def validate(r: Recipe, check_required: bool = True) -> None:
                 "data.val_clips", "model.policy_size", "optim.selection_lr", "optim.epochs", "optim.batch_size",
                 "policy.epochs", "policy.batch_size", "joint.epochs", "joint.batch_size",
                 "random_ft.epochs", "random_ft.batch_size", "optim.lr", "policy.lr", "joint.lr",
-                "joint.backbone_lr", "random_ft.lr", "model.selection_width", "model.num_classes"):
+                "joint.backbone_lr", "random_ft.lr", "model.selection_width", "model.num_classes",
+                "policy.head_lr", "joint.head_lr"):
         sec, name = key.split(".")
         _positive(getattr(getattr(r, sec), name), key)
-    for key in ("optim.weight_decay", "policy.weight_decay", "policy.entropy_coef", "optim.warmup_epochs", "policy.gamma",
+    for key in ("optim.weight_decay", "policy.weight_decay", "joint.weight_decay", "policy.entropy_coef",
+                "optim.warmup_epochs", "policy.gamma",
                 "data.workers", "data.val_every"):
         sec, name = key.split(".")
         _positive(getattr(getattr(r, sec), name), key, allow_zero=True)

@@ -79,6 +79,7 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+def end_distributed() -> None:
+    """Leave the process group if one was joined (the one teardown; the CLI calls it after a command)."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

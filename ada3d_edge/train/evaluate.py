@@ -23,11 +23,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.dataset import BadVideoTracker, VideoListDataset, collate_skip_bad
-from ..data.lists import require_file
+from ..data.lists import load_classes, require_file
 from .checkpoint import load_model
 from .dist import pick_device
-from .inference import CostModel, all_actions, scores_of, test_batches, video_scores
-from .metrics import video_metric
+from .inference import CostModel, UsageAccumulator, all_actions, test_batches
 from .rewards import frame_prob_for, random_actions
 from ..models.selection import Actions, greedy_actions
 
@@ -55,29 +54,12 @@ def class_kinds(classes_file: Path) -> Dict[str, str]:
         return {}
 
 
-class _Acc:
-    """Per-video scores and per-clip usage of one row."""
-
-    def __init__(self) -> None:
-        self.scores: List[np.ndarray] = []
-        self.frames: List[np.ndarray] = []
-        self.stages: List[np.ndarray] = []
-        self.gflops: List[np.ndarray] = []
-
-    def add(self, logits: torch.Tensor, acts: Actions, cost: CostModel, multi: bool, b: int, n: int) -> None:
-        self.scores.append(video_scores(scores_of(logits, multi), b, n))
-        cpu = Actions(acts.frames.cpu(), acts.stages.cpu())
-        self.frames.append(cpu.frames.sum(1).float().numpy())
-        self.stages.append(cpu.stages.sum(1).float().numpy())
-        self.gflops.append(cost.backbone(cpu))
-
-    def row(self, name: str, labels: np.ndarray, multi: bool, selection: float) -> Dict[str, Any]:
-        gb = float(np.concatenate(self.gflops).mean())
-        return {"method": name, "metric": video_metric(np.concatenate(self.scores), labels, multi),
-                "gflops": gb + selection, "gflops_backbone": gb, "gflops_selection": selection,
-                "includes_selection": selection > 0,
-                "mean_3d": float(np.concatenate(self.stages).mean()),
-                "mean_frames": float(np.concatenate(self.frames).mean())}
+def _row(acc: UsageAccumulator, name: str, labels: np.ndarray, multi: bool, selection: float) -> Dict[str, Any]:
+    """A Table-1 row; `selection` = the selection network's GFLOPs per clip counted in the row."""
+    gb = acc.mean_backbone_gflops
+    return {"method": name, "metric": acc.metric(labels, multi),
+            "gflops": gb + selection, "gflops_backbone": gb, "gflops_selection": selection,
+            "includes_selection": selection > 0, "mean_3d": acc.mean_3d, "mean_frames": acc.mean_frames}
 
 
 def recipe_max_bad_fraction(ckpt: Dict[str, Any]) -> float:
@@ -88,12 +70,14 @@ def recipe_max_bad_fraction(ckpt: Dict[str, Any]) -> float:
     return float(data.get("max_bad_fraction", DataCfg.max_bad_fraction))
 
 
-def _check_same_model(main: Dict[str, Any], other: Dict[str, Any], ck_main, ck_other, path) -> None:
+def _check_same_model(main: Dict[str, Any], other: Dict[str, Any], ck_main, ck_other, path, option: str) -> None:
     keys = ("arch", "num_classes", "num_frames", "backbone_overrides")
-    diff = [k for k in keys if main.get(k) != other.get(k)]
-    if diff or ck_main["data"]["classes"] != ck_other["data"]["classes"]:
-        raise ValueError(f"{path} holds another model or class list than the checkpoint "
-                         f"(differs in {diff or ['classes']})")
+    diff = [f"{k}: {other.get(k)!r} vs {main.get(k)!r}" for k in keys if main.get(k) != other.get(k)]
+    if ck_main["data"]["classes"] != ck_other["data"]["classes"]:
+        diff.append("classes")
+    if diff:
+        raise ValueError(f"{option} {path} holds another model or class list than the evaluated checkpoint "
+                         f"({'; '.join(diff)}); pass a checkpoint trained from the same recipe")
 
 
 @torch.no_grad()
@@ -119,6 +103,10 @@ def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike]
     dev = pick_device(device)
     model, ck = load_model(checkpoint)
     d = ck["data"]
+    classes = load_classes(cls_file, "--classes")
+    if classes != list(d["classes"]):
+        raise ValueError(f"{cls_file} lists other classes than the checkpoint was trained on "
+                         f"({len(classes)} vs {len(d['classes'])}); pass the training classes file with --classes")
     thr = float(d.get("threshold", 0.5) if threshold is None else threshold)
     max_bad = recipe_max_bad_fraction(ck) if max_bad_fraction is None else float(max_bad_fraction)
     n_clips = int(num_clips or d.get("num_clips", 10))
@@ -126,32 +114,29 @@ def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike]
                           stride=d["stride"], test_crop_size=d["test_crop_size"], num_clips=n_clips,
                           policy_size=d["policy_size"], mean=d["mean"], std=d["std"],
                           multi_label=d["multi_label"] or None)
-    if ds.classes != list(d["classes"]):
-        raise ValueError(f"{cls_file} lists other classes than the checkpoint was trained on "
-                         f"({len(ds.classes)} vs {len(d['classes'])}); pass the training classes file")
     multi = bool(d["multi_label"] or ds.multi_label)
     rf_model = None
     if random_ft is not None:
         rf_model, rf_ck = load_model(random_ft)
-        _check_same_model(model.config, rf_model.config, ck, rf_ck, random_ft)
+        _check_same_model(model.config, rf_model.config, ck, rf_ck, random_ft, "--random-ft")
         rf_model.to(dev)
     up_model = model
     if upper is not None:
         up_model, up_ck = load_model(upper)
-        _check_same_model(model.config, up_model.config, ck, up_ck, upper)
+        _check_same_model(model.config, up_model.config, ck, up_ck, upper, "--upper")
         up_model.to(dev)
     model.to(dev)
     cost = CostModel(model.config, d["test_crop_size"])
     t, k = cost.t, cost.k
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad)
 
-    up, ada, labels, indices = _Acc(), _Acc(), [], []
+    up, ada, labels, indices = UsageAccumulator(), UsageAccumulator(), [], []
     for (clip, policy, lab, b, n), batch in tqdm(test_batches(loader, dev), total=len(loader),
                                                   desc="eval: Upper + Ada3D", disable=not progress):
-        up.add(up_model.backbone(clip), all_actions(clip.shape[0], t, k, dev), cost, multi, b, n)
+        up.add(up_model.backbone(clip), all_actions(clip.shape[0], t, k, dev), multi, b, n, cost)
         m, s = model.selection(policy)
         acts = greedy_actions(m, s, thr)
-        ada.add(model(clip, acts), acts, cost, multi, b, n)
+        ada.add(model(clip, acts), acts, multi, b, n, cost)
         labels.append(lab.numpy())
         indices.append(batch["index"].numpy())
     BadVideoTracker(max_bad, ds, setting="--max-bad-fraction").check(num_bad=ds.num_bad, num_seen=len(ds))
@@ -159,23 +144,23 @@ def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike]
         raise RuntimeError(f"no readable video in {data_list}; see the warnings above")
     labels_np, idx = np.concatenate(labels), np.concatenate(indices)
     sel = cost.selection_gflops
-    ada_row = ada.row("Ada3D", labels_np, multi, sel)
+    ada_row = _row(ada, "Ada3D", labels_np, multi, sel)
     frame_prob = frame_prob_for(min(max(ada_row["mean_frames"], 1.0), t), t)
     stage_prob = ada_row["mean_3d"] / k if k else 0.0
 
-    rand, rand_ft = _Acc(), _Acc()
+    rand, rand_ft = UsageAccumulator(), UsageAccumulator()
     gen = torch.Generator().manual_seed(seed)
     for (clip, policy, lab, b, n), _ in tqdm(test_batches(loader, dev), total=len(loader),
                                              desc="eval: Random" + (" + Random FT" if rf_model else ""),
                                              disable=not progress):
         acts = random_actions(clip.shape[0], t, k, frame_prob, stage_prob, generator=gen, device=dev)
-        rand.add(up_model(clip, acts), acts, cost, multi, b, n)
+        rand.add(up_model(clip, acts), acts, multi, b, n, cost)
         if rf_model is not None:
-            rand_ft.add(rf_model(clip, acts), acts, cost, multi, b, n)
+            rand_ft.add(rf_model(clip, acts), acts, multi, b, n, cost)
 
-    rows = [up.row("Upper", labels_np, multi, 0.0), rand.row("Random", labels_np, multi, sel)]
+    rows = [_row(up, "Upper", labels_np, multi, 0.0), _row(rand, "Random", labels_np, multi, sel)]
     if rf_model is not None:
-        rows.append(rand_ft.row("Random FT", labels_np, multi, sel))
+        rows.append(_row(rand_ft, "Random FT", labels_np, multi, sel))
     rows.append(ada_row)
     per_class, by_kind = _per_class(ds, idx, ada, up, labels_np, multi, class_kinds(cls_file))
     return {
@@ -194,8 +179,8 @@ def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike]
     }
 
 
-def _per_class(ds: VideoListDataset, idx: np.ndarray, ada: _Acc, upper: _Acc, labels: np.ndarray,
-               multi: bool, kinds: Dict[str, str]):
+def _per_class(ds: VideoListDataset, idx: np.ndarray, ada: UsageAccumulator, upper: UsageAccumulator,
+               labels: np.ndarray, multi: bool, kinds: Dict[str, str]):
     """Ada3D's mean # 3D stages and # frames per class (a multi-label video counts for each label)."""
     n = len(idx)
     clips_per_video = len(np.concatenate(ada.frames)) // max(n, 1)

@@ -7,7 +7,7 @@ multi-label data) are averaged over a video's N clips. Costs are the analytic MA
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -78,6 +78,49 @@ def video_scores(clip_scores: torch.Tensor, b: int, n: int) -> np.ndarray:
     return clip_scores.reshape(b, n, -1).mean(1).float().cpu().numpy()
 
 
+class UsageAccumulator:
+    """Per-video scores and per-clip usage (# frames, # 3D stages, backbone GFLOPs) of one way of
+    choosing actions over a pass of test batches; per-epoch validation and `ada3d eval` both use it."""
+
+    def __init__(self) -> None:
+        self.scores: List[np.ndarray] = []
+        self.frames: List[np.ndarray] = []
+        self.stages: List[np.ndarray] = []
+        self.gflops: List[np.ndarray] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.scores)
+
+    def add_scores(self, logits: torch.Tensor, multi_label: bool, b: int, n: int) -> None:
+        """Video scores of (B*N, C) clip logits."""
+        self.scores.append(video_scores(scores_of(logits, multi_label), b, n))
+
+    def add(self, logits: torch.Tensor, acts: Actions, multi_label: bool, b: int, n: int,
+            cost: Optional[CostModel] = None) -> None:
+        """Scores of (B*N, C) clip logits and the usage of their actions (GFLOPs when `cost` is given)."""
+        self.add_scores(logits, multi_label, b, n)
+        cpu = Actions(acts.frames.cpu(), acts.stages.cpu())
+        self.frames.append(cpu.frames.sum(1).float().numpy())
+        self.stages.append(cpu.stages.sum(1).float().numpy())
+        if cost is not None:
+            self.gflops.append(cost.backbone(cpu))
+
+    def metric(self, labels: np.ndarray, multi_label: bool) -> float:
+        return video_metric(np.concatenate(self.scores), labels, multi_label)
+
+    @property
+    def mean_frames(self) -> float:
+        return float(np.concatenate(self.frames).mean())
+
+    @property
+    def mean_3d(self) -> float:
+        return float(np.concatenate(self.stages).mean())
+
+    @property
+    def mean_backbone_gflops(self) -> float:
+        return float(np.concatenate(self.gflops).mean())
+
+
 @torch.no_grad()
 def quick_validate(model: Ada3D, loader, mode: str, multi_label: bool, device: torch.device,
                    threshold: float = 0.5, random_probs: Optional[Tuple[float, float]] = None,
@@ -90,14 +133,14 @@ def quick_validate(model: Ada3D, loader, mode: str, multi_label: bool, device: t
     from tqdm import tqdm
 
     model.eval()
-    out: Dict[str, list] = {"scores": [], "labels": [], "sel": [], "frames": [], "stages": [], "gflops": []}
-    for (clip, policy, labels, b, n), _ in tqdm(test_batches(loader, device), desc="validate",
-                                                 leave=False, disable=not progress):
+    acc, sel, labels = UsageAccumulator(), UsageAccumulator(), []
+    for (clip, policy, lab, b, n), _ in tqdm(test_batches(loader, device), desc="validate",
+                                              leave=False, disable=not progress):
         t, k = clip.shape[2], model.backbone.num_stages_3d
         if mode == "upper":
             logits = model.backbone(clip)
             if model.selection.classifier is not None:
-                out["sel"].append(video_scores(scores_of(model.selection.classify(policy), multi_label), b, n))
+                sel.add_scores(model.selection.classify(policy), multi_label, b, n)
             acts = all_actions(clip.shape[0], t, k, device)
         elif mode == "ada3d":
             m, s = model.selection(policy)
@@ -106,24 +149,18 @@ def quick_validate(model: Ada3D, loader, mode: str, multi_label: bool, device: t
         else:
             acts = random_actions(clip.shape[0], t, k, *random_probs, device=device)
             logits = model(clip, acts)
-        out["scores"].append(video_scores(scores_of(logits, multi_label), b, n))
-        out["labels"].append(labels.numpy())
-        out["frames"].append(acts.frames.sum(1).float().cpu().numpy())
-        out["stages"].append(acts.stages.sum(1).float().cpu().numpy())
-        if cost is not None:
-            out["gflops"].append(cost.backbone(Actions(acts.frames.cpu(), acts.stages.cpu())))
-    if not out["scores"]:
+        acc.add(logits, acts, multi_label, b, n, cost)
+        labels.append(lab.numpy())
+    if not acc:
         return {}
-    labels = np.concatenate(out["labels"])
-    res = {"val_metric": video_metric(np.concatenate(out["scores"]), labels, multi_label),
-           "val_frames": float(np.concatenate(out["frames"]).mean()),
-           "val_stages3d": float(np.concatenate(out["stages"]).mean())}
+    labels_np = np.concatenate(labels)
+    res = {"val_metric": acc.metric(labels_np, multi_label), "val_frames": acc.mean_frames,
+           "val_stages3d": acc.mean_3d}
     t, k = model.num_frames, model.backbone.num_stages_3d
     res["val_frames_frac"] = res["val_frames"] / t
     res["val_stages_frac"] = res["val_stages3d"] / max(k, 1)
-    if out["sel"]:
-        res["val_selection_metric"] = video_metric(np.concatenate(out["sel"]), labels, multi_label)
-    if cost is not None and out["gflops"]:
-        res["val_gflops"] = float(np.concatenate(out["gflops"]).mean()) + (
-            cost.selection_gflops if mode != "upper" else 0.0)
+    if sel:
+        res["val_selection_metric"] = sel.metric(labels_np, multi_label)
+    if cost is not None and acc.gflops:
+        res["val_gflops"] = acc.mean_backbone_gflops + (cost.selection_gflops if mode != "upper" else 0.0)
     return res

@@ -14,12 +14,13 @@ from stage 0): a batch is split into groups by kept-frame count T' and by stage 
 one or two clips gives useless batch statistics. Their affine weights are still trained.
 Multi-label data uses binary cross-entropy instead of cross-entropy.
 
-Wrapping one of these modules in DDP synchronises exactly the parameters that receive gradients;
-`prepare(model, stage)` freezes the rest.
+What each stage trains, its modes, optimiser groups and recipe keys are its `StageSpec`
+(stage_specs.py). Wrapping one of these modules in DDP synchronises exactly the parameters that
+receive gradients; `prepare(model, stage)` freezes the rest.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -29,6 +30,7 @@ from ..models.ada3d import Ada3D
 from ..models.selection import Actions, greedy_actions, sample_actions
 from .dist import DistInfo, all_reduce_mean
 from .rewards import Baseline, bernoulli_entropy, is_correct, random_actions, reinforce_loss, rewards
+from .stage_specs import StageSpec, get_stage
 
 Stats = Dict[str, torch.Tensor]
 
@@ -52,34 +54,47 @@ def bn_eval(module: nn.Module) -> None:
             m.eval()
 
 
-def prepare(model: Ada3D, stage: str) -> None:
-    """Set requires_grad for `stage` (the parameters the stage trains)."""
+def part_modules(model: Ada3D, part: str) -> List[nn.Module]:
+    """The modules of a model part (stage_specs.PARTS); [] when the model does not have it."""
     sel = model.selection
-    _freeze(model, False)
-    if stage == "upper":
-        _freeze(sel.frame_head)
-        _freeze(sel.stage_head)
-        if sel.classifier is None:
-            raise ValueError("stage 'upper' pretrains the selection network as a classifier: "
-                             "build it with num_classes")
-    elif stage == "policy":
-        _freeze(model.backbone)
-    elif stage == "random_ft":
-        _freeze(sel)
-    elif stage != "joint":
-        raise ValueError(f"unknown stage {stage!r}")
-    if stage in ("policy", "joint") and sel.classifier is not None:
-        _freeze(sel.classifier)
+    if part == "backbone":
+        return [model.backbone]
+    if part == "policy_heads":
+        return [sel.frame_head, sel.stage_head]
+    if part == "selection_classifier":
+        return [sel.classifier] if sel.classifier is not None else []
+    if part == "selection_body":
+        others = {id(m) for m in (sel.frame_head, sel.stage_head, sel.classifier) if m is not None}
+        return [m for m in sel.children() if id(m) not in others]
+    raise ValueError(f"unknown model part {part!r}")
 
 
-def set_train_modes(model: Ada3D, stage: str) -> None:
-    """Train/eval modes per stage (call at the start of every epoch)."""
+def _spec(stage: Union[str, StageSpec]) -> StageSpec:
+    return stage if isinstance(stage, StageSpec) else get_stage(stage)
+
+
+def prepare(model: Ada3D, stage: Union[str, StageSpec]) -> None:
+    """Set requires_grad for `stage`: its `trains` parts only."""
+    spec = _spec(stage)
+    _freeze(model)
+    for part in spec.trains:
+        modules = part_modules(model, part)
+        if not modules:
+            raise ValueError(f"stage {spec.name!r} trains the {part.replace('_', ' ')}, which this model "
+                             "lacks: build the selection network with num_classes")
+        for m in modules:
+            _freeze(m, False)
+
+
+def set_train_modes(model: Ada3D, stage: Union[str, StageSpec]) -> None:
+    """Train/eval modes of `stage` (call at the start of every epoch)."""
+    spec = _spec(stage)
     model.train()
-    if stage == "policy":
+    if spec.backbone_mode == "eval":
         model.backbone.eval()
-    elif stage in ("joint", "random_ft"):
+    elif spec.backbone_mode == "bn_eval":
         bn_eval(model.backbone)
-    if stage == "random_ft":
+    if spec.selection_mode == "eval":
         model.selection.eval()
 
 

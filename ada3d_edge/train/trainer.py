@@ -22,21 +22,20 @@ from tqdm import tqdm
 from ..data.dataset import BadVideoTracker, collate_skip_bad
 from .bn_calibration import calibrate_bn, is_calibrated, training_clips
 from .build import (build_model, check_data_paths, data_info, init_path, load_init, lr_factor,
-                    make_dataset, make_optimizer, resolve_data_paths, stage_settings)
+                    make_dataset, make_optimizer, resolve_data_paths)
 from .checkpoint import read_checkpoint, save_checkpoint
-from .config import STAGES, Recipe, save_recipe
+from .config import Recipe, save_recipe
 from .dist import DistInfo, all_reduce_sum, barrier, init_distributed
 from .inference import CostModel, quick_validate
 from .rewards import Baseline, frame_prob_for
 from .run_dir import check_stage_dir, clear_stage_outputs
-from .stages import PolicyStep, RandomFtStep, UpperStep, prepare, set_train_modes
+from .stage_specs import StepInputs, get_stage, recipe_value
+from .stages import prepare, set_train_modes
 
 COLUMNS = ["epoch", "step", "lr", "time_s", "loss", "acc", "selection_acc", "loss_backbone",
            "loss_selection", "loss_policy", "loss_cls", "reward", "entropy", "frames", "stages3d", "frames_frac",
            "stages_frac", "val_metric", "val_selection_metric", "val_frames", "val_stages3d",
            "val_frames_frac", "val_stages_frac", "val_gflops", "bad_videos", "seen_videos"]
-BN_CALIBRATED_STAGES = ("upper", "joint", "random_ft")  # the stages that change the backbone
-VAL_MODE = {"upper": "upper", "policy": "ada3d", "joint": "ada3d", "random_ft": "random"}
 StepHook = Callable[[int, int, int], None]
 
 
@@ -89,7 +88,8 @@ def random_policy_probs(recipe: Recipe, num_frames: int) -> Dict[str, float]:
 class Trainer:
     def __init__(self, recipe: Recipe, stage: str, info: DistInfo, resume: bool, progress: bool,
                  on_step: Optional[StepHook], overwrite: bool = False):
-        self.recipe, self.stage, self.info = recipe, stage, info
+        self.spec = get_stage(stage)  # everything stage-specific (stage_specs.py)
+        self.recipe, self.stage, self.info = recipe, self.spec.name, info
         self.resume, self.progress, self.on_step = resume, progress and info.is_main, on_step
         self.overwrite = overwrite
         self.out = recipe.stage_dir(stage)
@@ -105,26 +105,21 @@ class Trainer:
         self.val_ds = make_dataset(r, "test", list_file=r.data.val_list, num_clips=r.data.val_clips)
         self.classes, self.multi_label = self.train_ds.classes, self.train_ds.multi_label
         self.init = None if self.resume else init_path(r, self.stage)  # resuming: last.pt holds the weights
-        self.random = random_policy_probs(r, r.data.num_frames) if self.stage == "random_ft" else None
+        self.random = random_policy_probs(r, r.data.num_frames) if self.spec.random_policy else None
         seed_everything(r.seed + info.rank)
         self.model = build_model(r, len(self.classes))
         self.loaded = {} if self.resume else load_init(self.model, self.init)
         self.resumed_from: Optional[Path] = None
         self.model.to(info.device)
-        prepare(self.model, self.stage)
+        prepare(self.model, self.spec)
         self.baseline = Baseline(r.policy.baseline, r.policy.baseline_momentum)
-        if self.stage == "upper":
-            step = UpperStep(self.model, r.optim.random_policy_prob)
-        elif self.stage == "random_ft":
-            step = RandomFtStep(self.model, self.random["frame_prob"], self.random["stage_prob"])
-        else:
-            step = PolicyStep(self.model, r.policy.gamma, self.baseline, self.stage == "joint", info,
-                              r.policy.entropy_coef)
+        step = self.spec.step(self.spec, self.model, r, StepInputs(self.baseline, info, self.random))
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
             step = DDP(step, device_ids=[info.device] if info.device.type == "cuda" else None)
         self.step_module = step
-        self.epochs, batch = stage_settings(r, self.stage)
+        self.epochs = int(recipe_value(r, self.spec.epochs))
+        batch = int(recipe_value(r, self.spec.batch_size))
         per_proc = max(1, batch // info.world_size)
         self.sampler = (DistributedSampler(self.train_ds, info.world_size, info.rank, shuffle=True,
                                            seed=r.seed) if info.enabled else None)
@@ -134,7 +129,7 @@ class Trainer:
                                  collate_fn=collate_skip_bad, drop_last=False)
         self.val_loader = DataLoader(self.val_ds, batch_size=max(1, per_proc // r.data.val_clips),
                                      num_workers=r.data.workers, collate_fn=collate_skip_bad)
-        self.optimizer = make_optimizer(r, self.model, self.stage)
+        self.optimizer = make_optimizer(r, self.model, self.spec)
         steps = len(self.loader)
         total, warmup = self.epochs * steps, int(round(r.optim.warmup_epochs * steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -246,16 +241,16 @@ class Trainer:
             self.log(f"{len(self.train_ds)} training videos, {len(self.classes)} classes, "
                      f"{self.epochs} epochs x {len(self.loader)} steps, world size {info.world_size}, "
                      f"{self.start_text()}, output: {self.out}")
-        if self.stage == "policy" and not is_calibrated(self.model.backbone):
-            self.calibrate_bn("before stage 1 (its backbone has no per-configuration statistics)")
+        if self.spec.calibrate_bn_before and not is_calibrated(self.model.backbone):
+            self.calibrate_bn(f"before {self.stage} (its backbone has no per-configuration statistics)")
         barrier(info)
         for epoch in range(self.start_epoch, self.epochs):
             row = self.train_epoch(epoch)
             last = epoch == self.epochs - 1
-            if last and self.stage in BN_CALIBRATED_STAGES:
+            if last and self.spec.calibrate_bn_after:
                 self.calibrate_bn("after training")  # before the last validation and checkpoints
             if info.is_main and (last or (r.data.val_every and (epoch + 1) % r.data.val_every == 0)):
-                val = quick_validate(self.model, self.val_loader, VAL_MODE[self.stage], self.multi_label,
+                val = quick_validate(self.model, self.val_loader, self.spec.val_mode, self.multi_label,
                                      info.device, r.threshold,
                                      (self.random["frame_prob"], self.random["stage_prob"]) if self.random else None,
                                      self.cost, self.progress)
@@ -293,7 +288,7 @@ class Trainer:
         info = self.info
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
-        set_train_modes(self.model, self.stage)
+        set_train_modes(self.model, self.spec)
         self.tracker.reset()
         sums: Dict[str, float] = {}
         count, t0 = 0, time.time()
@@ -350,8 +345,7 @@ def train_stage(recipe: Recipe, stage: str, *, resume: bool = False, overwrite: 
     Every missing file (lists, classes, root, the checkpoint to start from) is reported before any
     training work. Under torchrun the process group is joined here (and left to the caller to end).
     """
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+    stage = get_stage(stage).name  # ValueError listing the stages for an unknown one
     check_stage_dir(recipe.stage_dir(stage), stage, resume, overwrite)
     resolve_data_paths(recipe)
     check_data_paths(recipe)
