@@ -46,6 +46,11 @@ def greedy_actions(frame_probs: np.ndarray, stage_probs: np.ndarray,
     return u, sp > threshold
 
 
+def _stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """A batch of one is a view (no copy); more are stacked."""
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+
+
 def logits_to_scores(logits: np.ndarray, multi_label: bool = False) -> np.ndarray:
     """Softmax over the last axis, or element-wise sigmoid when ``multi_label``."""
     x = np.asarray(logits, dtype=np.float64)
@@ -201,7 +206,7 @@ class AdaptivePredictor:
         else:
             m = self.manifest
             t0 = time.perf_counter()
-            x = np.stack([preprocess.to_policy_tensor(c, m.policy_size, m.mean, m.std) for c in crops])
+            x = _stack([preprocess.to_policy_tensor(c, m.policy_size, m.mean, m.std) for c in crops])
             t1 = time.perf_counter()
             outs = [self.backend.run(POLICY_NAME, {POLICY_INPUT: x[sl]}) for sl in self._batches(len(x))]
             fp = np.concatenate([o["frame_probs"] for o in outs])
@@ -241,8 +246,9 @@ class AdaptivePredictor:
         t0 = time.perf_counter()
         x = None
         if todo:
-            x = np.concatenate([preprocess.to_policy_tensor(crops[i][js], m.policy_size, m.mean, m.std)
-                                .transpose(1, 0, 2, 3) for i, js in todo.items()])
+            parts = [preprocess.to_policy_frames(crops[i] if len(js) == t else crops[i][js], m.policy_size,
+                                                 m.mean, m.std) for i, js in todo.items()]
+            x = parts[0] if len(parts) == 1 else np.concatenate(parts)
         t1 = time.perf_counter()
         if x is not None:
             step = len(x) if self.max_batch is None else self.max_batch * t
@@ -271,7 +277,7 @@ class AdaptivePredictor:
         if len({len(c) for c in kept}) != 1:
             raise ValueError(f"clips batched together must keep the same number of frames, got {[len(c) for c in kept]}")
         t0 = time.perf_counter()
-        x = np.stack([preprocess.to_clip_tensor(c, m.mean, m.std) for c in kept])
+        x = _stack([preprocess.to_clip_tensor(c, m.mean, m.std) for c in kept])
         t1 = time.perf_counter()
         name = engine_name(mask)
         logits = np.concatenate([self.backend.run(name, {BACKBONE_INPUT: x[sl]})[BACKBONE_OUTPUT]
