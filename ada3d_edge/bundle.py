@@ -32,6 +32,10 @@ POLICY_INPUT = "frames"
 POLICY_OUTPUTS = ("frame_probs", "stage_probs")
 BACKBONE_INPUT = "clip"
 BACKBONE_OUTPUT = "logits"
+# The selection network split in two (manifest key ``policy_split``): per-frame features, then heads.
+POLICY_FEATURES_NAME = "policy_features"  # frames (N, 3, P, P) -> features (N, F)
+POLICY_HEADS_NAME = "policy_heads"  # features (B, F), the mean over a clip's T frames -> probs
+POLICY_FEATURES = "features"
 
 
 class BundleError(ValueError):
@@ -47,6 +51,10 @@ def default_io(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(input names, output names) of the model called ``name`` (``policy`` or ``backbone_*``)."""
     if name == POLICY_NAME:
         return (POLICY_INPUT,), POLICY_OUTPUTS
+    if name == POLICY_FEATURES_NAME:
+        return (POLICY_INPUT,), (POLICY_FEATURES,)
+    if name == POLICY_HEADS_NAME:
+        return (POLICY_FEATURES,), POLICY_OUTPUTS
     if name.startswith("backbone_"):
         return (BACKBONE_INPUT,), (BACKBONE_OUTPUT,)
     raise ValueError(f"unknown model name {name!r}: expected 'policy' or 'backbone_<mask>'")
@@ -97,6 +105,38 @@ class PolicyEntry(FileEntry):
     def for_file(cls, bundle_dir: str | os.PathLike, file: str, gflops_per_frame: float) -> "PolicyEntry":
         """Entry for an existing file, hashing it."""
         return cls(**cls._hash_fields(bundle_dir, file), gflops_per_frame=float(gflops_per_frame))
+
+
+@dataclass(frozen=True)
+class PolicySplit:
+    """The selection network in two files, so a stream computes each frame's features once.
+
+    ``features`` (``policy_features.onnx``): frames ``(N, 3, P, P)`` -> ``features`` ``(N, F)``;
+    ``heads`` (``policy_heads.onnx``): the mean of a clip's T frame features ``(B, F)`` ->
+    ``frame_probs`` ``(B, T)``, ``stage_probs`` ``(B, K)``. Together they compute ``policy.onnx``.
+    """
+
+    features: FileEntry
+    heads: FileEntry
+    num_features: int
+
+    @classmethod
+    def for_files(cls, bundle_dir: str | os.PathLike, features: str, heads: str,
+                  num_features: int) -> "PolicySplit":
+        """Entries for two existing files, hashing them."""
+        return cls(FileEntry(**FileEntry._hash_fields(bundle_dir, features)),
+                   FileEntry(**FileEntry._hash_fields(bundle_dir, heads)), int(num_features))
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> "PolicySplit":
+        if not isinstance(data, Mapping) or not {"features", "heads", "num_features"} <= set(data):
+            raise BundleError(f"{source}: 'policy_split' must be an object with 'features', 'heads' and "
+                              f"'num_features', got {data!r}; re-export the bundle with `ada3d export`")
+        num = data["num_features"]
+        if not isinstance(num, int) or isinstance(num, bool) or num < 1:
+            raise BundleError(f"{source}: policy_split 'num_features' must be a positive integer, got {num!r}")
+        return cls(_entry(FileEntry, data["features"], source, "policy_split.features"),
+                   _entry(FileEntry, data["heads"], source, "policy_split.heads"), num)
 
 
 @dataclass(frozen=True)
@@ -160,6 +200,7 @@ class Manifest:
     threshold: float = 0.5
     short_side: int | None = None  # resize target before the centre crop; None = crop_size
     trt_engines: list[TrtEngineEntry] = field(default_factory=list)
+    policy_split: PolicySplit | None = None  # absent in bundles exported before the split
     versions: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     format: str = FORMAT
@@ -175,7 +216,11 @@ class Manifest:
         out = dataclasses.asdict(self)
         if out["short_side"] is None:
             del out["short_side"]
-        for entry in [out["policy"], *out["engines"], *out["trt_engines"]]:
+        split = out.pop("policy_split")
+        if split is not None:
+            out["policy_split"] = split
+        for entry in [out["policy"], *out["engines"], *out["trt_engines"],
+                      *([split["features"], split["heads"]] if split else [])]:
             if entry.get("size") is None:
                 entry.pop("size", None)
         return out
@@ -198,6 +243,8 @@ class Manifest:
             kwargs["engines"] = [_entry(EngineEntry, e, source, "engines") for e in data["engines"]]
             kwargs["trt_engines"] = [_entry(TrtEngineEntry, e, source, "trt_engines")
                                      for e in data.get("trt_engines", [])]
+            if data.get("policy_split") is not None:
+                kwargs["policy_split"] = PolicySplit.from_dict(data["policy_split"], source)
             manifest = cls(**kwargs)
         except TypeError as exc:
             raise BundleError(f"{source}: malformed manifest ({exc})") from exc
@@ -241,7 +288,8 @@ class Manifest:
 
     def all_files(self) -> list[FileEntry]:
         """Every file the manifest lists: policy, ONNX engines, TensorRT engines."""
-        return [self.policy, *self.engines, *self.trt_engines]
+        split = [self.policy_split.features, self.policy_split.heads] if self.policy_split else []
+        return [self.policy, *self.engines, *self.trt_engines, *split]
 
 
 def check_format(data: Mapping[str, Any], source: str = MANIFEST_NAME) -> None:

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ada3d_edge.bundle import (EngineEntry, Manifest, PolicyEntry, all_masks, engine_name,
+from ada3d_edge.bundle import (EngineEntry, Manifest, PolicyEntry, PolicySplit, all_masks, engine_name,
                                write_manifest)
 
 NUM_FRAMES = 4
@@ -88,8 +88,13 @@ def _onnx_files(num_stages: int, num_classes: int, num_frames: int, crop: int, p
 
 def make_fake_bundle(out_dir: str | Path, *, stages: Sequence[str] = STAGES, classes: Sequence[str] = CLASSES,
                      num_frames: int = NUM_FRAMES, crop_size: int = CROP, policy_size: int = POLICY,
-                     multi_label: bool = False, threshold: float = 0.5) -> Path:
-    """Write a complete bundle (policy + 2^K backbones + manifest with real sha256) to ``out_dir``."""
+                     multi_label: bool = False, threshold: float = 0.5, selection=None) -> Path:
+    """Write a complete bundle (policy + 2^K backbones + manifest with real sha256) to ``out_dir``.
+
+    ``selection``: a real ``SelectionNet`` (K stages, T frames) exported as ``policy.onnx`` and as the
+    split ``policy_features.onnx`` / ``policy_heads.onnx`` (manifest ``policy_split``) in place of the
+    fake policy; without it the bundle has no split, as bundles exported before it.
+    """
     import warnings
 
     out = Path(out_dir)
@@ -99,6 +104,13 @@ def make_fake_bundle(out_dir: str | Path, *, stages: Sequence[str] = STAGES, cla
         files = _onnx_files(len(stages), len(classes), num_frames, crop_size, policy_size)
     for name, data in files.items():
         (out / name).write_bytes(data)
+    split = None
+    if selection is not None:
+        from ada3d_edge.export.onnx_export import export_policy, export_policy_split
+
+        export_policy(selection, out / "policy.onnx", num_frames, policy_size)
+        export_policy_split(selection, out / "policy_features.onnx", out / "policy_heads.onnx", policy_size)
+        split = PolicySplit.for_files(out, "policy_features.onnx", "policy_heads.onnx", selection.num_features)
     manifest = Manifest(
         arch="fake_tiny", stages=list(stages), num_frames=num_frames, stride=2, crop_size=crop_size,
         policy_size=policy_size, mean=list(MEAN), std=list(STD), classes=list(classes),
@@ -106,6 +118,7 @@ def make_fake_bundle(out_dir: str | Path, *, stages: Sequence[str] = STAGES, cla
         policy=PolicyEntry.for_file(out, "policy.onnx", gflops_per_frame=0.01),
         engines=[EngineEntry.for_file(out, f"{engine_name(m)}.onnx", m, gflops_per_frame=1.0 + m.count("1"))
                  for m in all_masks(len(stages))],
+        policy_split=split,
         versions={"ada3d_edge": "test", "opset": 17}, created="2024-01-01T00:00:00Z",
     )
     write_manifest(out, manifest)

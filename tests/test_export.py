@@ -78,6 +78,20 @@ def test_onnx_io_names_and_dynamic_axes(slow_bundle):
     assert p.input[0].type.tensor_type.shape.dim[0].dim_param
 
 
+def test_policy_split_files_in_bundle(slow_bundle, slow_ckpt):
+    split = open_bundle(slow_bundle).manifest.policy_split
+    model, _ = load_model(slow_ckpt)
+    assert (split.features.file, split.heads.file) == ("policy_features.onnx", "policy_heads.onnx")
+    assert split.num_features == model.selection.num_features
+    assert split.features.sha256 == sha256_file(slow_bundle / "policy_features.onnx")
+    f = onnx.load(str(slow_bundle / "policy_features.onnx")).graph
+    h = onnx.load(str(slow_bundle / "policy_heads.onnx")).graph
+    assert ([i.name for i in f.input], [o.name for o in f.output]) == (["frames"], ["features"])
+    assert ([i.name for i in h.input], [o.name for o in h.output]) == (["features"], ["frame_probs", "stage_probs"])
+    assert [d.dim_value for d in f.input[0].type.tensor_type.shape.dim][1:] == [3, 32, 32]  # (N, 3, P, P)
+    assert f.input[0].type.tensor_type.shape.dim[0].dim_param and h.input[0].type.tensor_type.shape.dim[0].dim_param
+
+
 # slow_tiny: stem (1 conv) + res2..res5 of one block each (conv_a, conv_b, conv_c, shortcut) = 17 convs;
 # a 3D stage's conv_a is 3x1x1. Rank-3 Conv nodes expected per fold mode and mask:
 RANK3 = {

@@ -9,7 +9,7 @@ import pytest
 
 from ada3d_edge.preprocess import (KINETICS_MEAN, KINETICS_STD, center_crop_frames, clip_indices,
                                    preprocess_eval, random_clip_start, random_resized_crop_frames,
-                                   to_clip_tensor, to_policy_tensor, uniform_clip_starts)
+                                   to_clip_tensor, to_policy_frames, to_policy_tensor, uniform_clip_starts)
 
 
 def _gradient_frames(t=3, h=48, w=64):
@@ -52,6 +52,33 @@ def test_to_clip_tensor_normalises_channels_first():
     assert np.allclose(x[0, 0], -0.45 / 0.225)
     with pytest.raises(ValueError, match="mean and std"):
         to_clip_tensor(crops, (0.5, 0.5), (0.2, 0.2, 0.2))
+
+
+def test_lookup_normalisation_is_bit_identical_to_the_formula():
+    """The table lookup gives exactly the float32 arithmetic it replaced, for every uint8 value,
+    per-channel mean/std and strided inputs (a crop view, a frame subset)."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (5, 20, 24, 3), dtype=np.uint8)
+    frames[0, 0, :, :] = np.arange(24 * 3).reshape(24, 3) % 256
+    frames[1].reshape(-1)[:256] = np.arange(256)  # every value in every channel position
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    for crops in (frames, frames[::2, 2:18, 4:20], frames[[0, 3, 4]]):
+        ref = crops.astype(np.float32) * np.float32(1.0 / 255.0)
+        ref = np.ascontiguousarray(((ref - np.float32(mean)) / np.float32(std)).transpose(3, 0, 1, 2))
+        got = to_clip_tensor(crops, mean, std)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, ref)
+    with pytest.raises(ValueError, match="std values must be > 0"):
+        to_clip_tensor(frames, mean, (0.2, 0.0, 0.2))
+
+
+def test_policy_frames_are_the_policy_tensor_frame_major():
+    frames = _gradient_frames(t=3)
+    crops = center_crop_frames(frames, 32)
+    x = to_policy_frames(crops, 16, KINETICS_MEAN, KINETICS_STD)
+    assert x.shape == (3, 3, 16, 16) and x.flags.c_contiguous
+    np.testing.assert_array_equal(x, to_policy_tensor(crops, 16).transpose(1, 0, 2, 3))
+    np.testing.assert_array_equal(to_policy_frames(crops[1:2], 32), to_clip_tensor(crops[1:2]).transpose(1, 0, 2, 3))
 
 
 def test_policy_tensor_and_preprocess_eval_agree():

@@ -14,13 +14,13 @@ from typing import Any, Dict, List, Mapping, Tuple, Union
 from tqdm import tqdm
 
 from .. import __version__
-from ..bundle import EngineEntry, Manifest, PolicyEntry, engine_name, write_manifest
+from ..bundle import EngineEntry, Manifest, PolicyEntry, PolicySplit, engine_name, write_manifest
 from ..flops import backbone_macs, selection_macs
 from ..masks import all_masks
 from ..models.specs import BackboneSpec
-from .onnx_export import check_opset, export_backbone, export_policy, fold_mode
+from .onnx_export import check_opset, export_backbone, export_policy, export_policy_split, fold_mode
 from .staging import check_target, clear_stale_temp_dirs, make_temp_dir, move_into_place
-from .verify import verify_backbone, verify_policy
+from .verify import verify_backbone, verify_policy, verify_policy_split
 
 PathLike = Union[str, Path]
 
@@ -116,6 +116,11 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
         export_policy(model, tmp / "policy.onnx", t, p, opset)
         if verify:
             verify_policy(tmp / "policy.onnx", model.selection, t, p)
+        split_files = ("policy_features.onnx", "policy_heads.onnx")
+        export_policy_split(model, *(tmp / f for f in split_files), p, opset)
+        if verify:
+            verify_policy_split(*(tmp / f for f in split_files), model.selection, t, p)
+        policy_split = PolicySplit.for_files(tmp, *split_files, model.selection.num_features)
         engines = []
         for mask in tqdm(masks, desc="export", unit="config", disable=not progress):
             file = f"{engine_name(mask)}.onnx"
@@ -126,7 +131,7 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
         manifest = Manifest(
             arch=str(model.config.get("arch", spec.name)), stages=list(backbone.stage_names),
             policy=PolicyEntry.for_file(tmp, "policy.onnx", policy_gflops_per_frame(model, t, p)),
-            engines=engines, versions=_versions(opset, fold_frames),
+            engines=engines, policy_split=policy_split, versions=_versions(opset, fold_frames),
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **fields)
         write_manifest(tmp, manifest)
         check_target(out_dir, overwrite)  # again: the target may have changed during the export

@@ -19,7 +19,7 @@ from typing import Dict, Iterator, List, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..bundle import BACKBONE_INPUT, BACKBONE_OUTPUT, POLICY_INPUT, POLICY_OUTPUTS
+from ..bundle import BACKBONE_INPUT, BACKBONE_OUTPUT, POLICY_FEATURES, POLICY_INPUT, POLICY_OUTPUTS
 from ..models.backbone import Backbone
 from ..models.fixed_mask import FixedMaskBackbone  # noqa: F401  (also re-exported for old imports)
 from ..models.layers import TemporalConv
@@ -172,20 +172,66 @@ def export_backbone(backbone: Backbone, mask: str, path: PathLike, crop: int, op
         backbone.train(was_training)
 
 
+def _selection(model: nn.Module, what: str) -> SelectionNet:
+    selection = model if isinstance(model, SelectionNet) else getattr(model, "selection", None)
+    if not isinstance(selection, SelectionNet):
+        raise TypeError(f"{what} needs an Ada3D or a SelectionNet, got {type(model).__name__}")
+    return selection
+
+
 def export_policy(model: nn.Module, path: PathLike, num_frames: int, policy_size: int,
                   opset: int = 17) -> Path:
     """Write ``policy.onnx``: input ``frames`` (B, 3, T, P, P) -> ``frame_probs`` (B, T), ``stage_probs`` (B, K).
 
     ``model`` is an ``Ada3D`` (its ``selection``) or a ``SelectionNet``; B is dynamic, T is fixed.
     """
-    selection = model if isinstance(model, SelectionNet) else getattr(model, "selection", None)
-    if not isinstance(selection, SelectionNet):
-        raise TypeError(f"export_policy needs an Ada3D or a SelectionNet, got {type(model).__name__}")
+    selection = _selection(model, "export_policy")
     was_training = selection.training
     try:
         p = int(policy_size)
         return _export(selection, (torch.zeros(1, 3, int(num_frames), p, p),), Path(path), [POLICY_INPUT],
                        list(POLICY_OUTPUTS), {POLICY_INPUT: {0: "B"}, **{o: {0: "B"} for o in POLICY_OUTPUTS}},
                        opset)
+    finally:
+        selection.train(was_training)
+
+
+class _ImageFeatures(nn.Module):
+    def __init__(self, selection: SelectionNet) -> None:
+        super().__init__()
+        self.selection = selection
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.selection.image_features(images)
+
+
+class _Heads(nn.Module):
+    def __init__(self, selection: SelectionNet) -> None:
+        super().__init__()
+        self.selection = selection
+
+    def forward(self, clip_features: torch.Tensor):
+        return self.selection.heads(clip_features)
+
+
+def export_policy_split(model: nn.Module, features_path: PathLike, heads_path: PathLike, policy_size: int,
+                        opset: int = 17) -> Tuple[Path, Path]:
+    """Write the selection network in two files (``bundle.PolicySplit``).
+
+    ``policy_features.onnx``: ``frames`` (N, 3, P, P) -> ``features`` (N, F), N dynamic;
+    ``policy_heads.onnx``: ``features`` (B, F) (a clip's mean frame features) -> ``frame_probs``
+    (B, T), ``stage_probs`` (B, K), B dynamic.
+    """
+    selection = _selection(model, "export_policy_split")
+    was_training = selection.training
+    try:
+        p = int(policy_size)
+        features = _export(_ImageFeatures(selection), (torch.zeros(2, 3, p, p),), Path(features_path),
+                           [POLICY_INPUT], [POLICY_FEATURES], {POLICY_INPUT: {0: "N"}, POLICY_FEATURES: {0: "N"}},
+                           opset)
+        heads = _export(_Heads(selection), (torch.zeros(2, selection.num_features),), Path(heads_path),
+                        [POLICY_FEATURES], list(POLICY_OUTPUTS),
+                        {POLICY_FEATURES: {0: "B"}, **{o: {0: "B"} for o in POLICY_OUTPUTS}}, opset)
+        return features, heads
     finally:
         selection.train(was_training)

@@ -13,7 +13,7 @@ from typing import List, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..bundle import BACKBONE_INPUT, BACKBONE_OUTPUT, POLICY_INPUT, POLICY_OUTPUTS
+from ..bundle import BACKBONE_INPUT, BACKBONE_OUTPUT, POLICY_FEATURES, POLICY_INPUT, POLICY_OUTPUTS
 from ..models.backbone import Backbone
 from ..models.selection import SelectionNet
 
@@ -87,4 +87,33 @@ def verify_policy(path: PathLike, selection: SelectionNet, num_frames: int, poli
         for name, got, ref in zip(POLICY_OUTPUTS, outs, refs):
             worst = max(worst, _check(f"policy ({Path(path).name})", f"{name}, batch={b}", got,
                                       ref.double().numpy(), rtol))
+    return worst
+
+
+def verify_policy_split(features_path: PathLike, heads_path: PathLike, selection: SelectionNet, num_frames: int,
+                        policy_size: int, batch_sizes: Sequence[int] = BATCH_SIZES, rtol: float = RTOL,
+                        seed: int = 0) -> float:
+    """Compare the split selection network with PyTorch; returns the largest difference.
+
+    Checks ``policy_features.onnx`` against ``selection.image_features`` on every frame, and the
+    runtime's composition (features per frame, mean over the T frames in numpy, ``policy_heads.onnx``)
+    against the unsplit ``selection(frames)``, at each batch size.
+    """
+    features, heads = ort_session(features_path), ort_session(heads_path)
+    names = f"policy split ({Path(features_path).name}, {Path(heads_path).name})"
+    gen = torch.Generator().manual_seed(seed)
+    selection.eval()
+    worst = 0.0
+    for b in batch_sizes:
+        x = torch.randn(b, 3, num_frames, policy_size, policy_size, generator=gen)
+        images = x.transpose(1, 2).reshape(b * num_frames, 3, policy_size, policy_size)
+        with torch.no_grad():
+            ref_feat = selection.image_features(images).double().numpy()
+            refs: Tuple[torch.Tensor, ...] = selection(x)
+        feat = features.run([POLICY_FEATURES], {POLICY_INPUT: images.numpy()})[0]
+        worst = max(worst, _check(names, f"features, batch={b}", feat, ref_feat, rtol))
+        clip_feat = feat.reshape(b, num_frames, -1).mean(axis=1, dtype=np.float32)
+        outs = heads.run(list(POLICY_OUTPUTS), {POLICY_FEATURES: clip_feat})
+        for name, got, ref in zip(POLICY_OUTPUTS, outs, refs):
+            worst = max(worst, _check(names, f"{name}, batch={b}", got, ref.double().numpy(), rtol))
     return worst

@@ -130,9 +130,16 @@ class SelectionNet(nn.Module):
         if frames.dim() != 5 or frames.shape[1] != 3:
             raise ValueError(f"selection input must be (B, 3, T, P, P), got {tuple(frames.shape)}")
         b, c, t, h, w = frames.shape
-        x = frames.transpose(1, 2).reshape(b * t, c, h, w)
-        x = self.features(x).mean((2, 3))
+        x = self.image_features(frames.transpose(1, 2).reshape(b * t, c, h, w))
         return x.reshape(b, t, -1)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, P, P) independent frames -> pooled features (N, F): the per-frame half of the net.
+
+        The bundle exports it on its own (``policy_features.onnx``) so a stream computes it once per
+        frame and reuses it in every window that frame is part of.
+        """
+        return self.features(images).mean((2, 3))
 
     def standardise(self, feat: torch.Tensor) -> torch.Tensor:
         """Clip features (B, F) -> what the two heads see."""
@@ -146,7 +153,11 @@ class SelectionNet(nn.Module):
     def forward(self, frames: torch.Tensor):
         if frames.shape[2] != self.num_frames:
             raise ValueError(f"selection network expects all T={self.num_frames} frames, got {frames.shape[2]}")
-        feat = self.standardise(self.frame_features(frames).mean(1))
+        return self.heads(self.frame_features(frames).mean(1))
+
+    def heads(self, clip_features: torch.Tensor):
+        """Mean frame features of each clip (B, F) -> (frame_probs (B, T), stage_probs (B, K))."""
+        feat = self.standardise(clip_features)
         return torch.sigmoid(self.frame_head(feat)), torch.sigmoid(self.stage_head(feat))
 
     def classify(self, frames: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..bundle import POLICY_NAME, Bundle, BundleError, FileEntry, engine_name
+from ..bundle import (POLICY_FEATURES_NAME, POLICY_HEADS_NAME, POLICY_NAME, Bundle, BundleError, FileEntry,
+                      engine_name)
 from .backends.base import Backend, EngineMismatchError
 
 
@@ -44,3 +45,18 @@ def load_bundle_model(backend: Backend, bundle: Bundle, name: str) -> FileEntry:
         except EngineMismatchError as exc:
             reasons.append(str(exc))
     raise EngineMismatchError(f"no usable TensorRT plan for {name!r}: " + " | ".join(reasons))
+
+
+def load_policy_split(backend: Backend, bundle: Bundle) -> bool:
+    """Load the split selection network (``policy_features``, ``policy_heads``) where it can run.
+
+    Returns False, loading nothing, when the bundle predates the split or the backend does not load
+    ONNX files (TensorRT plans are built for the whole ``policy``; PyTorch modules are registered
+    by name): the caller then runs the whole ``policy``.
+    """
+    split = bundle.manifest.policy_split
+    if split is None or backend.file_kind != "onnx":
+        return False
+    for name, entry in ((POLICY_FEATURES_NAME, split.features), (POLICY_HEADS_NAME, split.heads)):
+        backend.load(name, bundle.root / entry.file, dataclasses.asdict(entry))
+    return True

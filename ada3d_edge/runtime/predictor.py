@@ -18,12 +18,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import preprocess
-from ..bundle import (BACKBONE_INPUT, BACKBONE_OUTPUT, POLICY_INPUT, POLICY_NAME, Bundle,
-                      engine_name, open_bundle)
+from ..bundle import (BACKBONE_INPUT, BACKBONE_OUTPUT, POLICY_FEATURES, POLICY_FEATURES_NAME, POLICY_HEADS_NAME,
+                      POLICY_INPUT, POLICY_NAME, Bundle, engine_name, open_bundle)
 from ..masks import mask_to_str
 from .backends import make_backend
 from .backends.base import Backend
-from .loading import bundle_model_names, load_bundle_model
+from .feature_cache import StreamFrames
+from .loading import bundle_model_names, load_bundle_model, load_policy_split
 
 
 def greedy_actions(frame_probs: np.ndarray, stage_probs: np.ndarray,
@@ -43,6 +44,11 @@ def greedy_actions(frame_probs: np.ndarray, stage_probs: np.ndarray,
     empty = ~u.any(axis=1)
     u[empty, fp[empty].argmax(axis=1)] = True
     return u, sp > threshold
+
+
+def _stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """A batch of one is a view (no copy); more are stacked."""
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
 
 def logits_to_scores(logits: np.ndarray, multi_label: bool = False) -> np.ndarray:
@@ -112,12 +118,15 @@ class AdaptivePredictor:
         threshold: greedy threshold; None = the manifest's ``threshold``.
         warmup: run every engine once at every T' in 1..T (batch 1) at start-up.
         max_batch: split batches larger than this; TensorRT plans default to their ``max_batch``.
+        split_policy: run the bundle's split selection network (per-frame features, then heads;
+            needed to reuse features on streams). None: whenever the bundle has one and the backend
+            loads ONNX files; False: the whole ``policy``.
         backend_options: passed to ``make_backend`` (e.g. ``intra_op_threads`` for "ort").
     """
 
     def __init__(self, bundle: Bundle | str, backend: str | Backend = "ort", device: str | None = None,
                  threshold: float | None = None, warmup: bool = True, max_batch: int | None = None,
-                 **backend_options: Any) -> None:
+                 split_policy: bool | None = None, **backend_options: Any) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
         self.manifest = m = self.bundle.manifest
         self.threshold = m.threshold if threshold is None else float(threshold)
@@ -128,6 +137,8 @@ class AdaptivePredictor:
         self._owns_backend = not isinstance(backend, Backend)
         self.backend = make_backend(backend, device=device, **backend_options) if self._owns_backend else backend
         self.max_batch = max_batch
+        self._split_wanted = split_policy
+        self.split_policy = False
         try:
             self._load_all()
             if warmup:
@@ -143,12 +154,29 @@ class AdaptivePredictor:
         if self.backend.file_kind == "plan":
             limit = min(int(getattr(e, "max_batch", 1)) for e in entries)
             self.max_batch = limit if self.max_batch is None else min(self.max_batch, limit)
+        if self._split_wanted is not False:
+            self.split_policy = load_policy_split(self.backend, self.bundle)
+            if self._split_wanted and not self.split_policy:
+                raise ValueError(f"{self.bundle.root}: split_policy=True, but "
+                                 + ("the bundle has no policy_split (re-export it with `ada3d export`)"
+                                    if self.manifest.policy_split is None else
+                                    f"the {self.backend.kind} backend runs only the whole policy"))
+
+    @property
+    def caches_features(self) -> bool:
+        """Whether ``predict_batch`` reuses frame features given ``streams`` (the split policy)."""
+        return self.split_policy
 
     def warmup(self) -> None:
         """Run the policy and every backbone at every T' in 1..T once (batch 1)."""
         m = self.manifest
         p, s = m.policy_size, m.crop_size
         self.backend.run(POLICY_NAME, {POLICY_INPUT: np.zeros((1, 3, m.num_frames, p, p), np.float32)})
+        if self.split_policy:
+            for n in sorted({1, m.num_frames}):
+                self.backend.run(POLICY_FEATURES_NAME, {POLICY_INPUT: np.zeros((n, 3, p, p), np.float32)})
+            f = self.manifest.policy_split.num_features
+            self.backend.run(POLICY_HEADS_NAME, {POLICY_FEATURES: np.zeros((1, f), np.float32)})
         for mask in self.bundle.masks:
             for t in range(1, m.num_frames + 1):
                 self.backend.run(engine_name(mask), {BACKBONE_INPUT: np.zeros((1, 3, t, s, s), np.float32)})
@@ -170,19 +198,78 @@ class AdaptivePredictor:
         step = n if self.max_batch is None else self.max_batch
         return [slice(i, min(i + step, n)) for i in range(0, n, max(step, 1))]
 
-    def _select_crops(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                                    np.ndarray, dict[str, float]]:
+    def _select_crops(self, crops: Sequence[np.ndarray], streams: Sequence[StreamFrames | None] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
         """Policy on all T crops of each clip -> (u (B,T), v (B,K), frame_probs, stage_probs, ms)."""
+        if self.split_policy:
+            fp, sp, ms = self._split_policy_probs(crops, streams)
+        else:
+            m = self.manifest
+            t0 = time.perf_counter()
+            x = _stack([preprocess.to_policy_tensor(c, m.policy_size, m.mean, m.std) for c in crops])
+            t1 = time.perf_counter()
+            outs = [self.backend.run(POLICY_NAME, {POLICY_INPUT: x[sl]}) for sl in self._batches(len(x))]
+            fp = np.concatenate([o["frame_probs"] for o in outs])
+            sp = np.concatenate([o["stage_probs"] for o in outs])
+            ms = {"preprocess": (t1 - t0) * 1e3, "policy": (time.perf_counter() - t1) * 1e3}
+        u, v = greedy_actions(fp, sp, self.threshold)
+        return u, v, fp, sp, ms
+
+    def _split_policy_probs(self, crops: Sequence[np.ndarray], streams: Sequence[StreamFrames | None] | None
+                            ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        """Split policy: features of the frames no stream cache holds (each once), mean, heads."""
         m = self.manifest
+        t = m.num_frames
+        feats: list[list[np.ndarray | None]] = [[None] * t for _ in crops]
+        todo: dict[int, list[int]] = defaultdict(list)  # clip -> frames to compute
+        shared: list[tuple[int, int, int, int]] = []  # (clip, frame) that reuse (clip, frame) of this batch
+        first: dict[tuple[int, int], tuple[int, int]] = {}
+        for i in range(len(crops)):
+            stream = streams[i] if streams else None
+            if stream is not None and len(stream.ids) != t:
+                raise ValueError(f"streams[{i}] has {len(stream.ids)} frame ids for a clip of T={t} frames")
+            for j in range(t):
+                if stream is not None:
+                    cached = stream.cache.get(stream.ids[j])
+                    if cached is not None:
+                        feats[i][j] = cached
+                        stream.cache.reused += 1
+                        continue
+                    key = (id(stream.cache), stream.ids[j])
+                    if key in first:
+                        shared.append((i, j, *first[key]))
+                        stream.cache.reused += 1
+                        continue
+                    first[key] = (i, j)
+                    stream.cache.computed += 1
+                todo[i].append(j)
         t0 = time.perf_counter()
-        x = np.stack([preprocess.to_policy_tensor(c, m.policy_size, m.mean, m.std) for c in crops])
+        x = None
+        if todo:
+            parts = [preprocess.to_policy_frames(crops[i] if len(js) == t else crops[i][js], m.policy_size,
+                                                 m.mean, m.std) for i, js in todo.items()]
+            x = parts[0] if len(parts) == 1 else np.concatenate(parts)
         t1 = time.perf_counter()
-        outs = [self.backend.run(POLICY_NAME, {POLICY_INPUT: x[sl]}) for sl in self._batches(len(x))]
+        if x is not None:
+            step = len(x) if self.max_batch is None else self.max_batch * t
+            out = np.concatenate([self.backend.run(POLICY_FEATURES_NAME, {POLICY_INPUT: x[k:k + step]})[POLICY_FEATURES]
+                                  for k in range(0, len(x), step)])
+            k = 0
+            for i, js in todo.items():
+                stream = streams[i] if streams else None
+                for j in js:
+                    feats[i][j] = out[k]
+                    if stream is not None:
+                        stream.cache.put(stream.ids[j], out[k])
+                    k += 1
+        for i, j, i0, j0 in shared:
+            feats[i][j] = feats[i0][j0]
+        clip_feats = np.stack([np.stack(f).mean(axis=0, dtype=np.float32) for f in feats])
+        outs = [self.backend.run(POLICY_HEADS_NAME, {POLICY_FEATURES: clip_feats[sl]})
+                for sl in self._batches(len(clip_feats))]
         fp = np.concatenate([o["frame_probs"] for o in outs])
         sp = np.concatenate([o["stage_probs"] for o in outs])
-        t2 = time.perf_counter()
-        u, v = greedy_actions(fp, sp, self.threshold)
-        return u, v, fp, sp, {"preprocess": (t1 - t0) * 1e3, "policy": (t2 - t1) * 1e3}
+        return fp, sp, {"preprocess": (t1 - t0) * 1e3, "policy": (time.perf_counter() - t1) * 1e3}
 
     def _classify_crops(self, kept: Sequence[np.ndarray], mask: str) -> tuple[np.ndarray, dict[str, float]]:
         """Backbone ``mask`` on clips of kept crops that share one T' -> (scores (B,C), ms)."""
@@ -190,7 +277,7 @@ class AdaptivePredictor:
         if len({len(c) for c in kept}) != 1:
             raise ValueError(f"clips batched together must keep the same number of frames, got {[len(c) for c in kept]}")
         t0 = time.perf_counter()
-        x = np.stack([preprocess.to_clip_tensor(c, m.mean, m.std) for c in kept])
+        x = _stack([preprocess.to_clip_tensor(c, m.mean, m.std) for c in kept])
         t1 = time.perf_counter()
         name = engine_name(mask)
         logits = np.concatenate([self.backend.run(name, {BACKBONE_INPUT: x[sl]})[BACKBONE_OUTPUT]
@@ -239,14 +326,22 @@ class AdaptivePredictor:
         """Classify one clip ``(T, H, W, 3) uint8 RGB``."""
         return self.predict_batch([frames])[0]
 
-    def predict_batch(self, frames_list: Sequence[np.ndarray]) -> list[Prediction]:
-        """Classify B clips: one batched policy call, then one backbone call per (stage mask, T')."""
+    def predict_batch(self, frames_list: Sequence[np.ndarray],
+                      streams: Sequence[StreamFrames | None] | None = None) -> list[Prediction]:
+        """Classify B clips: one batched policy call, then one backbone call per (stage mask, T').
+
+        ``streams`` (one per clip, or None): where each clip's frames come from, so the split policy
+        computes the features of frames its stream's cache does not hold and reuses the others
+        (``caches_features``; ignored otherwise). The results are those of uncached calls.
+        """
         if len(frames_list) == 0:
             return []
+        if streams is not None and len(streams) != len(frames_list):
+            raise ValueError(f"streams: one per clip or None, got {len(streams)} for {len(frames_list)} clips")
         t0 = time.perf_counter()
         crops = [self._crop(self._check_frames(f)) for f in frames_list]
         t_crop = (time.perf_counter() - t0) * 1e3
-        u, v, fp, sp, sel_ms = self._select_crops(crops)
+        u, v, fp, sp, sel_ms = self._select_crops(crops, streams)
         masks = [mask_to_str(row) for row in v]
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
         for i, mask in enumerate(masks):

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from .feature_cache import FeatureCache, StreamFrames
 from .sinks import Sink
 from .sources import EndOfStream, SourceReader, Window
 from .stats import LatencyStats, latency_stats
@@ -81,6 +82,8 @@ class RunSummary:
     configurations: dict[str, int]
     sources: list[SourceSummary]
     outputs: list[str] = field(default_factory=list)
+    # selection-network frames computed / reused from the per-source feature caches (None: no cache)
+    policy_frames: dict[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -120,6 +123,8 @@ class Scheduler:
         self.gflops: list[float] = []
         self.configs: Counter[str] = Counter()
         self.processed: Counter[int] = Counter()
+        # one feature cache per source when the predictor reuses frame features (the split policy)
+        self.caches: dict[int, FeatureCache] | None = {} if getattr(predictor, "caches_features", False) else None
 
     def _collect(self, limit: int) -> list[Window]:
         """Up to ``limit`` windows, taking one per source in turn so no source starves."""
@@ -157,7 +162,10 @@ class Scheduler:
 
     def _dispatch(self, batch: list[Window]) -> None:
         t0 = time.perf_counter()
-        predictions = self.predictor.predict_batch([w.frames for w in batch])
+        if self.caches is None:
+            predictions = self.predictor.predict_batch([w.frames for w in batch])
+        else:
+            predictions = self.predictor.predict_batch([w.frames for w in batch], self._streams(batch))
         done = time.perf_counter()
         self.batch_ms.append((done - t0) * 1000)
         self.batch_sizes.append(len(batch))
@@ -169,6 +177,26 @@ class Scheduler:
             self.processed[window.source_index] += 1
             for sink in self.sinks:
                 sink.write(window, pred, latency_ms)
+
+    def _streams(self, batch: list[Window]) -> list[StreamFrames | None]:
+        """Each window's source cache and frame ids; frames older than a window are forgotten.
+
+        Windows of one source arrive oldest first, so once a window is taken, no later one holds
+        frames before its first; a window from a new buffer generation (reconnect) empties the cache.
+        """
+        streams: list[StreamFrames | None] = []
+        oldest: dict[int, int] = {}
+        for w in batch:
+            if len(w.frame_ids) != len(w.frames):
+                streams.append(None)  # a window built without ids: computed in full
+                continue
+            cache = self.caches.setdefault(w.source_index, FeatureCache())
+            cache.sync(w.generation)
+            oldest.setdefault(w.source_index, w.frame_ids[0])  # the source's first window in the batch
+            streams.append(StreamFrames(cache, w.frame_ids))
+        for index, first_id in oldest.items():
+            self.caches[index].forget_before(first_id)
+        return streams
 
     def run(self) -> dict:
         """Run until a stop condition; always stops and joins the readers; returns the summary."""
@@ -217,7 +245,10 @@ class Scheduler:
             latency_ms=latency_stats(self.latencies), batch_ms=latency_stats(self.batch_ms),
             mean_batch=round(float(np.mean(self.batch_sizes)), 3) if self.batch_sizes else 0.0,
             gflops_mean=round(float(np.mean(self.gflops)), 4) if self.gflops else None,
-            configurations=dict(self.configs.most_common()), sources=sources)
+            configurations=dict(self.configs.most_common()), sources=sources,
+            policy_frames=None if self.caches is None else {
+                "computed": sum(c.computed for c in self.caches.values()),
+                "reused": sum(c.reused for c in self.caches.values())})
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -235,6 +266,10 @@ def format_summary(summary: RunSummary) -> str:
              f"latency ms p50 {fmt(lat and lat.p50)}  p95 {fmt(lat and lat.p95)}   "
              f"mean batch {summary.mean_batch:.2f}   dropped {summary.dropped}   "
              f"reconnects {summary.reconnects}", ""]
+    if summary.policy_frames and sum(summary.policy_frames.values()):
+        pf = summary.policy_frames
+        lines.insert(2, f"selection-network frames: {pf['computed']} computed, {pf['reused']} reused "
+                        f"from the feature cache ({100 * pf['reused'] / sum(pf.values()):.0f}%)")
     rows = [["source", "frames", "windows", "processed", "dropped", "reconnects ok/tried", "status"]]
     for s in summary.sources:
         rows.append([s.name, str(s.frames), str(s.windows), str(s.processed), str(s.dropped),

@@ -75,6 +75,8 @@ class Window:
     new_frames: int  # sampled frames not in the previous window (T for the first one)
     fps: float  # sampled-frame rate (source fps / stride), 0.0 when unknown
     emitted_at: float  # time.perf_counter() at emission, for latency
+    frame_ids: tuple[int, ...] = ()  # id of each sampled frame, unique within the source (ClipBuffer)
+    generation: int = 0  # the ring buffer's reset count: windows of one generation share no gap
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,9 @@ class ClipBuffer:
     """Ring buffer of the last ``num_frames`` sampled frames (every ``stride``-th raw frame).
 
     ``push`` is called once per raw frame and returns a stacked copy ``(T, H, W, 3)`` when a window is
-    due: first when the buffer fills, then every ``hop`` sampled frames.
+    due: first when the buffer fills, then every ``hop`` sampled frames. ``frame_ids`` are the ids of
+    the buffered frames (a counter over every sampled frame, never reused, not even after ``reset``),
+    ``generation`` counts resets: what the selection network's feature cache is keyed by.
     """
 
     def __init__(self, num_frames: int, stride: int = 1, hop: int | None = None) -> None:
@@ -198,11 +202,21 @@ class ClipBuffer:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.num_frames, self.stride, self.hop = num_frames, stride, hop or num_frames
         self._frames: deque[np.ndarray] = deque(maxlen=num_frames)
+        self._ids: deque[int] = deque(maxlen=num_frames)
+        self._next_id = 0
+        self.generation = -1
         self.reset()
+
+    @property
+    def frame_ids(self) -> tuple[int, ...]:
+        """Ids of the buffered frames, oldest first (those of the window ``push`` just returned)."""
+        return tuple(self._ids)
 
     def reset(self) -> None:
         """Forget buffered frames (after a reconnect a window must not span the gap)."""
         self._frames.clear()
+        self._ids.clear()
+        self.generation += 1
         self._raw = 0
         self._since_emit = 0
         self._emitted = False
@@ -222,6 +236,8 @@ class ClipBuffer:
         if frame is None:
             raise ValueError("ClipBuffer.push got None for a frame it samples (check wants_next)")
         self._frames.append(frame)
+        self._ids.append(self._next_id)
+        self._next_id += 1
         self._since_emit += 1
         if len(self._frames) < self.num_frames:
             return None
@@ -435,6 +451,7 @@ class SourceReader(threading.Thread):
                         return got, "stopped"
                 self.queue.put(Window(self.spec.name, self.spec.index, clip, time.time(),
                                       self.stats.frames - 1, self.stats.windows,
-                                      self.buffer.last_new_frames, fps, time.perf_counter()))
+                                      self.buffer.last_new_frames, fps, time.perf_counter(),
+                                      self.buffer.frame_ids, self.buffer.generation))
                 self.stats.windows += 1
         return got, "stopped"

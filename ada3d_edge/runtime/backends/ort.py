@@ -59,6 +59,7 @@ class OrtBackend(Backend):
         self.providers = list(providers) if providers else ort_providers(device)
         self.intra_op_threads, self.allow_spinning = intra_op_threads, allow_spinning
         self._sessions: dict[str, Any] = {}
+        self._io: dict[str, tuple[list[str], list[str]]] = {}  # input and output names, read at load
 
     def _load(self, name: str, path: Path, meta: dict[str, Any]) -> None:
         if not path.is_file():
@@ -69,7 +70,9 @@ class OrtBackend(Backend):
             options.intra_op_num_threads = int(self.intra_op_threads)
         if self.allow_spinning is not None:
             options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
-        self._sessions[name] = self._ort.InferenceSession(str(path), options, providers=self.providers)
+        session = self._ort.InferenceSession(str(path), options, providers=self.providers)
+        self._sessions[name] = session
+        self._io[name] = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
 
     def _session(self, name: str) -> Any:
         try:
@@ -79,13 +82,14 @@ class OrtBackend(Backend):
 
     def run(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self._session(name)
-        check_inputs(name, self.input_names(name), inputs)
-        feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
-        outputs = session.run(None, feeds)
-        return {o.name: arr for o, arr in zip(session.get_outputs(), outputs)}
+        in_names, out_names = self._io[name]
+        check_inputs(name, in_names, inputs)
+        feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}  # no copy if already so
+        return dict(zip(out_names, session.run(None, feeds)))
 
     def input_names(self, name: str) -> list[str]:
-        return [i.name for i in self._session(name).get_inputs()]
+        self._session(name)
+        return list(self._io[name][0])
 
     @property
     def names(self) -> list[str]:
@@ -93,6 +97,7 @@ class OrtBackend(Backend):
 
     def close(self) -> None:
         self._sessions.clear()
+        self._io.clear()
         super().close()
 
     def describe(self) -> str:
