@@ -257,43 +257,37 @@ class _Stitcher:
                     if have is None or len(init.dims) < len(have.dims):
                         self.weights[init.name] = init
         self.nodes: list = []
-        self.zero = "config/zero"  # int64 0 computed from the mask: keeps the Reshapes out of constant folding
-        self.shapes: Dict[Tuple[int, ...], str] = {}
         self.np = numpy_helper
 
     def constant(self, name: str, value: np.ndarray) -> str:
         self.weights[name] = self.np.from_array(value, name)
         return name
 
-    def shape(self, dims: Tuple[int, ...]) -> str:
-        """A run-time int64 shape tensor (outer graph), so ORT cannot fold a weight Reshape into a copy."""
-        from onnx import helper
+    def view(self, name: str, dims: Tuple[int, ...]) -> str:
+        """An initializer ``<name>@<dims>``: the same bytes as ``name`` in another shape.
 
-        if dims not in self.shapes:
-            name = "shape/" + "x".join(map(str, dims))
-            const = self.constant(name + "/k", np.asarray(dims, np.int64))
-            self.nodes.append(helper.make_node("Add", [const, self.zero], [name], name=name))
-            self.shapes[dims] = name
-        return self.shapes[dims]
+        In memory it is a copy; ``save_shared`` writes the bytes once and points both at them (ORT
+        memory-maps page-aligned external data, so both map the same pages). No run-time Reshape:
+        ORT copies a Reshape of an initializer on every run.
+        """
+        alias = f"{name}@{'x'.join(map(str, dims))}"
+        if alias not in self.weights:
+            self.weights[alias] = self.np.from_array(self.np.to_array(self.weights[name]).reshape(dims), alias)
+        return alias
 
     def inline(self, model, prefix: str, x_name: str, y_name: str) -> list:
         """The nodes of a variant with its values renamed into the outer graph (``x``/``y`` mapped)."""
         from onnx import helper
 
         own = {init.name: tuple(init.dims) for init in model.graph.initializer}
-        nodes, views = [], {}
+        nodes = []
 
         def rename(v: str) -> str:
             if not v:
                 return v
             if v in own:
                 dims = own[v]
-                if tuple(self.weights[v].dims) == dims:
-                    return v
-                if v not in views:  # same bytes stored in another rank: a Reshape (a view) in this branch
-                    views[v] = f"{prefix}/{v}/as{len(dims)}d"
-                    nodes.append(helper.make_node("Reshape", [v, self.shape(dims)], [views[v]], name=views[v]))
-                return views[v]
+                return v if tuple(self.weights[v].dims) == dims else self.view(v, dims)
             return {"x": x_name, "y": y_name}.get(v, f"{prefix}/{v}")
 
         for node in model.graph.node:
@@ -342,8 +336,7 @@ def stitch(segments: Sequence[Segment], num_stages: int, num_classes: int, crop:
     pow2 = st.constant("config/pow2", np.asarray([2 ** (k - 1 - i) for i in range(k)], np.int64))
     st.nodes += [helper.make_node("Mul", [MASK_INPUT, pow2], ["config/weighted"], name="config/weighted"),
                  helper.make_node("ReduceSum", ["config/weighted"], ["config/index"], keepdims=0,
-                                  name="config/index"),
-                 helper.make_node("Sub", ["config/index", "config/index"], [st.zero], name=st.zero)]
+                                  name="config/index")]
     body, x = [], CLIP_INPUT
     for i, seg in enumerate(segments):
         last = i == len(segments) - 1
@@ -373,16 +366,116 @@ def build_shared_backbone(backbone: Backbone, crop: int, opset: int = 17, fold_f
     return stitch(segments, backbone.num_stages_3d, backbone.num_classes, crop, opset), segments
 
 
-def export_shared_backbone(backbone: Backbone, path: PathLike, crop: int, opset: int = 17,
-                           fold_frames: Union[bool, str] = True, num_frames: int | None = None) -> Path:
-    """Write the one-graph backbone (``clip``, ``stage_mask`` -> ``logits``) to ``path``."""
+PAGE = 4096  # ORT memory-maps external data whose offset is a multiple of the page size (Linux)
+EXTERNAL_MIN_BYTES = 1024
+
+
+class SharedWeightsFile:
+    """One external-data file holding every weight once; any number of graphs point into it.
+
+    Initializers named ``<name>@<dims>`` are views of ``<name>``: same offset, same length. Offsets
+    are page aligned so ONNX Runtime maps the file instead of copying it.
+    """
+
+    def __init__(self, path: PathLike):
+        self.path = Path(path)
+        self.offsets: Dict[str, Tuple[int, int]] = {}
+        self._f = self.path.open("wb")
+
+    def externalise(self, model) -> None:
+        """Point ``model``'s large initializers at this file, writing bytes not written yet."""
+        from onnx import numpy_helper
+        from onnx.external_data_helper import set_external_data
+
+        for init in model.graph.initializer:
+            data = init.raw_data or numpy_helper.to_array(init).tobytes()
+            if len(data) < EXTERNAL_MIN_BYTES:
+                continue
+            key = init.name.split("@", 1)[0]
+            if key not in self.offsets:
+                pos = self._f.tell()
+                pad = (-pos) % PAGE
+                self._f.write(b"\0" * pad)
+                self.offsets[key] = (pos + pad, len(data))
+                self._f.write(data)
+            offset, length = self.offsets[key]
+            if length != len(data):
+                raise ValueError(f"initializer {init.name}: {len(data)} bytes, but {key} has {length}")
+            for f in ("float_data", "int64_data", "int32_data", "double_data"):
+                init.ClearField(f)
+            init.raw_data = data  # set_external_data wants it present
+            set_external_data(init, self.path.name, offset, length)
+            init.ClearField("raw_data")
+            init.data_location = init.EXTERNAL
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "SharedWeightsFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def save_shared(model, path: PathLike, weights_name: str | None = None) -> Tuple[Path, Path]:
+    """Write ``model`` to ``path`` with its weights in ``<path stem>.weights`` beside it (each once)."""
     import onnx
 
-    model, _ = build_shared_backbone(backbone, crop, opset, fold_frames, num_frames)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    weights = path.with_name(weights_name or f"{path.stem}.weights")
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    with SharedWeightsFile(weights) as wf:
+        wf.externalise(m)
+    onnx.save(m, str(path))
+    return path, weights
+
+
+def save_segments(segments: Sequence[Segment], out_dir: PathLike, weights_name: str = "segments.weights") -> Dict[str, List[str]]:
+    """Layout B: one ONNX file per segment variant (``<segment>_v<i>.onnx``), all weights in one file.
+
+    A variant whose weight has another shape than the first one stored gets a ``<name>@<dims>`` view.
+    Returns segment name -> its variant files, in variant order.
+    """
+    import onnx
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    files: Dict[str, List[str]] = {}
+    with SharedWeightsFile(out / weights_name) as wf:
+        for seg in segments:
+            files[seg.name] = []
+            for i, v in enumerate(seg.variants):
+                m = onnx.ModelProto()
+                m.CopyFrom(v.model)
+                renames = {}
+                for init in m.graph.initializer:
+                    dims = tuple(init.dims)
+                    first = shapes.setdefault(init.name, dims)
+                    if first != dims:
+                        renames[init.name] = init.name + "@" + "x".join(map(str, dims))
+                        init.name = renames[init.name]
+                for node in m.graph.node:
+                    node.input[:] = [renames.get(x, x) for x in node.input]
+                wf.externalise(m)
+                name = f"{seg.name}_v{i}.onnx"
+                onnx.save(m, str(out / name))
+                files[seg.name].append(name)
+    return files
+
+
+def export_shared_backbone(backbone: Backbone, path: PathLike, crop: int, opset: int = 17,
+                           fold_frames: Union[bool, str] = True, num_frames: int | None = None) -> Path:
+    """Write the one-graph backbone (``clip``, ``stage_mask`` -> ``logits``) to ``path``.
+
+    Its weights go to ``<path stem>.weights`` beside it (external data, each weight once, page
+    aligned); returns ``path``.
+    """
+    model, _ = build_shared_backbone(backbone, crop, opset, fold_frames, num_frames)
+    return save_shared(model, path)[0]
 
 
 def mask_array(mask: str) -> np.ndarray:
@@ -391,7 +484,10 @@ def mask_array(mask: str) -> np.ndarray:
 
 
 def initializer_bytes(model) -> int:
-    """Bytes of all initializers of a model (outer graph; subgraphs hold none here)."""
+    """Bytes of the distinct initializers of a model (views ``<name>@<dims>`` counted once)."""
     from onnx import numpy_helper
 
-    return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+    seen: Dict[str, int] = {}
+    for t in model.graph.initializer:
+        seen.setdefault(t.name.split("@", 1)[0], numpy_helper.to_array(t).nbytes)
+    return sum(seen.values())
