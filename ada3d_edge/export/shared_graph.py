@@ -367,6 +367,7 @@ def build_shared_backbone(backbone: Backbone, crop: int, opset: int = 17, fold_f
 
 
 PAGE = 4096  # ORT memory-maps external data whose offset is a multiple of the page size (Linux)
+ALIGN_MIN_BYTES = 64 * 1024  # smaller tensors are packed unaligned (ORT copies them; padding would cost more)
 EXTERNAL_MIN_BYTES = 1024
 
 
@@ -374,7 +375,8 @@ class SharedWeightsFile:
     """One external-data file holding every weight once; any number of graphs point into it.
 
     Initializers named ``<name>@<dims>`` are views of ``<name>``: same offset, same length. Offsets
-    are page aligned so ONNX Runtime maps the file instead of copying it.
+    of tensors from ``ALIGN_MIN_BYTES`` up are page aligned, so ONNX Runtime maps the file instead of
+    copying it (and the pages are shared by every mapping, in this process and in others).
     """
 
     def __init__(self, path: PathLike):
@@ -394,7 +396,7 @@ class SharedWeightsFile:
             key = init.name.split("@", 1)[0]
             if key not in self.offsets:
                 pos = self._f.tell()
-                pad = (-pos) % PAGE
+                pad = (-pos) % PAGE if len(data) >= ALIGN_MIN_BYTES else 0
                 self._f.write(b"\0" * pad)
                 self.offsets[key] = (pos + pad, len(data))
                 self._f.write(data)
