@@ -76,7 +76,7 @@ def cmd_export(args) -> None:
     import onnx
 
     from ada3d_edge.export.onnx_export import export_backbone
-    from ada3d_edge.export.shared_graph import build_shared_backbone, initializer_bytes, save_segments, save_shared
+    from ada3d_edge.export.shared_graph import build_shared_backbone, initializer_bytes, save_backbone_files
 
     work = Path(args.work)
     out = {}
@@ -95,12 +95,10 @@ def cmd_export(args) -> None:
             print(f"{arch} today {mask}: {times[mask]:.1f}s", flush=True)
         t0 = time.time()
         model, segments = build_shared_backbone(b, CROP, num_frames=T)
-        save_shared(model, d / "backbone_shared.onnx")
+        bundle = d / "bundle"
+        info = save_backbone_files(model, segments, bundle)  # the If graph + segment files, one weights file
         shared_s = time.time() - t0
-        seg_dir = d / "segments"
-        files = save_segments(segments, seg_dir)
-        json.dump({"segments": [{"name": s.name, "choice": s.choice, "files": files[s.name]} for s in segments]},
-                  (seg_dir / "plan.json").open("w"))
+        (bundle / "plan.json").write_text(json.dumps(info))
         print(f"{arch} shared: {shared_s:.1f}s", flush=True)
         upper = d / f"backbone_{'1' * k}.onnx"
         today_sizes = [(d / f"backbone_{m}.onnx").stat().st_size for m in masks]
@@ -111,10 +109,10 @@ def cmd_export(args) -> None:
             "upper_file_bytes": upper.stat().st_size,
             "today_bundle_bytes": int(sum(today_sizes) / len(today_sizes) * n),
             "today_bundle_extrapolated": len(masks) < n,
-            "shared_file_bytes": (d / "backbone_shared.onnx").stat().st_size + (d / "backbone_shared.weights").stat().st_size,
-            "shared_graph_bytes": (d / "backbone_shared.onnx").stat().st_size,
-            "segments_weight_bytes": (seg_dir / "segments.weights").stat().st_size,
-            "segments_graph_bytes": sum((seg_dir / f).stat().st_size for fs in files.values() for f in fs),
+            "shared_file_bytes": (bundle / info["graph"]).stat().st_size + (bundle / info["weights"]).stat().st_size,
+            "shared_graph_bytes": (bundle / info["graph"]).stat().st_size,
+            "weights_file_bytes": (bundle / info["weights"]).stat().st_size,
+            "segments_graph_bytes": sum((bundle / f).stat().st_size for s in info["segments"] for f in s["files"]),
             "upper_initializer_bytes": initializer_bytes(onnx.load(str(upper))),
             "shared_initializer_bytes": initializer_bytes(model),
             "variants": {s.name: len(s.variants) for s in segments},
@@ -169,7 +167,7 @@ class Shared:
         import numpy as np
         import onnxruntime as ort
 
-        self.s = ort.InferenceSession(str(d / "backbone_shared.onnx"), _options(level),
+        self.s = ort.InferenceSession(str(d / "bundle" / "backbone_shared.onnx"), _options(level),
                                       providers=["CPUExecutionProvider"])
         self.masks = {}  # no ada3d_edge.export import here: it pulls in torch, which the runtime never loads
         self.np = np
@@ -192,9 +190,9 @@ class Segments:
         import onnx
         import onnxruntime as ort
 
-        seg_dir = d / "segments"
+        seg_dir = d / "bundle"
         plan = json.loads((seg_dir / "plan.json").read_text())
-        blob = np.fromfile(seg_dir / "segments.weights", np.uint8) if addinit else None
+        blob = np.fromfile(seg_dir / plan["weights"], np.uint8) if addinit else None
         self.keep = []  # arrays and OrtValues must outlive the sessions
         self.plan = []
         for seg in plan["segments"]:
@@ -283,7 +281,7 @@ def cmd_memory(args) -> None:
         upper = "1" * k
         masks = all_masks(k)
         today_masks = masks if k <= 2 else list(I3D_TODAY_SUBSET)
-        rows = {}
+        rows = res.get(arch, {}).get("rows", {})  # rows of earlier runs are kept (one run per level set)
         for level in args.levels:
             runs = [("today_upper", "today", [upper]), (f"today_{len(today_masks)}", "today", today_masks),
                     ("shared_all", "shared", masks), ("segments_all", "segments", masks),
@@ -319,18 +317,21 @@ def cmd_latency(args) -> None:
         ref = {(m, f): layouts[args.variants[0]].run(m, xs[f]) for m in masks for f in args.frames}
         diff = max(float(np.abs(layouts[s].run(m, xs[f]) - ref[(m, f)]).max()) for s, m, f in jobs)
         samples = {j: [] for j in jobs}
+        cpu = {j: [] for j in jobs}
         order = list(jobs)
         t_start = time.time()
         for r in range(args.warmup + args.repeats):
             random.Random(r).shuffle(order)
             for j in order:
-                t0 = time.perf_counter()
+                c0, t0 = time.thread_time(), time.perf_counter()  # intra-op threads 1: ORT runs on this thread
                 layouts[j[0]].run(j[1], xs[j[2]])
                 if r >= args.warmup:
                     samples[j].append((time.perf_counter() - t0) * 1e3)
+                    cpu[j].append((time.thread_time() - c0) * 1e3)
             print(f"{arch} round {r + 1}/{args.warmup + args.repeats} ({time.time() - t_start:.0f}s)", flush=True)
         rows = [{"layout": s, "mask": m, "frames": f, "p50_ms": statistics.median(samples[(s, m, f)]),
-                 "samples_ms": samples[(s, m, f)]} for s, m, f in jobs]
+                 "cpu_p50_ms": statistics.median(cpu[(s, m, f)]), "samples_ms": samples[(s, m, f)],
+                 "cpu_samples_ms": cpu[(s, m, f)]} for s, m, f in jobs]
         res[arch] = {"rows": rows, "max_abs_diff_between_layouts": diff, "repeats": args.repeats,
                      "warmup": args.warmup, "variants": args.variants, "wall_s": time.time() - t_start}
     _save("latency", {"archs": res})
@@ -338,11 +339,11 @@ def cmd_latency(args) -> None:
 
 # ---------------------------------------------------------------- report
 
-def _ratio_table(lat: dict, arch: str, base: str, others: list, frames) -> list:
-    rows = {(r["layout"], r["mask"], r["frames"]): r["p50_ms"] for r in lat["rows"]}
+def _ratio_table(lat: dict, arch: str, base: str, others: list, frames, key: str = "cpu_p50_ms") -> list:
+    rows = {(r["layout"], r["mask"], r["frames"]): r[key] for r in lat["rows"]}
     masks = LATENCY_MASKS[arch]
     up = "1" * ARCHS[arch]
-    cols = ["mask", "T'", f"{base} p50 ms"] + [f"{o} / {base}" for o in others] + [f"{o} / Upper {base}" for o in others]
+    cols = ["mask", "T'", f"{base} ms"] + [f"{o} / {base}" for o in others] + [f"{o} / Upper {base}" for o in others]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for m in masks:
         for f in frames:
@@ -368,14 +369,14 @@ def cmd_report(args) -> None:
         lines += [f"## {section}", "", f"Command: `{s['command']}`", "", *machine_lines(s["machine"]), ""]
         if section == "export":
             lines += ["| arch | Upper file MiB | today bundle MiB (2^K files) | shared file MiB | shared / Upper | "
-                      "segments weights MiB | init bytes shared / Upper | export today (2^K) s | export shared s |",
+                      "segment graphs MiB | init bytes shared / Upper | export today (2^K) s | export shared s |",
                       "|---|---|---|---|---|---|---|---|---|"]
             for arch, e in s["archs"].items():
                 mib = 2 ** 20
                 lines.append(
                     f"| {arch} | {e['upper_file_bytes'] / mib:.1f} | {e['today_bundle_bytes'] / mib:.0f}"
                     f"{' (extrapolated)' if e['today_bundle_extrapolated'] else ''} | {e['shared_file_bytes'] / mib:.1f} | "
-                    f"**{e['shared_file_bytes'] / e['upper_file_bytes']:.3f}** | {e['segments_weight_bytes'] / mib:.1f} | "
+                    f"**{e['shared_file_bytes'] / e['upper_file_bytes']:.3f}** | {e['segments_graph_bytes'] / mib:.2f} | "
                     f"{e['shared_initializer_bytes'] / e['upper_initializer_bytes']:.3f} | "
                     f"{e['today_export_all_s']:.0f}{' (extrapolated from ' + str(len(e['today_export_s'])) + ')' if e['today_export_all_extrapolated'] else ''}"
                     f" | {e['shared_export_s']:.0f} |")
@@ -412,7 +413,11 @@ def cmd_report(args) -> None:
                 lines += [f"### {arch}", "", f"{lat['warmup']} warm-up + {lat['repeats']} timed rounds, shuffled; "
                           f"batch 1, intra-op threads 1; max |difference| of the logits between layouts "
                           f"{lat['max_abs_diff_between_layouts']:.2g}; wall {lat['wall_s']:.0f} s.", "",
-                          *_ratio_table(lat, arch, base, others, frames), ""]
+                          "CPU time of the calling thread (ORT runs every op there with intra-op threads 1), "
+                          "medians: waiting for a core under load is not counted.", "",
+                          *_ratio_table(lat, arch, base, others, frames), "",
+                          "Wall-clock medians (the same runs; noisy under load):", "",
+                          *_ratio_table(lat, arch, base, others, frames, "p50_ms"), ""]
     OUT.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(OUT.with_suffix(".md").read_text())
 

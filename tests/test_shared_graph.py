@@ -13,7 +13,7 @@ ort = pytest.importorskip("onnxruntime")
 from ada3d_edge.export.onnx_export import export_backbone  # noqa: E402
 from ada3d_edge.export.shared_graph import (  # noqa: E402
     ALIGN_MIN_BYTES, CLIP_INPUT, LOGITS_OUTPUT, MASK_INPUT, build_shared_backbone, export_shared_backbone, fold_batchnorm,
-    initializer_bytes, mask_array, save_segments, segment_plan)
+    initializer_bytes, mask_array, save_backbone_files, save_segments, segment_plan)
 from ada3d_edge.export.verify import RTOL, frame_counts, ort_session  # noqa: E402
 from ada3d_edge.models import build_backbone  # noqa: E402
 from ada3d_edge.models.specs import all_masks  # noqa: E402
@@ -136,3 +136,22 @@ def test_temporal_pool_is_refused():
     b = build_backbone("i3d_tiny", num_classes=5, crop_size=CROP, temporal_pool=True)
     with pytest.raises(ValueError, match="temporal_pool"):
         segment_plan(b)
+
+
+def test_both_layouts_share_one_weights_file(tmp_path):
+    b = _backbone("slow_tiny")
+    model, segments = build_shared_backbone(b, CROP)
+    info = save_backbone_files(model, segments, tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.weights")) == [info["weights"]]
+    graph = ort_session(tmp_path / info["graph"])
+    chain = [[ort_session(tmp_path / f) for f in s["files"]] for s in info["segments"]]
+    clip = torch.randn(1, 3, 8, CROP, CROP, generator=torch.Generator().manual_seed(3))
+    for mask in all_masks(b.num_stages_3d):
+        x = clip.numpy()
+        for s, sessions in zip(info["segments"], chain):
+            x = sessions[s["choice"][int(mask, 2)]].run(["y"], {"x": x})[0]
+        got = graph.run([LOGITS_OUTPUT], {CLIP_INPUT: clip.numpy(), MASK_INPUT: mask_array(mask)})[0]
+        with torch.no_grad():
+            ref = b(clip, mask).double().numpy()
+        _close(x, ref)
+        _close(got, ref)

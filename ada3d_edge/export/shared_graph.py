@@ -420,6 +420,15 @@ class SharedWeightsFile:
         self.close()
 
 
+def _externalised_copy(model, wf: SharedWeightsFile):
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    wf.externalise(m)
+    return m
+
+
 def save_shared(model, path: PathLike, weights_name: str | None = None) -> Tuple[Path, Path]:
     """Write ``model`` to ``path`` with its weights in ``<path stem>.weights`` beside it (each once)."""
     import onnx
@@ -427,12 +436,34 @@ def save_shared(model, path: PathLike, weights_name: str | None = None) -> Tuple
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     weights = path.with_name(weights_name or f"{path.stem}.weights")
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
     with SharedWeightsFile(weights) as wf:
-        wf.externalise(m)
-    onnx.save(m, str(path))
+        onnx.save(_externalised_copy(model, wf), str(path))
     return path, weights
+
+
+def _write_segments(segments: Sequence[Segment], out: Path, wf: SharedWeightsFile) -> Dict[str, List[str]]:
+    import onnx
+
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    files: Dict[str, List[str]] = {}
+    for seg in segments:
+        files[seg.name] = []
+        for i, v in enumerate(seg.variants):
+            m = onnx.ModelProto()
+            m.CopyFrom(v.model)
+            renames = {}
+            for init in m.graph.initializer:
+                dims = tuple(init.dims)
+                if shapes.setdefault(init.name, dims) != dims:  # same bytes, other shape: a view
+                    renames[init.name] = init.name + "@" + "x".join(map(str, dims))
+                    init.name = renames[init.name]
+            for node in m.graph.node:
+                node.input[:] = [renames.get(x, x) for x in node.input]
+            wf.externalise(m)
+            name = f"{seg.name}_v{i}.onnx"
+            onnx.save(m, str(out / name))
+            files[seg.name].append(name)
+    return files
 
 
 def save_segments(segments: Sequence[Segment], out_dir: PathLike, weights_name: str = "segments.weights") -> Dict[str, List[str]]:
@@ -441,32 +472,28 @@ def save_segments(segments: Sequence[Segment], out_dir: PathLike, weights_name: 
     A variant whose weight has another shape than the first one stored gets a ``<name>@<dims>`` view.
     Returns segment name -> its variant files, in variant order.
     """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with SharedWeightsFile(out / weights_name) as wf:
+        return _write_segments(segments, out, wf)
+
+
+def save_backbone_files(model, segments: Sequence[Segment], out_dir: PathLike,
+                        graph_name: str = "backbone_shared.onnx",
+                        weights_name: str = "backbone.weights") -> Dict[str, object]:
+    """Both layouts against ONE weights file: the ``If`` graph (ONNX Runtime) and the segment files
+    (TensorRT engines, one per variant), all in ``out_dir``. Returns the file names and the per-segment
+    choice tables (configuration index -> variant), the data a manifest needs."""
     import onnx
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shapes: Dict[str, Tuple[int, ...]] = {}
-    files: Dict[str, List[str]] = {}
     with SharedWeightsFile(out / weights_name) as wf:
-        for seg in segments:
-            files[seg.name] = []
-            for i, v in enumerate(seg.variants):
-                m = onnx.ModelProto()
-                m.CopyFrom(v.model)
-                renames = {}
-                for init in m.graph.initializer:
-                    dims = tuple(init.dims)
-                    first = shapes.setdefault(init.name, dims)
-                    if first != dims:
-                        renames[init.name] = init.name + "@" + "x".join(map(str, dims))
-                        init.name = renames[init.name]
-                for node in m.graph.node:
-                    node.input[:] = [renames.get(x, x) for x in node.input]
-                wf.externalise(m)
-                name = f"{seg.name}_v{i}.onnx"
-                onnx.save(m, str(out / name))
-                files[seg.name].append(name)
-    return files
+        onnx.save(_externalised_copy(model, wf), str(out / graph_name))
+        files = _write_segments(segments, out, wf)
+    return {"graph": graph_name, "weights": weights_name,
+            "segments": [{"name": s.name, "choice": list(s.choice), "files": files[s.name],
+                          "degraded": [bool(v.degrade) for v in s.variants]} for s in segments]}
 
 
 def export_shared_backbone(backbone: Backbone, path: PathLike, crop: int, opset: int = 17,
