@@ -373,26 +373,33 @@ def cmd_report(args) -> None:
                       "|---|---|---|---|---|---|---|---|---|"]
             for arch, e in s["archs"].items():
                 mib = 2 ** 20
-                lines.append(
-                    f"| {arch} | {e['upper_file_bytes'] / mib:.1f} | {e['today_bundle_bytes'] / mib:.0f}"
-                    f"{' (extrapolated)' if e['today_bundle_extrapolated'] else ''} | {e['shared_file_bytes'] / mib:.1f} | "
-                    f"**{e['shared_file_bytes'] / e['upper_file_bytes']:.3f}** | {e['segments_graph_bytes'] / mib:.2f} | "
-                    f"{e['shared_initializer_bytes'] / e['upper_initializer_bytes']:.3f} | "
-                    f"{e['today_export_all_s']:.0f}{' (extrapolated from ' + str(len(e['today_export_s'])) + ')' if e['today_export_all_extrapolated'] else ''}"
-                    f" | {e['shared_export_s']:.0f} |")
+                n_today = len(e["today_export_s"])
+                extra = f" (extrapolated from {n_today})" if e["today_export_all_extrapolated"] else ""
+                cells = [arch, f"{e['upper_file_bytes'] / mib:.1f}",
+                         f"{e['today_bundle_bytes'] / mib:.0f}{extra if e['today_bundle_extrapolated'] else ''}",
+                         f"{e['shared_file_bytes'] / mib:.1f}",
+                         f"**{e['shared_file_bytes'] / e['upper_file_bytes']:.3f}**",
+                         f"{e['segments_graph_bytes'] / mib:.2f}",
+                         f"{e['shared_initializer_bytes'] / e['upper_initializer_bytes']:.3f}",
+                         f"{e['today_export_all_s']:.0f}{extra}", f"{e['shared_export_s']:.0f}"]
+                lines.append("| " + " | ".join(cells) + " |")
             lines += ["", "Segment variants per segment: " + "; ".join(
                 f"{a}: {e['variants']}" for a, e in s["archs"].items()), ""]
         if section == "memory":
             for arch, m in s["archs"].items():
-                lines += [f"### {arch}", "", "| what (fresh process) | PSS MiB | USS MiB | RSS MiB | PSS / Upper (same level) | "
-                          "baseline PSS | load s |", "|---|---|---|---|---|---|---|"]
+                ref = m["rows"].get("today_upper@all")  # Upper alone as the runtime opens it today
+                lines += [f"### {arch}", "", "| what (fresh process) | PSS MiB | USS MiB | RSS MiB | PSS / Upper "
+                          "today@all | PSS / Upper same level | baseline PSS | load s |",
+                          "|---|---|---|---|---|---|---|---|"]
                 for label, r in m["rows"].items():
                     level = label.split("@")[1]
-                    up = m["rows"].get(f"today_upper@{level}")
-                    ratio = r["loaded"]["pss_mib"] / up["loaded"]["pss_mib"] if up else float("nan")
-                    lines.append(f"| {label} | {r['loaded']['pss_mib']:.0f} | {r['loaded']['uss_mib']:.0f} | "
-                                 f"{r['loaded']['rss_mib']:.0f} | **{ratio:.3f}** | {r['baseline']['pss_mib']:.0f} | "
-                                 f"{r['load_s']:.1f} |")
+                    pss = r["loaded"]["pss_mib"]
+                    same = m["rows"].get(f"today_upper@{level}")
+                    cells = [label, f"{pss:.0f}", f"{r['loaded']['uss_mib']:.0f}", f"{r['loaded']['rss_mib']:.0f}",
+                             f"**{pss / ref['loaded']['pss_mib']:.3f}**" if ref else "-",
+                             f"{pss / same['loaded']['pss_mib']:.3f}" if same else "-",
+                             f"{r['baseline']['pss_mib']:.0f}", f"{r['load_s']:.1f}"]
+                    lines.append("| " + " | ".join(cells) + " |")
                 n = len(m["today_masks"])
                 k = ARCHS[arch]
                 if n < 2 ** k:
@@ -402,8 +409,8 @@ def cmd_report(args) -> None:
                             per = (sub["loaded"]["pss_mib"] - up["loaded"]["pss_mib"]) / (n - 1)
                             est = up["loaded"]["pss_mib"] + per * (2 ** k - 1)
                             lines.append(f"\ntoday's layout, all {2 ** k} @{level}: **about {est:.0f} MiB "
-                                         f"({est / up['loaded']['pss_mib']:.1f}x Upper)**, extrapolated from {n} loaded "
-                                         f"({per:.0f} MiB per extra configuration); not measured.")
+                                         f"({est / up['loaded']['pss_mib']:.1f}x Upper)**, extrapolated from {n} "
+                                         f"loaded ({per:.0f} MiB per extra configuration); not measured.")
                 lines.append("")
         if section == "latency":
             for arch, lat in s["archs"].items():

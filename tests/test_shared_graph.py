@@ -12,8 +12,8 @@ ort = pytest.importorskip("onnxruntime")
 
 from ada3d_edge.export.onnx_export import export_backbone  # noqa: E402
 from ada3d_edge.export.shared_graph import (  # noqa: E402
-    ALIGN_MIN_BYTES, CLIP_INPUT, LOGITS_OUTPUT, MASK_INPUT, build_shared_backbone, export_shared_backbone, fold_batchnorm,
-    initializer_bytes, mask_array, save_backbone_files, save_segments, segment_plan)
+    ALIGN_MIN_BYTES, CLIP_INPUT, LOGITS_OUTPUT, MASK_INPUT, build_shared_backbone, export_shared_backbone,
+    fold_batchnorm, initializer_bytes, mask_array, save_backbone_files, save_segments, segment_plan)
 from ada3d_edge.export.verify import RTOL, frame_counts, ort_session  # noqa: E402
 from ada3d_edge.models import build_backbone  # noqa: E402
 from ada3d_edge.models.specs import all_masks  # noqa: E402

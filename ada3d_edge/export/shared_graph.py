@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.backbone import Backbone, Bottleneck, Head
-from ..models.layers import ConfigBatchNorm3d, TemporalConv
+from ..models.layers import TemporalConv
 from ..models.specs import all_masks
 from .onnx_export import check_opset, fold_mode, fold_plan
 
@@ -92,12 +92,11 @@ def fold_batchnorm(backbone: Backbone) -> Backbone:
                 pairs.append((m.shortcut, "conv", "bn"))
     for owner, conv_name, bn_name in pairs:
         bn = getattr(owner, bn_name)
-        if not isinstance(bn, ConfigBatchNorm3d) and not isinstance(bn, nn.BatchNorm3d):
+        if not isinstance(bn, nn.BatchNorm3d):
             raise TypeError(f"expected a BatchNorm3d at {bn_name}, got {type(bn).__name__}")
         setattr(owner, conv_name, _folded_conv(getattr(owner, conv_name), bn))
         setattr(owner, bn_name, nn.Identity())
-    folded.config_bns = []
-    folded._use_config_stats = lambda mask: None  # no BN left to switch
+    folded.config_bns = []  # no BN left to switch per configuration
     return folded
 
 
@@ -466,7 +465,8 @@ def _write_segments(segments: Sequence[Segment], out: Path, wf: SharedWeightsFil
     return files
 
 
-def save_segments(segments: Sequence[Segment], out_dir: PathLike, weights_name: str = "segments.weights") -> Dict[str, List[str]]:
+def save_segments(segments: Sequence[Segment], out_dir: PathLike,
+                  weights_name: str = "segments.weights") -> Dict[str, List[str]]:
     """Layout B: one ONNX file per segment variant (``<segment>_v<i>.onnx``), all weights in one file.
 
     A variant whose weight has another shape than the first one stored gets a ``<name>@<dims>`` view.
