@@ -303,7 +303,7 @@ def cmd_latency(args) -> None:
     import numpy as np
 
     work = Path(args.work)
-    res = _load().get("latency", {}).get("archs", {})
+    res = _load().get(args.section, {}).get("archs", {})
     for arch in args.arch:
         masks = LATENCY_MASKS[arch]
         layouts = {}
@@ -334,7 +334,7 @@ def cmd_latency(args) -> None:
                  "cpu_samples_ms": cpu[(s, m, f)]} for s, m, f in jobs]
         res[arch] = {"rows": rows, "max_abs_diff_between_layouts": diff, "repeats": args.repeats,
                      "warmup": args.warmup, "variants": args.variants, "wall_s": time.time() - t_start}
-    _save("latency", {"archs": res})
+    _save(args.section, {"archs": res})
 
 
 # ---------------------------------------------------------------- report
@@ -362,7 +362,7 @@ def cmd_report(args) -> None:
              "an `If` per varying segment, mask as input (`ada3d_edge/export/shared_graph.py`); **segments** "
              "(B) = one session per segment variant, chained on the host, weights shared through "
              "`SessionOptions.add_initializer`. `@all` / `@extended` = ORT graph optimisation level.", ""]
-    for section in ("export", "memory", "latency"):
+    for section in ("export", "memory", *sorted(k for k in res if k.startswith("latency"))):
         if section not in res:
             continue
         s = res[section]
@@ -412,7 +412,7 @@ def cmd_report(args) -> None:
                                          f"({est / up['loaded']['pss_mib']:.1f}x Upper)**, extrapolated from {n} "
                                          f"loaded ({per:.0f} MiB per extra configuration); not measured.")
                 lines.append("")
-        if section == "latency":
+        if section.startswith("latency"):
             for arch, lat in s["archs"].items():
                 base = "today@all"
                 others = [v for v in lat["variants"] if v != base]
@@ -440,6 +440,7 @@ def main() -> None:
     ap.add_argument("--variants", default="today@all,today@extended,shared@all,shared@extended,segments@extended",
                     help="layout@level pairs timed round-robin (the first is the reference for the diff check)")
     ap.add_argument("--frames", default="8,4,1")
+    ap.add_argument("--section", default="latency", help="results key of a latency run (latency, latency_*)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--layout", help=argparse.SUPPRESS)
