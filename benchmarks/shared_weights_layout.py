@@ -2,18 +2,23 @@
 
 Random-init `slow_r50` (K = 2) and `i3d_r50` (K = 5) at 224x224, T = 8, ONNX Runtime CPU:
 - today: one `backbone_<mask>.onnx` per configuration (`onnx_export.export_backbone`);
-- A (`--layout shared`): one graph, an `If` per varying segment (`export/shared_graph.py`);
-- B (`segments`): one session per segment variant, chained at run time, every weight one shared
-  `OrtValue` (`SessionOptions.add_initializer`).
-Each subcommand adds its section to benchmarks/results/shared_weights_layout_cpu.json; `report`
-writes the .md. Memory: PSS/USS from /proc/PID/smaps_rollup of a fresh process per measurement that
-loads the sessions and runs every configuration once at T' = 8 and 1. Latency: round-robin in one
-process, shuffled each round, medians; quote ratios.
+- A (`shared`): one graph, an `If` per varying segment (`export/shared_graph.py`);
+- B (`segments`): one session per segment variant, chained at run time, weights shared through the
+  memory-mapped weights file, or (`segments_addinit`) as `OrtValue`s (`SessionOptions.add_initializer`).
+A layout is timed or probed at `layout@level[+nopattern][+envalloc]` (see `_options`). Each subcommand
+adds its section to benchmarks/results/shared_weights_layout_cpu.json; `report` writes the .md.
+Memory: PSS/USS from /proc/self/smaps_rollup of a fresh process per measurement that loads the
+sessions and runs every configuration once at T' = 8 and 1 (without importing torch). Latency:
+round-robin in one process, shuffled each round, medians of wall clock and of the calling thread's
+CPU time (intra-op threads 1); quote ratios.
+
+The runs behind the committed results (export, then):
 
     nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/shared_weights_layout.py export
-    nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/shared_weights_layout.py memory --arch slow_r50
-    nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/shared_weights_layout.py latency --arch slow_r50
+    ... memory --arch slow_r50 --layouts today,shared --levels all,extended,all+nopattern,extended+nopattern
+    ... latency --arch slow_r50 --variants today@all,shared@all+nopattern,segments@all+nopattern+envalloc
     .venv/bin/python benchmarks/shared_weights_layout.py report
+(the exact list is in the results file, one command line per merged run).
 """
 from __future__ import annotations
 
@@ -46,7 +51,10 @@ def _save(section: str, value: dict) -> None:
     from ada3d_edge.runtime.bench_report import machine_info
 
     res = _load()
-    value = {**value, "command": command_line(), "machine": machine_info(None, 1)}
+    cmd = command_line()
+    earlier = res.get(section, {}).get("commands") or []
+    value = {**value, "command": cmd, "commands": earlier + [cmd] if section != "export" else [cmd],
+             "machine": machine_info(None, 1)}
     res[section] = value
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.with_suffix(".json").write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
@@ -361,12 +369,20 @@ def cmd_report(args) -> None:
              "Layouts: **today** = one `backbone_<mask>.onnx` per configuration; **shared** (A) = one graph, "
              "an `If` per varying segment, mask as input (`ada3d_edge/export/shared_graph.py`); **segments** "
              "(B) = one session per segment variant, chained on the host, weights shared through "
-             "`SessionOptions.add_initializer`. `@all` / `@extended` = ORT graph optimisation level.", ""]
+             "the memory-mapped weights file (`segments`) or `SessionOptions.add_initializer` "
+             "(`segments_addinit`). `@all` / `@extended` = ORT graph optimisation level; "
+             "`+nopattern` = `enable_mem_pattern=False`; `+envalloc` = one CPU arena for all sessions.", "",
+             "Every command below ran as `nice -n 10 env OMP_NUM_THREADS=1 /work/main/.venv/bin/python ...` "
+             "on the shared 2-core CPU (`lscpu` model name: AMD EPYC), beside ~4 other agents' jobs; the load "
+             "average at the start of each run is given. Design note: docs/shared-weights.md.", ""]
     for section in ("export", "memory", *sorted(k for k in res if k.startswith("latency"))):
         if section not in res:
             continue
         s = res[section]
-        lines += [f"## {section}", "", f"Command: `{s['command']}`", "", *machine_lines(s["machine"]), ""]
+        cmds = s.get("commands") or [s["command"]]
+        lines += [f"## {section}", "", "Command" + ("s (rows merged; machine line: the last run)" if len(cmds) > 1
+                                                      else "") + ":", "", *[f"- `{c}`" for c in cmds], "",
+                  *machine_lines(s["machine"]), ""]
         if section == "export":
             lines += ["| arch | Upper file MiB | today bundle MiB (2^K files) | shared file MiB | shared / Upper | "
                       "segment graphs MiB | init bytes shared / Upper | export today (2^K) s | export shared s |",
