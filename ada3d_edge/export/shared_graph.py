@@ -14,12 +14,16 @@ variant up in a small int64 table, so any fold rule (``--fold auto|all|degraded`
 
 BatchNorm is folded into every conv before tracing (weights ``W * s``, bias ``beta - mean * s``), so
 a conv's weight is the same tensor in every variant; initializers are then deduplicated by content
-(renamed ``w.<sha1>``). A degraded conv's centre tap ``W[:, :, kt // 2]`` is its own (constant-folded)
-initializer: 1/kt of that weight extra. Checkpoints with per-configuration BN statistics
-(``bn_calibrated``) fold other weights per configuration and are refused (docs/shared-weights.md).
+(renamed ``w.<sha1>``). The same bytes in another shape (a kt=1 conv as 5-D Conv3d and as folded 4-D
+Conv2d) become a view ``w.<sha1>@<dims>``; ``save_shared`` / ``save_backbone_files`` write every weight
+once, page aligned, and point all views at it (ONNX Runtime memory-maps such external data). A
+degraded conv's centre tap ``W[:, :, kt // 2]`` is its own (constant-folded) initializer: 1/kt of
+that weight extra. Checkpoints with per-configuration BN statistics (``bn_calibrated``) fold other
+weights per configuration and are refused. Run the graph with ``enable_mem_pattern=False`` (ORT keeps
+a memory pattern per subgraph and shape otherwise); measurements and choice: docs/shared-weights.md.
 
 ``segment_models`` returns the per-variant pieces too: the segment layout (B), one file or engine per
-segment variant, chained at run time, is built from the same pieces.
+segment variant, chained at run time, is built from the same pieces (``save_segments``).
 """
 from __future__ import annotations
 
