@@ -253,8 +253,8 @@ def smaps_rollup() -> dict:
             "uss_mib": out.get("Private_Clean", 0) + out.get("Private_Dirty", 0)}
 
 
-def probe(arch: str, layout: str, level: str, work: Path, masks) -> dict:
-    """In this (fresh) process: load, run each configuration at T' = 8 and 1, read smaps_rollup."""
+def probe(arch: str, layout: str, level: str, work: Path, masks, frames=(T, 1)) -> dict:
+    """In this (fresh) process: load, run each configuration at each of ``frames``, read smaps_rollup."""
     import numpy as np
 
     import onnxruntime  # noqa: F401  (the baseline includes the library)
@@ -265,16 +265,17 @@ def probe(arch: str, layout: str, level: str, work: Path, masks) -> dict:
     t0 = time.time()
     lay = open_layout(arch, layout, level, work, masks)
     load_s = time.time() - t0
-    for f in (T, 1):
+    for f in frames:
         x = np.zeros((1, 3, f, CROP, CROP), np.float32)
         for m in masks:
             lay.run(m, x)
-    return {"baseline": base, "loaded": smaps_rollup(), "load_s": load_s, "configs_run": len(masks)}
+    return {"baseline": base, "loaded": smaps_rollup(), "load_s": load_s, "configs_run": len(masks),
+            "frames": list(frames)}
 
 
-def _probe_subprocess(arch, layout, level, work, masks) -> dict:
+def _probe_subprocess(arch, layout, level, work, masks, frames) -> dict:
     cmd = [sys.executable, __file__, "probe", "--arch", arch, "--layout", layout, "--level", level,
-           "--work", str(work), "--masks", ",".join(masks)]
+           "--work", str(work), "--masks", ",".join(masks), "--warm-frames", ",".join(map(str, frames))]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(r.stderr[-3000:])
@@ -298,7 +299,9 @@ def cmd_memory(args) -> None:
                 if layout not in args.layouts:
                     continue
                 t0 = time.time()
-                rows[f"{label}@{level}"] = r = _probe_subprocess(arch, layout, level, work, ms)
+                if args.warm_frames != [T, 1]:  # rows warmed otherwise are told apart by a suffix
+                    label = f"{label}[T'={','.join(map(str, args.warm_frames))}]"
+                rows[f"{label}@{level}"] = r = _probe_subprocess(arch, layout, level, work, ms, args.warm_frames)
                 print(f"{arch} {label}@{level}: PSS {r['loaded']['pss_mib']:.0f} MiB USS {r['loaded']['uss_mib']:.0f} "
                       f"({time.time() - t0:.0f}s)", flush=True)
         res[arch] = {"rows": rows, "today_masks": today_masks}
@@ -409,8 +412,9 @@ def cmd_report(args) -> None:
                           "|---|---|---|---|---|---|---|---|"]
                 for label, r in m["rows"].items():
                     level = label.split("@")[1]
+                    tag = label[label.index("["):label.index("]") + 1] if "[" in label else ""
                     pss = r["loaded"]["pss_mib"]
-                    same = m["rows"].get(f"today_upper@{level}")
+                    same = m["rows"].get(f"today_upper{tag}@{level}")
                     cells = [label, f"{pss:.0f}", f"{r['loaded']['uss_mib']:.0f}", f"{r['loaded']['rss_mib']:.0f}",
                              f"**{pss / ref['loaded']['pss_mib']:.3f}**" if ref else "-",
                              f"{pss / same['loaded']['pss_mib']:.3f}" if same else "-",
@@ -419,7 +423,7 @@ def cmd_report(args) -> None:
                 n = len(m["today_masks"])
                 k = ARCHS[arch]
                 if n < 2 ** k:
-                    for level in {lab.split("@")[1] for lab in m["rows"]}:
+                    for level in sorted({lab.split("@")[1] for lab in m["rows"]}):
                         up, sub = m["rows"].get(f"today_upper@{level}"), m["rows"].get(f"today_{n}@{level}")
                         if up and sub:
                             per = (sub["loaded"]["pss_mib"] - up["loaded"]["pss_mib"]) / (n - 1)
@@ -455,7 +459,8 @@ def main() -> None:
     ap.add_argument("--layouts", default="today,shared,segments,segments_addinit")
     ap.add_argument("--variants", default="today@all,today@extended,shared@all,shared@extended,segments@extended",
                     help="layout@level pairs timed round-robin (the first is the reference for the diff check)")
-    ap.add_argument("--frames", default="8,4,1")
+    ap.add_argument("--frames", default="8,4,1", help="T' values timed by latency")
+    ap.add_argument("--warm-frames", default="8,1", help="T' values the memory probe runs every configuration at")
     ap.add_argument("--section", default="latency", help="results key of a latency run (latency, latency_*)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
@@ -468,8 +473,10 @@ def main() -> None:
     args.layouts = args.layouts.split(",")
     args.variants = args.variants.split(",")
     args.frames = [int(f) for f in args.frames.split(",")]
+    args.warm_frames = [int(f) for f in args.warm_frames.split(",")]
     if args.cmd == "probe":
-        print(json.dumps(probe(args.arch[0], args.layout, args.level, Path(args.work), args.masks.split(","))))
+        print(json.dumps(probe(args.arch[0], args.layout, args.level, Path(args.work), args.masks.split(","),
+                               args.warm_frames)))
         return
     {"export": cmd_export, "memory": cmd_memory, "latency": cmd_latency, "report": cmd_report}[args.cmd](args)
 
