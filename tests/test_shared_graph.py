@@ -1,0 +1,157 @@
+"""The one-graph backbone (export/shared_graph.py) against today's per-configuration ONNX and PyTorch."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from ada3d_edge.export.onnx_export import export_backbone  # noqa: E402
+from ada3d_edge.export.shared_graph import (  # noqa: E402
+    ALIGN_MIN_BYTES, CLIP_INPUT, LOGITS_OUTPUT, MASK_INPUT, build_shared_backbone, export_shared_backbone,
+    fold_batchnorm, initializer_bytes, mask_array, save_backbone_files, save_segments, segment_plan)
+from ada3d_edge.export.verify import RTOL, frame_counts, ort_session  # noqa: E402
+from ada3d_edge.models import build_backbone  # noqa: E402
+from ada3d_edge.models.specs import all_masks  # noqa: E402
+
+CROP = 32
+
+
+def _backbone(arch: str):
+    torch.manual_seed(0)
+    b = build_backbone(arch, num_classes=5, crop_size=CROP).eval()
+    with torch.no_grad():  # BN statistics that are not the identity, so folding them matters
+        for m in b.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1.0, 0.2)
+                m.bias.normal_(0.0, 0.2)
+    return b
+
+
+def _close(got: np.ndarray, ref: np.ndarray) -> float:
+    assert got.shape == ref.shape
+    diff = float(np.abs(got.astype(np.float64) - ref).max())
+    assert diff <= RTOL * max(1.0, float(np.abs(ref).max())), diff
+    return diff
+
+
+@pytest.fixture(scope="module", params=["slow_tiny", pytest.param("i3d_tiny", marks=pytest.mark.slow)])
+def exported(request, tmp_path_factory):
+    arch = request.param
+    d = tmp_path_factory.mktemp(arch)
+    b = _backbone(arch)
+    path = export_shared_backbone(b, d / "backbone_shared.onnx", CROP)
+    today = {m: export_backbone(b, m, d / f"backbone_{m}.onnx", CROP) for m in all_masks(b.num_stages_3d)}
+    return b, path, today
+
+
+def test_every_configuration_matches_today_and_pytorch(exported):
+    b, path, today = exported
+    shared = ort_session(path)
+    assert [i.name for i in shared.get_inputs()] == [CLIP_INPUT, MASK_INPUT]
+    gen = torch.Generator().manual_seed(1)
+    t = b.spec.num_frames
+    for mask in all_masks(b.num_stages_3d):
+        per_config = ort_session(today[mask])
+        for frames in frame_counts(t):
+            for batch in (1, 2):
+                clip = torch.randn(batch, 3, frames, CROP, CROP, generator=gen)
+                with torch.no_grad():
+                    ref = b(clip, mask).double().numpy()
+                got = shared.run([LOGITS_OUTPUT], {CLIP_INPUT: clip.numpy(), MASK_INPUT: mask_array(mask)})[0]
+                old = per_config.run([LOGITS_OUTPUT], {CLIP_INPUT: clip.numpy()})[0]
+                _close(got, ref)
+                _close(got, old.astype(np.float64))
+
+
+def test_weights_are_stored_once(exported):
+    b, path, today = exported
+    upper = onnx.load(str(today["1" * b.num_stages_3d]))
+    shared = onnx.load(str(path))  # external data loaded: views are copies in memory, counted once
+    assert initializer_bytes(shared) <= 1.3 * initializer_bytes(upper)
+    weights = path.with_suffix(".weights")  # on disk: graph + weights against one Upper file (issue 13: <= 1.5x)
+    assert weights.stat().st_size + path.stat().st_size <= 1.5 * today["1" * b.num_stages_3d].stat().st_size
+    # one ``If`` per choice between a segment's variants, not one copy of the network per configuration
+    ifs = sum(n.op_type == "If" for n in shared.graph.node)  # nested Ifs sit in else branches
+    nested = sum(n.op_type == "If" for n in shared.graph.node for a in n.attribute for n2 in [a.g] for n in n2.node)
+    plan = segment_plan(fold_batchnorm(b))
+    assert ifs + nested == sum(len(s.variants) - 1 for s in plan)
+
+
+def test_external_weights_are_page_aligned_and_shared(exported):
+    _, path, _ = exported
+    model = onnx.load(str(path), load_external_data=False)
+    offsets = {}
+    for init in model.graph.initializer:
+        if init.data_location == init.EXTERNAL:
+            info = {e.key: e.value for e in init.external_data}
+            if int(info["length"]) >= ALIGN_MIN_BYTES:
+                assert int(info["offset"]) % 4096 == 0
+            offsets.setdefault(init.name.split("@")[0], set()).add((info["offset"], info["length"]))
+    assert offsets and all(len(v) == 1 for v in offsets.values())  # a view points at its weight's bytes
+    assert any("@" in i.name for i in model.graph.initializer)  # 4-D views of 5-D weights (or back)
+
+
+def test_segment_files_chain_to_the_same_logits(tmp_path):
+    b = _backbone("slow_tiny")
+    _, segments = build_shared_backbone(b, CROP)
+    files = save_segments(segments, tmp_path)
+    sessions = {name: [ort_session(tmp_path / f) for f in fs] for name, fs in files.items()}
+    assert sorted(p.name for p in tmp_path.glob("*.weights")) == ["segments.weights"]
+    clip = torch.randn(2, 3, 4, CROP, CROP, generator=torch.Generator().manual_seed(2))
+    for mask in all_masks(b.num_stages_3d):
+        x = clip.numpy()
+        for seg in segments:
+            x = sessions[seg.name][seg.choice[int(mask, 2)]].run(["y"], {"x": x})[0]
+        with torch.no_grad():
+            _close(x, b(clip, mask).double().numpy())
+    json.dumps(files)  # plain data, ready for a manifest
+
+
+def test_plan_maps_every_mask_to_one_variant_per_segment():
+    b = fold_batchnorm(_backbone("i3d_tiny"))
+    plan = segment_plan(b, "auto")
+    assert [s.name for s in plan] == ["stem", "res2", "res3", "res4", "res5", "head"]
+    for seg in plan:
+        assert len(seg.choice) == 32 and set(seg.choice) == set(range(len(seg.variants)))
+    stem = plan[0]
+    assert {v.degrade for v in stem.variants} == {True, False}
+    assert len(segment_plan(b, "degraded")[1].variants) == 2  # res2: 3D or 2D, never the folded tail
+
+
+def test_calibrated_batchnorm_is_refused():
+    b = _backbone("slow_tiny")
+    b.bn_calibrated[1] = True
+    with pytest.raises(ValueError, match="per-configuration BatchNorm statistics"):
+        fold_batchnorm(b)
+
+
+def test_temporal_pool_is_refused():
+    b = build_backbone("i3d_tiny", num_classes=5, crop_size=CROP, temporal_pool=True)
+    with pytest.raises(ValueError, match="temporal_pool"):
+        segment_plan(b)
+
+
+def test_both_layouts_share_one_weights_file(tmp_path):
+    b = _backbone("slow_tiny")
+    model, segments = build_shared_backbone(b, CROP)
+    info = save_backbone_files(model, segments, tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.weights")) == [info["weights"]]
+    graph = ort_session(tmp_path / info["graph"])
+    chain = [[ort_session(tmp_path / f) for f in s["files"]] for s in info["segments"]]
+    clip = torch.randn(1, 3, 8, CROP, CROP, generator=torch.Generator().manual_seed(3))
+    for mask in all_masks(b.num_stages_3d):
+        x = clip.numpy()
+        for s, sessions in zip(info["segments"], chain):
+            x = sessions[s["choice"][int(mask, 2)]].run(["y"], {"x": x})[0]
+        got = graph.run([LOGITS_OUTPUT], {CLIP_INPUT: clip.numpy(), MASK_INPUT: mask_array(mask)})[0]
+        with torch.no_grad():
+            ref = b(clip, mask).double().numpy()
+        _close(x, ref)
+        _close(got, ref)
