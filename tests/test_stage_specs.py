@@ -62,7 +62,7 @@ def test_joint_has_its_own_head_lr_and_weight_decay_defaulting_to_the_policy_sta
     heads = {id(p) for h in (model.selection.frame_head, model.selection.stage_head) for p in h.parameters()}
 
     def joint_groups(**sections):
-        prepare(model, "joint")
+        prepare(model, get_stage("joint"))
         opt = make_optimizer(_recipe(tmp_path, **sections), model, "joint")
         head = next(g for g in opt.param_groups if {id(p) for p in g["params"]} == heads)
         return opt.param_groups[0], head

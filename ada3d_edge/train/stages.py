@@ -20,7 +20,7 @@ receive gradients; `prepare(model, stage)` freezes the rest.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -30,7 +30,6 @@ from ..models.ada3d import Ada3D
 from ..models.selection import Actions, greedy_actions, sample_actions
 from .dist import DistInfo, all_reduce_mean
 from .rewards import Baseline, bernoulli_entropy, is_correct, random_actions, reinforce_loss, rewards
-from .stage_specs import StageSpec, get_stage
 
 Stats = Dict[str, torch.Tensor]
 
@@ -69,13 +68,12 @@ def part_modules(model: Ada3D, part: str) -> List[nn.Module]:
     raise ValueError(f"unknown model part {part!r}")
 
 
-def _spec(stage: Union[str, StageSpec]) -> StageSpec:
-    return stage if isinstance(stage, StageSpec) else get_stage(stage)
+def prepare(model: Ada3D, spec: "StageSpec") -> None:
+    """Set requires_grad for the stage `spec` (a `stage_specs.StageSpec`): its `trains` parts only.
 
-
-def prepare(model: Ada3D, stage: Union[str, StageSpec]) -> None:
-    """Set requires_grad for `stage`: its `trains` parts only."""
-    spec = _spec(stage)
+    The spec is passed in, not looked up here: stage_specs builds this module's steps, so importing
+    it back would be a cycle.
+    """
     _freeze(model)
     for part in spec.trains:
         modules = part_modules(model, part)
@@ -86,9 +84,8 @@ def prepare(model: Ada3D, stage: Union[str, StageSpec]) -> None:
             _freeze(m, False)
 
 
-def set_train_modes(model: Ada3D, stage: Union[str, StageSpec]) -> None:
-    """Train/eval modes of `stage` (call at the start of every epoch)."""
-    spec = _spec(stage)
+def set_train_modes(model: Ada3D, spec: "StageSpec") -> None:
+    """Train/eval modes of the stage `spec` (call at the start of every epoch)."""
     model.train()
     if spec.backbone_mode == "eval":
         model.backbone.eval()
