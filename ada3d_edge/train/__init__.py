@@ -1,0 +1,1 @@
+"""Training: stages 0-2 and the baselines as specs (stage_specs.py), the loop, rewards, evaluation, checkpoints."""
