@@ -1,0 +1,143 @@
+"""The reward's cost term from a table (policy.cost: usage | flops | latency) and the latency table it reads."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from train_helpers import tiny_recipe, write_recipe
+
+from ada3d_edge.cli import main
+from ada3d_edge.flops import backbone_macs
+from ada3d_edge.latency_lut import LatencyLut, load_checked_lut, read_lut, write_lut
+from ada3d_edge.masks import all_masks
+from ada3d_edge.models.selection import Actions
+from ada3d_edge.models.specs import get_spec
+from ada3d_edge.train.config import recipe_from_dict
+from ada3d_edge.train.costs import TableCost, make_cost
+from ada3d_edge.train.rewards import Baseline, rewards
+
+torch.set_num_threads(1)
+T, K = 4, 2
+
+
+def toy_latency(mask: str, frames: int) -> float:
+    """A made-up latency (ms) with a fixed cost, per-frame costs by stage, and 2D slower at T' = 1."""
+    per_frame = 1.0 + 0.6 * mask.count("1")
+    return 0.5 + per_frame * frames + (1.5 if frames == 1 and mask == "00" else 0.0)
+
+
+def toy_lut(arch: str = "slow_tiny", num_frames: int = T, crop: int = 32, drop=()) -> LatencyLut:
+    ms = {(m, f): toy_latency(m, f) for m in all_masks(K) for f in range(1, num_frames + 1) if (m, f) not in drop}
+    ref = toy_latency("1" * K, num_frames)
+    return LatencyLut(arch=arch, num_frames=num_frames, crop_size=crop, stages=("res4", "res5"),
+                      cost={k: v / ref for k, v in ms.items()}, latency_ms=ms, machine={"cpu": "test"},
+                      backend="ort", threads=1)
+
+
+def test_latency_reward_is_the_factored_table_cost(tmp_path: Path) -> None:
+    path = write_lut(toy_lut(), tmp_path / "lut.json")
+    cost = make_cost("latency", "slow_tiny", get_spec("slow_tiny", num_frames=T), 32, str(path))
+    frames = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [0, 1, 0, 0], [1, 0, 1, 1]], dtype=torch.bool)
+    stages = torch.tensor([[1, 0], [1, 1], [0, 0], [0, 1]], dtype=torch.bool)
+    correct = torch.tensor([True, True, True, False])
+    r_u, r_v = rewards(correct, Actions(frames, stages), gamma=0.7, cost=cost)
+    ref = toy_latency("11", T)
+    want_u, want_v = [], []
+    for f, s, ok in zip(frames.tolist(), stages.tolist(), correct.tolist()):
+        n, mask = sum(f), "".join(str(int(b)) for b in s)
+        o_u = toy_latency("11", n) / ref                      # frames priced on the all-3D model
+        o_v = toy_latency(mask, n) / toy_latency("11", n)     # the stage choice at those frames
+        assert o_u * o_v == pytest.approx(toy_latency(mask, n) / ref)  # the product is the joint cost
+        want_u.append(1 - o_u if ok else -0.7)
+        want_v.append(1 - o_v if ok else -0.7)
+    assert r_u.tolist() == pytest.approx(want_u) and r_v.tolist() == pytest.approx(want_v)
+    assert r_v[2] < 0  # mask 00 at T'=1 is slower than 11 at T'=1 in this table: the stage head pays for it
+
+
+def test_flops_cost_comes_from_the_flops_module_and_usage_stays_the_default() -> None:
+    spec = get_spec("slow_tiny", num_frames=T)
+    cost = make_cost("flops", "slow_tiny", spec, 32)
+    frames = torch.tensor([[1, 0, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    stages = torch.tensor([[0, 1], [1, 1]], dtype=torch.bool)
+    o_u, o_v = cost(frames, stages)
+    ref = backbone_macs(spec, "11", T, 32)
+    assert o_u.tolist() == pytest.approx([backbone_macs(spec, "11", 2, 32) / ref, 1.0])
+    assert o_v.tolist() == pytest.approx([backbone_macs(spec, "01", 2, 32) / backbone_macs(spec, "11", 2, 32), 1.0])
+    usage = rewards(torch.tensor([True, True]), Actions(frames, stages), 0.5)
+    assert usage[0].tolist() == pytest.approx([1 - 2 / 4, 1 - 4 / 4])
+    assert usage[1].tolist() == pytest.approx([1 - (1 / 2) ** 2, 0.0])
+    assert recipe_from_dict(tiny_recipe(Path("."), Path("o")), check_required=False).policy.cost == "usage"
+
+
+@pytest.mark.parametrize("mode", ["usage", "flops", "latency"])
+def test_a_policy_step_trains_with_each_cost_mode(mode: str, tmp_path: Path) -> None:
+    from ada3d_edge.models import Ada3DConfig, build_ada3d
+    from ada3d_edge.train.stages import PolicyStep
+
+    torch.manual_seed(0)
+    model = build_ada3d(Ada3DConfig(arch="slow_tiny", num_classes=4, num_frames=T, selection_width=0.35,
+                                    policy_size=32))
+    model.backbone.eval()
+    lut = str(write_lut(toy_lut(), tmp_path / "lut.json"))
+    cost = make_cost(mode, "slow_tiny", model.backbone.spec, 32, lut if mode == "latency" else None)
+    step = PolicyStep(model, gamma=0.5, baseline=Baseline("batch_mean"), train_backbone=False, cost=cost)
+    head = model.selection.frame_head.weight
+    before = head.detach().clone()
+    opt = torch.optim.SGD(model.selection.parameters(), lr=0.5)
+    loss, stats = step(torch.randn(6, 3, T, 32, 32), torch.randn(6, 3, T, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1]))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and not torch.equal(before, head.detach())
+
+
+def test_bad_tables_are_refused_naming_both_sides(tmp_path: Path) -> None:
+    spec = get_spec("slow_tiny", num_frames=T)
+    other = write_lut(toy_lut(arch="slow_r50", num_frames=8), tmp_path / "other.json")
+    with pytest.raises(ValueError, match=r"slow_r50 at T=8.*slow_tiny at T=4"):
+        make_cost("latency", "slow_tiny", spec, 32, str(other))
+    holey = write_lut(toy_lut(drop=[("01", 3)]), tmp_path / "holey.json")
+    with pytest.raises(ValueError, match=r"lacks 1 of 16 configurations \(01/T'=3\)"):
+        load_checked_lut(holey, "slow_tiny", T, K, 32)
+    crop = write_lut(toy_lut(crop=64), tmp_path / "crop.json")
+    with pytest.raises(ValueError, match="crop 64.*test_crop=32"):
+        load_checked_lut(crop, "slow_tiny", T, K, 32)
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not JSON"):
+        read_lut(tmp_path / "junk.json")
+    (tmp_path / "plain.json").write_text(json.dumps({"entries": []}))
+    with pytest.raises(ValueError, match="is not a latency table"):
+        read_lut(tmp_path / "plain.json")
+    data = toy_lut().to_json()
+    data["entries"][0]["cost"] = -1.0
+    (tmp_path / "neg.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="positive"):
+        read_lut(tmp_path / "neg.json")
+    with pytest.raises(FileNotFoundError, match="ada3d bench BUNDLE --lut"):
+        read_lut(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="needs policy.cost_lut"):
+        recipe_from_dict(tiny_recipe(tmp_path, tmp_path, policy={"cost": "latency"}), check_required=False)
+    with pytest.raises(ValueError, match="policy.cost='time' is not one of"):
+        recipe_from_dict(tiny_recipe(tmp_path, tmp_path, policy={"cost": "time"}), check_required=False)
+
+
+def test_train_refuses_a_mismatched_table_before_any_work(tmp_path: Path) -> None:
+    other = write_lut(toy_lut(arch="slow_r50", num_frames=8), tmp_path / "other.json")
+    recipe = write_recipe(tiny_recipe(tmp_path / "data", tmp_path / "run",
+                                      policy={"cost": "latency", "cost_lut": str(other)}), tmp_path)
+    res = CliRunner().invoke(main, ["train", "policy", str(recipe), "--quiet"])
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    line = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert line and "slow_r50 at T=8" in line[0] and "slow_tiny at T=4" in line[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_upper_at_all_frames_costs_one() -> None:
+    lut = toy_lut()
+    cost = TableCost(lut.cost, T, K)
+    every = torch.tensor([[1] * T], dtype=torch.bool)
+    assert cost.joint(every, torch.ones(1, K, dtype=torch.bool)).item() == pytest.approx(1.0)  # Upper = 1
