@@ -141,3 +141,18 @@ def test_upper_at_all_frames_costs_one() -> None:
     cost = TableCost(lut.cost, T, K)
     every = torch.tensor([[1] * T], dtype=torch.bool)
     assert cost.joint(every, torch.ones(1, K, dtype=torch.bool)).item() == pytest.approx(1.0)  # Upper = 1
+
+
+def test_lut_from_bench_needs_every_configuration_timed() -> None:
+    from ada3d_edge.latency_lut import lut_from_bench
+
+    configs = [{"mask": m, "frames": f, "batch": 1, "status": "ok", "latency_ms": {"p50": toy_latency(m, f)}}
+               for m in all_masks(K) for f in range(1, T + 1)]
+    result = {"arch": "slow_tiny", "num_frames": T, "crop_size": 32, "stages": ["res4", "res5"], "configs": configs,
+              "machine": {"cpu": "test", "backend": "ort", "threads": 1}, "bundle": "b", "command": "c"}
+    lut = lut_from_bench(result)
+    assert lut.cost[("10", 2)] == pytest.approx(toy_latency("10", 2) / toy_latency("11", T))
+    configs[5] = {**configs[5], "status": "error: boom"}
+    bad = f"{configs[5]['mask']}/T'={configs[5]['frames']}"
+    with pytest.raises(ValueError, match=rf"missing or failed: {bad} \(error: boom\)"):
+        lut_from_bench(result)
