@@ -45,9 +45,14 @@ mkdir -p "$WORK" "$(dirname "$OUT_MD")"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(date +%s)
 
+if [ "${REPORT_ONLY:-0}" != 1 ]; then   # REPORT_ONLY=1: rewrite $OUT_MD from the JSON files already in $WORK
 if [ "$TOY" = 1 ]; then
   [ -f "$DATA/val.txt" ] || "${ADA3D[@]}" synth "$DATA" "${SYNTH_ARGS[@]}" --quiet --overwrite
-  [ -f "$UPPER" ] || "${ADA3D[@]}" train upper "$RECIPE" "${SETS[@]}" --set "output_dir=$WORK/upper_run" --quiet
+  if [ ! -f "$UPPER" ]; then
+    t0=$(date +%s)
+    "${ADA3D[@]}" train upper "$RECIPE" "${SETS[@]}" --set "output_dir=$WORK/upper_run" --quiet
+    echo "trained by this script in $(( $(date +%s) - t0 )) s" > "$WORK/upper_status.txt"
+  fi
 fi
 [ -f "$UPPER" ] || { echo "Error: $UPPER does not exist (train Upper first, or set UPPER=...)" >&2; exit 2; }
 
@@ -73,12 +78,17 @@ for cost in usage latency; do
     --repeats 3 --warmup 3 --passes 2 --batch 1 --frames "$T" --masks "$UPPER_MASK" \
     --no-memory --quiet --json "$WORK/bench_$cost.json" > "$WORK/bench_$cost.txt"
 done
+echo "$(( $(date +%s) - T_START ))" > "$WORK/wall_seconds.txt"
+echo "$LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end" > "$WORK/load.txt"
+fi
 
-"$PY" - "$WORK" "$OUT_MD" "$LOAD_START" "$T_START" "$RECIPE" "$UPPER" "$DATA" "$TOY" "${SETS[*]}" <<'EOF'
+ENV_SHOWN="CLIPS=$CLIPS REPEATS=$REPEATS${GAMMA:+ GAMMA=$GAMMA}"
+[ "$TOY" = 1 ] && ENV_SHOWN="TOY=1 UPPER_EPOCHS=${UPPER_EPOCHS:-6} POLICY_EPOCHS=${POLICY_EPOCHS:-3} $ENV_SHOWN"
+"$PY" - "$WORK" "$OUT_MD" "$LOAD_START" "$ENV_SHOWN" "$RECIPE" "$UPPER" "$DATA" "$TOY" "${SETS[*]}" <<'EOF'
 import json, os, platform, sys, time
 from pathlib import Path
 
-work, out_md, load, t_start, recipe, upper, data, toy, sets = sys.argv[1:10]
+work, out_md, load, env_shown, recipe, upper, data, toy, sets = sys.argv[1:10]
 work = Path(work)
 lut = json.loads((work / "lut.json").read_text())
 res = {}
@@ -123,16 +133,21 @@ else:
                f"mean latency against {ratio_u:.3f} for the usage-trained one: **usage wins (or ties)**.")
 chosen = {name: r["bench"]["adaptive"].get("chosen", {}) for name, r in res.items()}
 top = lambda c: ", ".join(f"{k}: {v}" for k, v in list(c.items())[:6])
-cmd = ("TOY=1 " if toy == "1" else "") + f"WORK={work} benchmarks/latency_reward_demo.sh"
+cmd = f"{env_shown} WORK={work} benchmarks/latency_reward_demo.sh"
+wall = (work / "wall_seconds.txt").read_text().strip()
+status = work / "upper_status.txt"
+upper_note = f" ({status.read_text().strip()})" if status.is_file() else " (given)"
+load_file = work / "load.txt"
+load_text = load_file.read_text().strip() if load_file.is_file() else "not recorded by the run"
 md = f"""# Latency-aware reward vs the usage reward ({'toy setting' if toy == '1' else 'the demo'}, this CPU)
 
 Written by `benchmarks/latency_reward_demo.sh` (`{cmd}`; recipe `{recipe}` with `{sets}`) from the JSON files in
-`{work}`. Upper: `{upper}`; data `{data}`. No number is typed by hand.
+`{work}`. Upper: `{upper}`{upper_note}; data `{data}`. No number is typed by hand.
 
 Machine: {cpu}, {os.cpu_count()} cores, no GPU, ONNX Runtime with 1 thread, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}.
-The CPU was **shared with other agents** (load average {load} at the start, {load_end} at the end), so
+The CPU was **shared with other agents** (load average {load_text}), so
 latencies are noisy; the ratios to Upper are measured within each bench run (interleaved clip by clip).
-Wall time of the whole script: {int(time.time()) - int(t_start)} s.
+Wall time of the script's last full run: {wall} s, Upper not included when it existed before.
 
 ## The latency table (`ada3d bench {work}/bundle_upper --lut {work}/lut.json`)
 

@@ -8,9 +8,9 @@ so the designs trade accuracy against cost as training does. Each design is one 
 table's cost between the heads:
 
 * ``usage``: the paper's O(u) = |u|/T, O(v) = (|v|/K)^2 (ignores the table);
-* ``factored`` (what ``policy.cost: latency`` does): O(u) = c(Upper, |u|), O(v) = c(v, |u|) / c(Upper, |u|);
+* ``factored``: O(u) = c(Upper, |u|), O(v) = c(v, |u|) / c(Upper, |u|) (product = the joint cost);
 * ``conditional``: O(u) = c(v, |u|) / c(v, T), O(v) = c(v, T) (the other factorisation);
-* ``joint``: both heads get the whole cost, O(u) = O(v) = c(v, |u|).
+* ``joint`` (what ``policy.cost: latency`` does): both heads get the whole cost, O(u) = O(v) = c(v, |u|).
 
 Reported per design, over seeds: the greedy configuration it ends at, its table cost (latency as a
 fraction of Upper's) and its accuracy under the stand-in. Pure CPU, seconds.
@@ -45,7 +45,9 @@ def accuracy(frames: torch.Tensor, stages: torch.Tensor) -> torch.Tensor:
 
 def designs(table: TableCost, t: int):
     def factored(u, v):
-        return table(u, v)
+        all3d = torch.ones(u.shape[0], table.k, dtype=torch.bool)
+        upper = table.joint(u, all3d)
+        return upper, table.joint(u, v) / upper
 
     def conditional(u, v):
         joint = table.joint(u, v)
@@ -53,8 +55,7 @@ def designs(table: TableCost, t: int):
         return joint / full, full
 
     def joint(u, v):
-        c = table.joint(u, v)
-        return c, c
+        return table(u, v)
 
     return {"usage": usage_costs, "factored": factored, "conditional": conditional, "joint": joint}
 
@@ -95,9 +96,12 @@ def main() -> int:
     t, k = lut.num_frames, len(lut.stages)
     table = TableCost(lut.cost, t, k)
     rows = []
-    best = min(((m, f) for (m, f) in lut.cost), key=lambda key: lut.cost[key] / accuracy(
-        torch.tensor([[1] * key[1] + [0] * (t - key[1])], dtype=torch.bool),
-        torch.tensor([[int(b) for b in key[0]]], dtype=torch.bool)).item())
+    def acc_of(key):
+        return accuracy(torch.tensor([[1] * key[1] + [0] * (t - key[1])], dtype=torch.bool),
+                        torch.tensor([[int(b) for b in key[0]]], dtype=torch.bool)).item()
+
+    top = max(acc_of(key) for key in lut.cost)
+    best = min((key for key in lut.cost if acc_of(key) >= top - 1e-9), key=lambda key: lut.cost[key])
     for name, cost in designs(table, t).items():
         ends, lat, acc = [], [], []
         for seed in range(args.seeds):
@@ -122,8 +126,8 @@ def main() -> int:
         "Input-independent policy, training code's sampling, rewards and REINFORCE loss (batch-mean baseline per head), "
         f"{args.steps} steps of {args.batch} samples, gamma {args.gamma}; P(correct) is the stand-in of the script "
         "(falls with fewer frames and fewer 3D stages). Latency = the table's cost of the greedy configuration the "
-        f"design ends at (Upper {up}/{t} = 1.000). Best cost per unit of stand-in accuracy in the table: "
-        f"{best[0]}/{best[1]} ({lut.cost[best]:.3f}).",
+        f"design ends at (Upper {up}/{t} = 1.000). The cheapest configuration at the stand-in's top accuracy "
+        f"({top:.3f}) is {best[0]}/{best[1]} ({lut.cost[best]:.3f} of Upper): the target.",
         "",
         "| design | O(u) | O(v) | ends at (mask/T', per seed) | mean latency / Upper | worst | mean accuracy |",
         "|---|---|---|---|---|---|---|"]

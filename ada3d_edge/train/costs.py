@@ -5,17 +5,17 @@
 * ``usage`` (default, the paper): ``O(u) = |u| / T``, ``O(v) = (|v| / K) ** 2``.
 * ``flops`` / ``latency``: a joint table ``c(v, T')`` normalised to Upper (``c(all 3D, T) = 1``): the
   backbone's analytic MACs (`ada3d_edge.flops`), or the latency measured by ``ada3d bench --lut``
-  (`ada3d_edge.latency_lut`). The table prices a whole configuration, while each head gets its own
-  reward, so it is split into two factors whose product is the joint cost::
+  (`ada3d_edge.latency_lut`). The table prices a whole configuration, and both heads get it::
 
-      O(u) = c(Upper, |u|)                      what the kept frames cost on the all-3D model
-      O(v) = c(v, |u|) / c(Upper, |u|)          what the stage choice costs at those frames
-      O(u) * O(v) = c(v, |u|)
+      O(u) = O(v) = c(v, |u|)
 
-  The frame head is priced by frames alone (like |u|/T; exactly |u|/T when cost is linear in T'),
-  the stage head by its own choice at the frame count it actually ran with, so a configuration that
-  is slower than Upper at small T' (O(v) > 1) is charged to the head that chose it. train/README.md
-  ("Latency-aware reward") gives the reasons and the experiment.
+  so each head's reward is ``1 - c(v, |u|)`` when correct (``-gamma`` otherwise), on the paper's
+  per-head scale (Upper costs 1). With one reward for both heads, REINFORCE follows the gradient of
+  the one objective that matters, accuracy against the measured time of the configuration that ran;
+  splitting the table into per-head factors (tried: ``O(u) = c(Upper, |u|)``,
+  ``O(v) = c(v, |u|) / c(Upper, |u|)``, and ``O(u) = c(v, |u|) / c(v, T)``, ``O(v) = c(v, T)``)
+  optimises a surrogate and ended at slower configurations in `benchmarks/reward_split_bandit.py`.
+  train/README.md ("Latency-aware reward") gives the experiments.
 """
 from __future__ import annotations
 
@@ -48,14 +48,13 @@ def usage_costs(frames: torch.Tensor, stages: torch.Tensor) -> HeadCosts:
 
 
 class TableCost:
-    """Head costs from a joint table ``cost[(mask, T')]`` with Upper at T = 1 (see the module docstring)."""
+    """Head costs from a joint table ``cost[(mask, T')]`` with Upper at T = 1: both heads get ``c(v, |u|)``."""
 
     def __init__(self, cost: Dict[Tuple[str, int], float], num_frames: int, num_stages: int, name: str = "table"):
         self.t, self.k, self.name = int(num_frames), int(num_stages), name
         masks = all_masks(self.k)  # index = int(mask, 2)
         grid = [[0.0] + [float(cost[(m, f)]) for f in range(1, self.t + 1)] for m in masks]
-        self.grid = torch.tensor(grid, dtype=torch.float64)  # (2^K, T + 1)
-        self.upper = int(upper_mask(self.k), 2) if self.k else 0
+        self.grid = torch.tensor(grid, dtype=torch.float64)  # (2^K, T + 1); T' = 0 never occurs
         self.weights = torch.tensor([2 ** (self.k - 1 - i) for i in range(self.k)], dtype=torch.long)
 
     def joint(self, frames: torch.Tensor, stages: torch.Tensor) -> torch.Tensor:
@@ -65,9 +64,8 @@ class TableCost:
         return self.grid[idx, n].float().to(frames.device)
 
     def __call__(self, frames: torch.Tensor, stages: torch.Tensor) -> HeadCosts:
-        n = frames.long().sum(1).cpu()
-        upper = self.grid[self.upper, n].float().to(frames.device)
-        return upper, self.joint(frames, stages) / upper
+        c = self.joint(frames, stages)
+        return c, c
 
 
 CostFn = Callable[[torch.Tensor, torch.Tensor], HeadCosts]
@@ -101,7 +99,7 @@ def _latency_cost(arch: str, spec, crop: int, lut_path: Optional[str]) -> CostFn
 
 COST_SPECS: Dict[str, CostSpec] = {s.name: s for s in (
     CostSpec("usage", "the paper's O(u) = |u|/T, O(v) = (|v|/K)^2", False, lambda arch, spec, crop, lut: usage_costs),
-    CostSpec("flops", "backbone MACs per (mask, T') from ada3d_edge.flops, split into frame and stage factors",
+    CostSpec("flops", "backbone MACs per (mask, T') from ada3d_edge.flops, normalised to Upper",
              False, _flops_cost),
     CostSpec("latency", "measured latency per (mask, T') from policy.cost_lut (ada3d bench --lut)", True,
              _latency_cost),
