@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from .masks import all_masks, upper_mask
 
@@ -30,6 +30,7 @@ class LatencyLut:
 
     Attributes:
         arch, num_frames, crop_size, stages: the bundle's identity (what the table is valid for).
+        upper_gflops: the bundle's Upper backbone GFLOPs at T (tells another width or depth apart).
         cost: ``{(mask, T'): latency / Upper's latency at T}``; ``cost[(upper, T)] == 1.0``.
         latency_ms: the measured p50 (batch 1) behind each cost.
         machine, backend, threads: where and how it was measured.
@@ -46,6 +47,7 @@ class LatencyLut:
     backend: str = ""
     threads: Any = None
     source: Dict[str, Any] = field(default_factory=dict)
+    upper_gflops: Optional[float] = None
 
     @property
     def upper_mask(self) -> str:
@@ -55,6 +57,7 @@ class LatencyLut:
         keys = sorted(self.cost, key=lambda k: (k[0], k[1]))
         return {"format": LUT_FORMAT, "version": LUT_VERSION, "arch": self.arch, "num_frames": self.num_frames,
                 "crop_size": self.crop_size, "stages": list(self.stages), "upper_mask": self.upper_mask,
+                "upper_gflops": self.upper_gflops,
                 "statistic": "p50 latency at batch 1 / Upper's (all stages 3D, T frames) in the same run",
                 "machine": self.machine, "backend": self.backend, "threads": self.threads, "source": self.source,
                 "entries": [{"mask": m, "frames": f, "cost": self.cost[(m, f)],
@@ -80,7 +83,8 @@ def lut_from_bench(result: Mapping[str, Any]) -> LatencyLut:
     return LatencyLut(arch=str(result["arch"]), num_frames=t, crop_size=int(result["crop_size"]), stages=stages,
                       cost={k: v / ref for k, v in p50.items()}, latency_ms=p50, machine=mc,
                       backend=str(mc.get("backend_detail") or mc.get("backend", "")), threads=mc.get("threads"),
-                      source={"bundle": result.get("bundle"), "command": result.get("command")})
+                      source={"bundle": result.get("bundle"), "command": result.get("command")},
+                      upper_gflops=(result.get("upper") or {}).get("gflops"))
 
 
 def write_lut(lut: LatencyLut, path: Union[str, os.PathLike]) -> Path:
@@ -125,7 +129,8 @@ def read_lut(path: Union[str, os.PathLike]) -> LatencyLut:
         lut = LatencyLut(arch=str(data["arch"]), num_frames=int(data["num_frames"]),
                          crop_size=int(data["crop_size"]), stages=tuple(data["stages"]), cost=cost, latency_ms=lat,
                          machine=dict(data.get("machine") or {}), backend=str(data.get("backend", "")),
-                         threads=data.get("threads"), source=dict(data.get("source") or {}))
+                         threads=data.get("threads"), source=dict(data.get("source") or {}),
+                         upper_gflops=None if data.get("upper_gflops") is None else float(data["upper_gflops"]))
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"latency table {path} is malformed ({type(e).__name__}: {e}); "
                          "write it again with `ada3d bench BUNDLE --lut`") from None
@@ -136,8 +141,9 @@ def read_lut(path: Union[str, os.PathLike]) -> LatencyLut:
 
 
 def check_lut(lut: LatencyLut, arch: str, num_frames: int, num_stages: int, crop_size: Optional[int] = None,
-              where: str = "policy.cost_lut") -> None:
-    """Refuse a table measured for another model: arch, T (and crop) must match, every (mask, T') present."""
+              upper_gflops: Optional[float] = None, where: str = "policy.cost_lut") -> None:
+    """Refuse a table measured for another model: arch, T (crop, Upper's GFLOPs) must match, every (mask, T')
+    present."""
     name = lut.source.get("path") or where
     if lut.arch != arch or lut.num_frames != int(num_frames):
         raise ValueError(f"{where} {name}: the table is for arch {lut.arch} at T={lut.num_frames}, the recipe trains "
@@ -145,6 +151,11 @@ def check_lut(lut: LatencyLut, arch: str, num_frames: int, num_stages: int, crop
     if crop_size is not None and lut.crop_size != int(crop_size):
         raise ValueError(f"{where} {name}: the table was measured at crop {lut.crop_size}, the recipe evaluates at "
                          f"data.test_crop={crop_size}; bench a bundle exported from this recipe")
+    if upper_gflops is not None and lut.upper_gflops is not None \
+            and abs(lut.upper_gflops - upper_gflops) > 0.01 * upper_gflops:
+        raise ValueError(f"{where} {name}: the table was measured on a {arch} of {lut.upper_gflops:.4g} GFLOPs (Upper), "
+                         f"the recipe builds one of {upper_gflops:.4g} (other widths or depths); bench a bundle "
+                         "exported from this recipe")
     want = [(m, f) for m in all_masks(num_stages) for f in range(1, int(num_frames) + 1)]
     missing = [f"{m}/T'={f}" for m, f in want if (m, f) not in lut.cost]
     if missing:
@@ -157,14 +168,9 @@ def check_lut(lut: LatencyLut, arch: str, num_frames: int, num_stages: int, crop
 
 
 def load_checked_lut(path: Union[str, os.PathLike], arch: str, num_frames: int, num_stages: int,
-                     crop_size: Optional[int] = None) -> LatencyLut:
+                     crop_size: Optional[int] = None, upper_gflops: Optional[float] = None) -> LatencyLut:
     """`read_lut` then `check_lut`, the error naming the file."""
     lut = read_lut(path)
     lut.source["path"] = str(path)
-    check_lut(lut, arch, num_frames, num_stages, crop_size)
+    check_lut(lut, arch, num_frames, num_stages, crop_size, upper_gflops)
     return lut
-
-
-def cost_grid(cost: Mapping[Key, float], masks: Sequence[str], num_frames: int) -> list:
-    """``[[cost(mask, T') for T' in 0..T] for mask in masks]`` (T' = 0 is 0.0, never used)."""
-    return [[0.0] + [float(cost[(m, f)]) for f in range(1, num_frames + 1)] for m in masks]

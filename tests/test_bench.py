@@ -213,6 +213,7 @@ def test_cli_lut_is_every_configuration_normalised_to_upper(bundle: Path, tmp_pa
     ref = rows[("11", NUM_FRAMES)]
     assert lut.cost == pytest.approx({k: v / ref for k, v in rows.items()}) and lut.cost[("11", NUM_FRAMES)] == 1.0
     assert (lut.arch, lut.num_frames, lut.crop_size) == (r["arch"], r["num_frames"], r["crop_size"])
+    assert lut.upper_gflops == pytest.approx(r["upper"]["gflops"])
     assert lut.backend and lut.threads == 1 and lut.machine["cpu"] == r["machine"]["cpu"]
     again = CliRunner().invoke(main, ["bench", str(bundle), "--repeats", "1", "--warmup", "0", "--clips", "1",
                                       "--no-memory", "--lut", str(lut_path)])

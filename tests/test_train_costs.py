@@ -30,12 +30,17 @@ def toy_latency(mask: str, frames: int) -> float:
     return 0.5 + per_frame * frames + (1.5 if frames == 1 and mask == "00" else 0.0)
 
 
-def toy_lut(arch: str = "slow_tiny", num_frames: int = T, crop: int = 32, drop=()) -> LatencyLut:
+def upper_gflops(**overrides) -> float:
+    """slow_tiny's Upper backbone GFLOPs at T frames, 32 px (what a bundle of it records)."""
+    return backbone_macs(get_spec("slow_tiny", num_frames=T, **overrides), "1" * K, T, 32) / 1e9
+
+
+def toy_lut(arch: str = "slow_tiny", num_frames: int = T, crop: int = 32, drop=(), gflops=None) -> LatencyLut:
     ms = {(m, f): toy_latency(m, f) for m in all_masks(K) for f in range(1, num_frames + 1) if (m, f) not in drop}
     ref = toy_latency("1" * K, num_frames)
     return LatencyLut(arch=arch, num_frames=num_frames, crop_size=crop, stages=("res4", "res5"),
                       cost={k: v / ref for k, v in ms.items()}, latency_ms=ms, machine={"cpu": "test"},
-                      backend="ort", threads=1)
+                      backend="ort", threads=1, upper_gflops=upper_gflops() if gflops is None else gflops)
 
 
 def test_latency_reward_is_the_joint_table_cost_for_both_heads(tmp_path: Path) -> None:
@@ -102,6 +107,9 @@ def test_bad_tables_are_refused_naming_both_sides(tmp_path: Path) -> None:
     crop = write_lut(toy_lut(crop=64), tmp_path / "crop.json")
     with pytest.raises(ValueError, match="crop 64.*test_crop=32"):
         load_checked_lut(crop, "slow_tiny", T, K, 32)
+    narrow = write_lut(toy_lut(gflops=upper_gflops(widths=(16, 32, 64, 128))), tmp_path / "narrow.json")
+    with pytest.raises(ValueError, match="other widths or depths"):
+        make_cost("latency", "slow_tiny", spec, 32, str(narrow))
     (tmp_path / "junk.json").write_text("{not json")
     with pytest.raises(ValueError, match="is not JSON"):
         read_lut(tmp_path / "junk.json")
@@ -146,7 +154,8 @@ def test_lut_from_bench_needs_every_configuration_timed() -> None:
                for m in all_masks(K) for f in range(1, T + 1)]
     result = {"arch": "slow_tiny", "num_frames": T, "crop_size": 32, "stages": ["res4", "res5"], "configs": configs,
               "machine": {"cpu": "test", "backend": "ort", "threads": 1}, "bundle": "b", "command": "c"}
-    lut = lut_from_bench(result)
+    lut = lut_from_bench({**result, "upper": {"gflops": 0.5}})
+    assert lut.upper_gflops == 0.5 and lut_from_bench(result).upper_gflops is None
     assert lut.cost[("10", 2)] == pytest.approx(toy_latency("10", 2) / toy_latency("11", T))
     configs[5] = {**configs[5], "status": "error: boom"}
     bad = f"{configs[5]['mask']}/T'={configs[5]['frames']}"

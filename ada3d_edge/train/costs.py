@@ -91,9 +91,11 @@ def _flops_cost(arch: str, spec, crop: int, lut_path: Optional[str]) -> CostFn:
 
 
 def _latency_cost(arch: str, spec, crop: int, lut_path: Optional[str]) -> CostFn:
+    from ..flops import backbone_macs
     from ..latency_lut import load_checked_lut
 
-    lut = load_checked_lut(lut_path, arch, spec.num_frames, spec.num_stages_3d, crop)
+    upper = backbone_macs(spec, upper_mask(spec.num_stages_3d), spec.num_frames, crop) / 1e9
+    lut = load_checked_lut(lut_path, arch, spec.num_frames, spec.num_stages_3d, crop, upper)
     return TableCost(lut.cost, spec.num_frames, spec.num_stages_3d, "latency")
 
 
