@@ -289,10 +289,12 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--no-memory", is_flag=True, help="Skip the memory probes (two subprocesses).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None, help="Write latency vs GFLOPs PNG.")
+@click.option("--lut", "lut_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the latency table of every (mask, T') normalised to Upper, for policy.cost=latency.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, repeats: int, warmup: int,
               passes: int, batch: int, frames, masks, threads, no_memory: bool, json_out, plot_out,
-              quiet: bool) -> None:
+              lut_out, quiet: bool) -> None:
     """Latency of every configuration and of adaptive inference against Upper, in one process."""
     from .runtime.backends import BACKENDS
     from .runtime.backends.base import USER_ERRORS
@@ -306,6 +308,15 @@ def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, 
         except ImportError:
             raise click.UsageError("--plot needs matplotlib: `pip install matplotlib` (or "
                                    "ada3d-edge[train,export]), or leave out --plot") from None
+    if lut_out:
+        import os
+
+        from .latency_lut import is_lut_file
+
+        if frames or masks:
+            raise click.UsageError("--lut needs every mask at every T': leave out --frames and --masks")
+        if os.path.exists(lut_out) and not is_lut_file(lut_out):
+            raise click.UsageError(f"--lut {lut_out} exists and is not a latency table: choose another file")
     runner = backend
     if BACKENDS[backend].file_kind == "module":  # PyTorch modules rebuilt from a checkpoint
         if not checkpoint:
@@ -327,6 +338,14 @@ def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, 
         click.echo(f"wrote {write_json(result, json_out)}")
     if plot_out:
         click.echo(f"wrote {plot(result, plot_out)}")
+    if lut_out:
+        from .latency_lut import lut_from_bench, write_lut
+
+        try:
+            lut = lut_from_bench(result.to_json())
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"wrote {write_lut(lut, lut_out)} (latency of {len(lut.cost)} configurations, Upper = 1.0)")
 
 
 @main.command("demo")

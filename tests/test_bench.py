@@ -197,3 +197,33 @@ def test_torch_reference_backend_is_a_picklable_factory(tmp_path: Path) -> None:
             be.load(name, "unused")
         out = be.run("backbone_11", {"clip": np.zeros((1, 3, 2, 32, 32), np.float32)})
         assert out["logits"].shape[0] == 1
+
+
+def test_cli_lut_is_every_configuration_normalised_to_upper(bundle: Path, tmp_path: Path) -> None:
+    from ada3d_edge.latency_lut import read_lut
+
+    out, lut_path = tmp_path / "r.json", tmp_path / "lut.json"
+    res = CliRunner().invoke(main, ["bench", str(bundle), "--repeats", "2", "--warmup", "0", "--batch", "1",
+                                    "--clips", "2", "--threads", "1", "--no-memory", "--json", str(out),
+                                    "--lut", str(lut_path)])
+    assert res.exit_code == 0, res.output
+    r, lut = json.loads(out.read_text()), read_lut(lut_path)
+    rows = {(c["mask"], c["frames"]): c["latency_ms"]["p50"] for c in r["configs"] if c["batch"] == 1}
+    assert set(lut.cost) == set(rows) and len(rows) == 4 * NUM_FRAMES
+    ref = rows[("11", NUM_FRAMES)]
+    assert lut.cost == pytest.approx({k: v / ref for k, v in rows.items()}) and lut.cost[("11", NUM_FRAMES)] == 1.0
+    assert (lut.arch, lut.num_frames, lut.crop_size) == (r["arch"], r["num_frames"], r["crop_size"])
+    assert lut.upper_gflops == pytest.approx(r["upper"]["gflops"])
+    assert lut.backend and lut.threads == 1 and lut.machine["cpu"] == r["machine"]["cpu"]
+    again = CliRunner().invoke(main, ["bench", str(bundle), "--repeats", "1", "--warmup", "0", "--clips", "1",
+                                      "--no-memory", "--lut", str(lut_path)])
+    assert again.exit_code == 0, again.output  # its own kind of file: replaced
+
+
+def test_cli_lut_refuses_subsets_and_foreign_files(bundle: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["bench", str(bundle), "--masks", "11", "--lut", str(tmp_path / "l.json")])
+    assert res.exit_code != 0 and "--lut needs every mask at every T'" in res.output
+    other = tmp_path / "notes.json"
+    other.write_text("{}")
+    res = CliRunner().invoke(main, ["bench", str(bundle), "--no-memory", "--lut", str(other)])
+    assert res.exit_code != 0 and "is not a latency table" in res.output and other.read_text() == "{}"

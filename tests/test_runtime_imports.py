@@ -18,7 +18,8 @@ FORBIDDEN = ("torch", "torchvision", "ada3d_edge.models", "ada3d_edge.train", "a
              "ada3d_edge.torch_backend", "ada3d_edge.bench_torch")
 DATA_ALLOWED = ("ada3d_edge.data.video", "ada3d_edge.data.lists")
 TORCH_FREE = sorted(PKG.joinpath("runtime").rglob("*.py")) + [
-    PKG / "bundle.py", PKG / "preprocess.py", PKG / "data" / "video.py", PKG / "data" / "lists.py"]
+    PKG / "bundle.py", PKG / "preprocess.py", PKG / "data" / "video.py", PKG / "data" / "lists.py",
+    PKG / "latency_lut.py"]
 
 
 def module_name(path: Path) -> str:

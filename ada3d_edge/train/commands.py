@@ -101,6 +101,10 @@ def train_cmd(stage: str, recipe: str, sets, resume: bool, overwrite: bool, rand
         stages = list(PIPELINE) if key is None else [key]
         for s in stages:  # every stage's folder before any work
             check_stage_dir(r.stage_dir(s), s, resume, overwrite)
+        if any("policy_heads" in get_stage(s).trains for s in stages):  # the stages with a reward
+            from .costs import check_recipe_cost
+
+            check_recipe_cost(r)  # a latency table that does not fit: refused before any work
         from .trainer import train_stage
 
         for i, s in enumerate(stages):

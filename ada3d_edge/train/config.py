@@ -13,6 +13,8 @@ A recipe has these sections (every key optional unless marked; unknown keys are 
                stage 0's MobileNetV2; the backbone always uses SGD), momentum, weight_decay,
                schedule (cosine | constant), warmup_epochs, epochs, batch_size
     policy:    stage 1 and the reward: gamma, baseline (batch_mean | moving_average | self_critical),
+               cost (usage | flops | latency: the reward's O(x), costs.py), cost_lut (latency: the
+               `ada3d bench --lut` file),
                baseline_momentum, entropy_coef, lr, head_lr (null = lr), epochs, batch_size, weight_decay
                (gamma, baseline and entropy_coef drive stage 2's policy gradient too)
     joint:     stage 2: lr (selection network), backbone_lr (null = lr), head_lr (null = policy.head_lr,
@@ -43,6 +45,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import yaml
 
 BASELINES = ("batch_mean", "moving_average", "self_critical")  # policy.baseline (rewards.Baseline)
+COSTS = ("usage", "flops", "latency")  # policy.cost (costs.COST_SPECS)
 SELECTION_OPTIMIZERS = ("sgd", "adamw")  # optim.selection_optimizer (build.make_optimizer)
 REQUIRED = ("data.root", "data.train_list", "data.val_list", "data.classes")
 
@@ -106,6 +109,8 @@ class PolicyCfg:
     epochs: int = 40
     batch_size: int = 256
     weight_decay: float = 1e-4
+    cost: str = "usage"  # the reward's O(x): usage (the paper) | flops | latency (costs.py)
+    cost_lut: Optional[str] = None  # policy.cost=latency: the table of `ada3d bench BUNDLE --lut FILE`
 
 
 @dataclass
@@ -361,6 +366,11 @@ def validate(r: Recipe, check_required: bool = True) -> None:
     if not 0.0 <= r.optim.random_policy_prob <= 1.0:
         raise ValueError(f"optim.random_policy_prob must be in [0, 1], got {r.optim.random_policy_prob}")
     _choice(r.policy.baseline, BASELINES, "policy.baseline")
+    _choice(r.policy.cost, COSTS, "policy.cost")
+    if (r.policy.cost == "latency") != bool(r.policy.cost_lut):
+        raise ValueError("policy.cost=latency needs policy.cost_lut: FILE (write it with `ada3d bench BUNDLE --lut "
+                         "FILE`)" if r.policy.cost == "latency" else
+                         f"policy.cost_lut is read only with policy.cost=latency (policy.cost is {r.policy.cost})")
     _positive(r.bn_calibration.batches, "bn_calibration.batches", allow_zero=True)
     keep = r.bn_calibration.frame_keep_prob
     if keep is not None and not 0.0 < keep <= 1.0:

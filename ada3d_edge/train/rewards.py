@@ -1,7 +1,8 @@
 """Rewards (Eq. 4), REINFORCE with a baseline, correctness, and random policies.
 
 `R(x) = 1 - O(x)` when the prediction is correct, else `-gamma`, one reward per head:
-`O(u) = |u| / T` (frames), `O(v) = (|v| / K) ** 2` (3D stages). The policy loss is
+`O(u) = |u| / T` (frames), `O(v) = (|v| / K) ** 2` (3D stages); `policy.cost` can take them from a
+FLOPs or measured-latency table instead (costs.py). The policy loss is
 `-(R_u - b_u) * log pi(u) - (R_v - b_v) * log pi(v)`, averaged over the batch.
 
 Multi-label data (mAP datasets): a clip's prediction counts as correct when its top-1 class is one
@@ -15,6 +16,7 @@ import torch
 
 from ..models.selection import Actions, ensure_one_frame
 from .config import BASELINES
+from .costs import CostFn, frame_cost, stage_cost, usage_costs  # noqa: F401  (frame_cost, stage_cost: re-exported)
 
 
 def is_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -25,25 +27,17 @@ def is_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return top == labels
 
 
-def frame_cost(frames: torch.Tensor) -> torch.Tensor:
-    """O(u) = |u| / T for (B, T) frame actions."""
-    return frames.float().sum(1) / frames.shape[1]
+def rewards(correct: torch.Tensor, actions: Actions, gamma: float,
+            cost: CostFn = usage_costs) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 4 for both heads: returns (R_u, R_v), each (B,) float.
 
-
-def stage_cost(stages: torch.Tensor) -> torch.Tensor:
-    """O(v) = (|v| / K)^2 for (B, K) stage actions (0 when K = 0)."""
-    k = stages.shape[1]
-    if k == 0:
-        return stages.new_zeros(stages.shape[0], dtype=torch.float)
-    return (stages.float().sum(1) / k) ** 2
-
-
-def rewards(correct: torch.Tensor, actions: Actions, gamma: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 4 for both heads: returns (R_u, R_v), each (B,) float."""
+    `cost` gives (O(u), O(v)) from the actions: the paper's usage terms by default, or a table's
+    (`costs.make_cost`, ``policy.cost``)."""
     c = correct.bool()
     pen = torch.full_like(c, -float(gamma), dtype=torch.float)
-    r_u = torch.where(c, 1.0 - frame_cost(actions.frames), pen)
-    r_v = torch.where(c, 1.0 - stage_cost(actions.stages), pen)
+    o_u, o_v = cost(actions.frames, actions.stages)
+    r_u = torch.where(c, 1.0 - o_u, pen)
+    r_v = torch.where(c, 1.0 - o_v, pen)
     return r_u, r_v
 
 

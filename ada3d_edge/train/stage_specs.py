@@ -117,10 +117,13 @@ def _upper_step(spec: StageSpec, model, recipe, inputs: StepInputs):
 
 
 def _policy_step(spec: StageSpec, model, recipe, inputs: StepInputs):
+    from .costs import make_cost
     from .stages import PolicyStep
 
+    cost = make_cost(recipe.policy.cost, recipe.model.arch, model.backbone.spec, recipe.data.test_crop,
+                     recipe.policy.cost_lut)
     return PolicyStep(model, recipe.policy.gamma, inputs.baseline, "backbone" in spec.trains, inputs.dist_info,
-                      recipe.policy.entropy_coef)
+                      recipe.policy.entropy_coef, cost)
 
 
 def _random_ft_step(spec: StageSpec, model, recipe, inputs: StepInputs):

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..models.ada3d import Ada3D
 from ..models.selection import Actions, greedy_actions, sample_actions
+from .costs import CostFn, usage_costs
 from .dist import DistInfo, all_reduce_mean
 from .rewards import Baseline, bernoulli_entropy, is_correct, random_actions, reinforce_loss, rewards
 
@@ -133,9 +134,10 @@ class PolicyStep(nn.Module):
     """
 
     def __init__(self, model: Ada3D, gamma: float, baseline: Baseline, train_backbone: bool,
-                 dist_info: Optional[DistInfo] = None, entropy_coef: float = 0.0):
+                 dist_info: Optional[DistInfo] = None, entropy_coef: float = 0.0, cost: CostFn = usage_costs):
         super().__init__()
         self.model = model
+        self.cost = cost  # the reward's O(u), O(v) (policy.cost)
         self.gamma = float(gamma)
         self.entropy_coef = float(entropy_coef)
         self.baseline = baseline
@@ -153,7 +155,7 @@ class PolicyStep(nn.Module):
                 logits = self.model(clip, actions)
             cls_loss = logits.new_zeros(())
         correct = is_correct(logits.detach(), labels)
-        r_u, r_v = rewards(correct, actions, self.gamma)
+        r_u, r_v = rewards(correct, actions, self.gamma, self.cost)
         if self.baseline.per_clip:
             b_u, b_v = self.greedy_rewards(clip, m, n, labels)
         else:
@@ -178,7 +180,7 @@ class PolicyStep(nn.Module):
         """The self-critical baseline: the rewards (R_u, R_v) of the greedy actions, one per clip.
         The backbone runs in its current mode, as for the sampled actions."""
         greedy = greedy_actions(m.detach(), n.detach())
-        return rewards(is_correct(self.model(clip, greedy), labels), greedy, self.gamma)
+        return rewards(is_correct(self.model(clip, greedy), labels), greedy, self.gamma, self.cost)
 
 
 class RandomFtStep(nn.Module):
