@@ -91,8 +91,10 @@ def _interrupted(recipe, stage: str, later: Sequence[str], ctx: click.Context) -
 def train_cmd(stage: str, recipe: str, sets, resume: bool, overwrite: bool, random_policy, init_from,
               output_dir, max_bad_fraction, quiet: bool) -> None:
     """Train a STAGE of Ada3D from a RECIPE (YAML in train/): upper (stage 0: backbone + MobileNetV2
-    pretraining), policy (stage 1), joint (stage 2), random-ft (baseline), or all (upper, policy,
-    joint). Works under torchrun (DDP)."""
+    pretraining), policy (stage 1), joint (stage 2), random-ft (baseline), joint-from-upper (joint
+    without stage 1, the paper's Table 5 "w/o Tr"), transfer (the backbone under another dataset's
+    frozen selection network, init_from.selection: Table 3), or all (upper, policy, joint).
+    Works under torchrun (DDP)."""
     require("torch", "train", "train")
     key = None if stage == "all" else get_stage(stage).name
     try:
