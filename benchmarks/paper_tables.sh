@@ -9,6 +9,7 @@
 #   DEMO=/work/runs/demo WORK=/work/runs/tables benchmarks/paper_tables.sh
 #   TOY=1 benchmarks/paper_tables.sh    # a smoke run at toy size: makes its own small set a and Upper
 #                                       # (no demo needed); writes paper_table{5,6,3}_toy_smoke.{md,json}
+#   SKIP_TRAIN=1 benchmarks/paper_tables.sh   # re-evaluate and re-report the checkpoints already in WORK
 #
 # Budget (idle 2-core CPU, OMP_NUM_THREADS=2, demo timings of benchmarks/results/demo_full.log:
 # ~47 s per policy epoch and ~70 s per joint epoch over the demo's 1600 videos): policy 4 epochs,
@@ -29,12 +30,17 @@ mkdir -p "$WORK" "$RESULTS"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(date +%s)
 TIMES="$WORK/times.txt"
-: > "$TIMES"
-timed() {  # timed NAME CMD...: run CMD, append "NAME seconds" to $TIMES
+[ "${SKIP_TRAIN:-0}" = 1 ] && touch "$TIMES" || : > "$TIMES"
+timed() {  # timed NAME CMD...: run CMD, record "NAME seconds" in $TIMES (replacing an earlier entry)
   local name=$1 t0; shift
   t0=$(date +%s)
   "$@"
-  echo "$name $(( $(date +%s) - t0 ))" >> "$TIMES"
+  { grep -v "^$name " "$TIMES" || true; echo "$name $(( $(date +%s) - t0 ))"; } > "$TIMES.tmp"
+  mv "$TIMES.tmp" "$TIMES"
+}
+train() {  # train NAME CMD...: a timed training step, skipped with SKIP_TRAIN=1
+  if [ "${SKIP_TRAIN:-0}" = 1 ]; then return 0; fi
+  timed "$@"
 }
 
 if [ "${TOY:-0}" = 1 ]; then
@@ -46,7 +52,7 @@ if [ "${TOY:-0}" = 1 ]; then
   EPOCHS_B=(--set optim.epochs=3 --set transfer.epochs=1 --set bn_calibration.batches=4)
   [ -f "$DATA_A/val.txt" ] || "${ADA3D[@]}" synth "$DATA_A" "${SYNTH_A[@]}" --quiet --overwrite
   A_SETS=(--set "output_dir=$WORK/a" --set "data.root=$DATA_A")
-  timed upper "${ADA3D[@]}" train upper "$RECIPE" "${A_SETS[@]}" "${EPOCHS[@]}" --overwrite "${Q[@]}"
+  train upper "${ADA3D[@]}" train upper "$RECIPE" "${A_SETS[@]}" "${EPOCHS[@]}" --overwrite "${Q[@]}"
   UPPER="$WORK/a/upper/final.pt"
   DATA_DESC="toy set a: \`ada3d synth ${SYNTH_A[*]}\`, its own Upper (${EPOCHS[*]})"
 else
@@ -67,7 +73,7 @@ A="$WORK/a"
 
 # --- Tables 5 and 6: the stages on set a --------------------------------------------------------
 for stage in policy joint joint-from-upper random-ft; do
-  timed "$stage" "${ADA3D[@]}" train "$stage" "$RECIPE" "${A_SETS[@]}" "${EPOCHS[@]}" --overwrite "${Q[@]}"
+  train "$stage" "${ADA3D[@]}" train "$stage" "$RECIPE" "${A_SETS[@]}" "${EPOCHS[@]}" --overwrite "${Q[@]}"
 done
 VAL_A="$DATA_A/val.txt"
 timed eval5 "${ADA3D[@]}" eval "$A/joint/final.pt" --data "$VAL_A" --table 5 --upper "$UPPER" \
@@ -79,13 +85,13 @@ timed eval6 "${ADA3D[@]}" eval "$A/joint/final.pt" --data "$VAL_A" --table 6 --u
 DATA_B="$WORK/data_b"
 [ -f "$DATA_B/val.txt" ] || "${ADA3D[@]}" synth "$DATA_B" "${SYNTH_B[@]}" --quiet --overwrite
 B_SETS=(--set "output_dir=$WORK/b" --set "data.root=$DATA_B" --set "init_from.selection=$A/joint/final.pt")
-timed upper_b "${ADA3D[@]}" train upper "$RECIPE" "${B_SETS[@]}" "${EPOCHS_B[@]}" --overwrite "${Q[@]}"
-timed transfer "${ADA3D[@]}" train transfer "$RECIPE" "${B_SETS[@]}" "${EPOCHS_B[@]}" --overwrite "${Q[@]}"
+train upper_b "${ADA3D[@]}" train upper "$RECIPE" "${B_SETS[@]}" "${EPOCHS_B[@]}" --overwrite "${Q[@]}"
+train transfer "${ADA3D[@]}" train transfer "$RECIPE" "${B_SETS[@]}" "${EPOCHS_B[@]}" --overwrite "${Q[@]}"
 timed eval3 "${ADA3D[@]}" eval "$WORK/b/transfer/final.pt" --data "$DATA_B/val.txt" --table 3 \
   --upper "$WORK/b/upper/final.pt" --json "$WORK/table3.json" "${Q[@]}"
 
 # --- the result files ---------------------------------------------------------------------------
-COMMAND="${TOY:+TOY=$TOY }DEMO=$DEMO WORK=$WORK OMP_NUM_THREADS=$OMP_NUM_THREADS benchmarks/paper_tables.sh"
+COMMAND="${TOY:+TOY=$TOY }${SKIP_TRAIN:+SKIP_TRAIN=$SKIP_TRAIN }DEMO=$DEMO WORK=$WORK OMP_NUM_THREADS=$OMP_NUM_THREADS benchmarks/paper_tables.sh"
 "$PY" - "$WORK" "$RESULTS" "$COMMAND" "$LOAD_START" "$T_START" "$DATA_DESC" "${SYNTH_B[*]}" "$RECIPE" \
   "$TAG5" "$TAG6" "$TAG3" "${EPOCHS[*]:-}" "${EPOCHS_B[*]}" <<'EOF'
 import json, os, platform, shutil, sys, time
@@ -120,7 +126,10 @@ def write(table, tag, what, train_keys):
           f"(copied to `{stem.with_suffix('.json')}`).\n\n"
           f"Command: `{command}`\n\n{machine}\n\nRecipe `{recipe}`"
           + (f" with `{epochs}`" if epochs and table != "3" else "")
-          + (f" with `{epochs_b}`" if table == "3" else "") + f". Wall times: {wall}; whole script {total} s.\n\n"
+          + (f" with `{epochs_b}`" if table == "3" else "") + f". Wall times: {wall}; this run of the script {total} s"
+          + (" (SKIP_TRAIN=1: evaluation only; the training times are those of the run that trained the "
+             "checkpoints, the same command without SKIP_TRAIN)" if os.environ.get("SKIP_TRAIN") == "1" else "")
+          + ".\n\n"
           + format_paper_table(res) + "\n")
     stem.with_suffix(".md").write_text(md, encoding="utf-8")
     print(md)

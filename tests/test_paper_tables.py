@@ -187,3 +187,6 @@ def test_separation_note_says_when_the_data_cannot_separate_methods():
     assert "cannot separate the methods" in separation_note(res(100.0, 99.5, 100.0))
     assert "within 0.5 points" in separation_note(res(90.0, 80.0, 80.5))
     assert separation_note(res(100.0, 80.0, 95.0)) is None
+    near_chance = {**res(20.0, 12.5, 16.7), "num_classes": 8}
+    assert "under twice chance" in separation_note(near_chance) and "chance 12.5%" in separation_note(near_chance)
+    assert separation_note({**res(100.0, 80.0, 95.0), "num_classes": 8}) is None

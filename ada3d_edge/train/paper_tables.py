@@ -192,7 +192,8 @@ def evaluate_table(table: str, checkpoint: PathLike, data_list: PathLike, *, upp
     up_row, full = out_rows[0], next(o for o, r in zip(out_rows, rows) if r is full_row)
     return {"table": table, "title": spec.title, "mark_columns": list(spec.marks),
             "checkpoint": str(checkpoint), **{f"{role}_checkpoint": str(p) if p else None for role, p in paths.items()},
-            "num_videos": int(len(labels_np)), **es.header(), "rows": out_rows,
+            "num_videos": int(len(labels_np)), "num_classes": len(es.ck["data"]["classes"]), **es.header(),
+            "rows": out_rows,
             "full_method": full_row.method,
             "random_policy": {"frame_prob": frame_prob, "stage_prob": stage_prob, "seed": seed,
                               "matched_to": full_row.method},
@@ -208,11 +209,17 @@ def _transfer_info(ck: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def separation_note(res: Dict[str, Any], spread: float = 1.0, ceiling: float = 99.0) -> Optional[str]:
-    """A plain sentence when the rows other than Upper cannot tell the methods apart: all within
-    `spread` points of each other, or every row (Upper included) at or above `ceiling`."""
+    """A plain sentence when the rows cannot tell the methods apart: every row under twice chance
+    (top-1), every row (Upper included) at or above `ceiling`, or the rows after Upper all within
+    `spread` points of each other."""
     metrics = [r["metric"] for r in res["rows"]]
     others = metrics[1:]
     unit = "mAP" if res["metric"] == "mAP" else "top-1"
+    chance = 100.0 / res["num_classes"] if res.get("num_classes") and unit == "top-1" else None
+    if chance is not None and max(metrics) < 2 * chance:
+        return (f"Every method scores under twice chance ({max(metrics):.1f}% top-1 at best, chance "
+                f"{chance:.1f}%): the models have not learned this data; these rows are not a result about "
+                "the methods.")
     if all(m >= ceiling for m in metrics):
         return (f"Every method scores {min(metrics):.1f}-{max(metrics):.1f}% {unit}: this data cannot separate "
                 "the methods; these rows are not a result about them.")
