@@ -101,7 +101,7 @@ class EvalSetup:
     max_bad: float
     num_clips: int
 
-    def load_same_model(self, path: PathLike, what: str, option: str):
+    def load_same_model(self, path: PathLike, option: str):
         """Another checkpoint of the same model and classes (e.g. Upper, Random FT), on the device."""
         other, other_ck = load_model(path)
         _check_same_model(self.model.config, other.config, self.ck, other_ck, path, option)
@@ -176,8 +176,8 @@ def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike]
                                              (upper, "Upper checkpoint", "--upper")))
     model, ds, multi, thr, dev, cost, loader = es.model, es.ds, es.multi, es.threshold, es.device, es.cost, es.loader
     data_list, cls_file = es.data_list, es.cls_file
-    rf_model = es.load_same_model(random_ft, "Random FT checkpoint", "--random-ft") if random_ft else None
-    up_model = es.load_same_model(upper, "Upper checkpoint", "--upper") if upper else model
+    rf_model = es.load_same_model(random_ft, "--random-ft") if random_ft else None
+    up_model = es.load_same_model(upper, "--upper") if upper else model
     t, k = cost.t, cost.k
 
     up, ada, labels, indices = UsageAccumulator(), UsageAccumulator(), [], []

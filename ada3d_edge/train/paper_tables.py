@@ -144,7 +144,7 @@ def evaluate_table(table: str, checkpoint: PathLike, data_list: PathLike, *, upp
     models = {"full": es.model, "full_if_no_random_ft": es.model}
     for role, path in paths.items():
         if path is not None:
-            models[role] = es.load_same_model(path, f"{ROLE_OPTIONS[role]} checkpoint", ROLE_OPTIONS[role])
+            models[role] = es.load_same_model(path, ROLE_OPTIONS[role])
     models.setdefault("upper", es.model)  # no --upper: the evaluated checkpoint's backbone, as Table 1
     rows = _active_rows(spec, paths)
     cost, dev, multi, thr = es.cost, es.device, es.multi, es.threshold
