@@ -7,8 +7,8 @@
 #
 #   benchmarks/paper_tables.sh          # DEMO=runs/demo (data/, train/upper/final.pt), WORK=runs/tables
 #   DEMO=/work/runs/demo WORK=/work/runs/tables benchmarks/paper_tables.sh
-#   TOY=1 benchmarks/paper_tables.sh    # a smoke run at toy size: makes its own small set a and Upper
-#                                       # (no demo needed); writes paper_table{5,6,3}_toy_smoke.{md,json}
+#   TOY=1 benchmarks/paper_tables.sh    # a smoke run at toy size (~5 min idle): its own small set a
+#                                       # and Upper, no demo needed; writes paper_table{5,6,3}_toy_smoke.*
 #   SKIP_TRAIN=1 benchmarks/paper_tables.sh   # re-evaluate and re-report the checkpoints already in WORK
 #
 # Budget (idle 2-core CPU, OMP_NUM_THREADS=2, demo timings of benchmarks/results/demo_full.log:
@@ -46,10 +46,10 @@ train() {  # train NAME CMD...: a timed training step, skipped with SKIP_TRAIN=1
 if [ "${TOY:-0}" = 1 ]; then
   TAG5=toy_smoke; TAG6=toy_smoke; TAG3=toy_smoke
   DATA_A="$WORK/data_a"
-  SYNTH_A=(--classes 8 --videos-per-class 8 --val-per-class 3 --size 64 --frames 40 --seed 0)
-  SYNTH_B=(--classes 8 --videos-per-class 8 --val-per-class 3 --size 64 --frames 40 --seed 1 --class-set b)
-  EPOCHS=(--set optim.epochs=3 --set policy.epochs=2 --set joint.epochs=1 --set bn_calibration.batches=4)
-  EPOCHS_B=(--set optim.epochs=3 --set transfer.epochs=1 --set bn_calibration.batches=4)
+  SYNTH_A=(--classes 8 --videos-per-class 30 --val-per-class 5 --size 64 --frames 40 --seed 0)
+  SYNTH_B=(--classes 8 --videos-per-class 30 --val-per-class 5 --size 64 --frames 40 --seed 1 --class-set b)
+  EPOCHS=(--set optim.epochs=12 --set policy.epochs=3 --set joint.epochs=2 --set bn_calibration.batches=8)
+  EPOCHS_B=(--set optim.epochs=12 --set transfer.epochs=2 --set bn_calibration.batches=8)
   [ -f "$DATA_A/val.txt" ] || "${ADA3D[@]}" synth "$DATA_A" "${SYNTH_A[@]}" --quiet --overwrite
   A_SETS=(--set "output_dir=$WORK/a" --set "data.root=$DATA_A")
   train upper "${ADA3D[@]}" train upper "$RECIPE" "${A_SETS[@]}" "${EPOCHS[@]}" --overwrite "${Q[@]}"
