@@ -190,3 +190,6 @@ def test_separation_note_says_when_the_data_cannot_separate_methods():
     near_chance = {**res(20.0, 12.5, 16.7), "num_classes": 8}
     assert "under twice chance" in separation_note(near_chance) and "chance 12.5%" in separation_note(near_chance)
     assert separation_note({**res(100.0, 80.0, 95.0), "num_classes": 8}) is None
+    one_video = {**res(55.0, 55.0, 57.5), "num_videos": 40}  # 2.5 points = one of 40 videos
+    assert "one video is 2.5 points" in separation_note(one_video)
+    assert separation_note({**res(55.0, 55.0, 57.5), "num_videos": 400}) is None

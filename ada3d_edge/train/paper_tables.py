@@ -211,7 +211,7 @@ def _transfer_info(ck: Dict[str, Any]) -> Dict[str, Any]:
 def separation_note(res: Dict[str, Any], spread: float = 1.0, ceiling: float = 99.0) -> Optional[str]:
     """A plain sentence when the rows cannot tell the methods apart: every row under twice chance
     (top-1), every row (Upper included) at or above `ceiling`, or the rows after Upper all within
-    `spread` points of each other."""
+    `spread` points of each other (or of one video's worth of top-1, when that is more)."""
     metrics = [r["metric"] for r in res["rows"]]
     others = metrics[1:]
     unit = "mAP" if res["metric"] == "mAP" else "top-1"
@@ -223,9 +223,12 @@ def separation_note(res: Dict[str, Any], spread: float = 1.0, ceiling: float = 9
     if all(m >= ceiling for m in metrics):
         return (f"Every method scores {min(metrics):.1f}-{max(metrics):.1f}% {unit}: this data cannot separate "
                 "the methods; these rows are not a result about them.")
-    if len(others) > 1 and max(others) - min(others) < spread:
+    one_video = 100.0 / res["num_videos"] if res.get("num_videos") and unit == "top-1" else 0.0
+    if len(others) > 1 and max(others) - min(others) < max(spread, one_video + 1e-9):
         return (f"The rows after Upper lie within {max(others) - min(others):.1f} points ({min(others):.1f}-"
-                f"{max(others):.1f}% {unit}): this data cannot separate these methods.")
+                f"{max(others):.1f}% {unit}"
+                + (f"; one video is {one_video:.1f} points" if one_video >= spread else "")
+                + "): this data cannot separate these methods.")
     return None
 
 
