@@ -127,6 +127,52 @@ def load_init(model: Ada3D, path: Optional[str]) -> Dict[str, Any]:
     return {"init": path, "init_stage": "pretrained", **skipped}
 
 
+SELECTION_KEYS = ("num_frames", "selection_width", "policy_size")
+
+
+def selection_init_path(recipe: Recipe, spec: StageSpec) -> Optional[str]:
+    """The checkpoint named by the stage's `selection_init` recipe key (None when the stage has none)."""
+    if spec.selection_init is None:
+        return None
+    given = recipe_value(recipe, (spec.selection_init,))
+    if not given:
+        raise ValueError(f"stage {spec.name!r} needs {spec.selection_init}=CKPT: an ada3d checkpoint (policy or "
+                         f"joint, another dataset's) whose selection network it keeps frozen")
+    if not Path(given).is_file():
+        raise FileNotFoundError(f"{spec.selection_init}={given!r} does not exist")
+    return str(given)
+
+
+def load_selection(model: Ada3D, path: str, option: str = "init_from.selection") -> Dict[str, Any]:
+    """Replace `model`'s selection network (MobileNetV2 trunk, head norm, frame and stage heads) by
+    the one in the ada3d checkpoint `path`; its 2D classifier is left out (another dataset's classes).
+    The checkpoint must have the same T, K, selection width and policy input size."""
+    if not is_ada3d_checkpoint(path):
+        raise ValueError(f"{option}={path}: not an ada3d checkpoint (the selection network comes from a policy "
+                         "or joint final.pt)")
+    ckpt = read_checkpoint(path)
+    mine, theirs = model.config, ckpt["model_config"]
+    diff = [f"{k}: this model {mine.get(k)!r} vs checkpoint {theirs.get(k)!r}"
+            for k in SELECTION_KEYS if mine.get(k) != theirs.get(k)]
+    state = {k[len("selection."):]: v for k, v in ckpt["model"].items()
+             if k.startswith("selection.") and not k.startswith("selection.classifier.")}
+    k_ckpt = state.get("stage_head.weight")
+    if k_ckpt is not None and k_ckpt.shape[0] != model.selection.stage_head.out_features:
+        diff.append(f"3D stages (K): this model {model.selection.stage_head.out_features} vs checkpoint "
+                    f"{k_ckpt.shape[0]}")
+    if diff:
+        raise ValueError(f"{option}={path} holds another selection network than this recipe builds ("
+                         + "; ".join(diff) + "); train it with the same T, K, model.selection_width and "
+                         "model.policy_size")
+    own = {k: v for k, v in model.selection.state_dict().items() if k.startswith("classifier.")}
+    res = model.selection.load_state_dict({**state, **own}, strict=False)
+    if res.missing_keys or res.unexpected_keys:
+        raise ValueError(f"{option}={path}: the selection network does not fit (missing {res.missing_keys[:5]}, "
+                         f"unexpected {res.unexpected_keys[:5]})")
+    return {"selection_init": path, "selection_init_stage": ckpt.get("stage"),
+            "selection_init_classes": len((ckpt.get("data") or {}).get("classes") or [])}
+
+
 def build_model(recipe: Recipe, num_classes: int) -> Ada3D:
     return build_ada3d(model_config(recipe, num_classes))
 

@@ -91,8 +91,10 @@ def _interrupted(recipe, stage: str, later: Sequence[str], ctx: click.Context) -
 def train_cmd(stage: str, recipe: str, sets, resume: bool, overwrite: bool, random_policy, init_from,
               output_dir, max_bad_fraction, quiet: bool) -> None:
     """Train a STAGE of Ada3D from a RECIPE (YAML in train/): upper (stage 0: backbone + MobileNetV2
-    pretraining), policy (stage 1), joint (stage 2), random-ft (baseline), or all (upper, policy,
-    joint). Works under torchrun (DDP)."""
+    pretraining), policy (stage 1), joint (stage 2), random-ft (baseline), joint-from-upper (joint
+    without stage 1, the paper's Table 5 "w/o Tr"), transfer (the backbone under another dataset's
+    frozen selection network, init_from.selection: Table 3), or all (upper, policy, joint).
+    Works under torchrun (DDP)."""
     require("torch", "train", "train")
     key = None if stage == "all" else get_stage(stage).name
     try:
@@ -150,12 +152,33 @@ def train_cmd(stage: str, recipe: str, sets, resume: bool, overwrite: bool, rand
 @click.option("--plot", "plot_out", default=None, type=click.Path(dir_okay=False),
               help="Draw the per-class usage (the paper's Fig. 4: mean # 3D stages and # frames per class, "
                    "static vs motion, sorted by usage) to this PNG (.svg and .pdf work too).")
+@click.option("--table", type=click.Choice(["1", "3", "5", "6"]), default="1", show_default=True,
+              help="The paper's table: 1 (this command's rows), 3 (policy transfer: CHECKPOINT from "
+                   "`train transfer`, needs --upper), 5 (training stages: CHECKPOINT = full Ada3D, with "
+                   "--wo-ft/--wo-tr), 6 (one learned head, random other; --random-ft adds Random FT). "
+                   "Tables 5 and 6 default to 3 clips per video, as the paper.")
+@click.option("--wo-ft", default=None, type=click.Path(dir_okay=False),
+              help="--table 5: the stage-1 (policy) checkpoint, the 'w/o FT' row.")
+@click.option("--wo-tr", default=None, type=click.Path(dir_okay=False),
+              help="--table 5: a `train joint-from-upper` checkpoint, the 'w/o Tr' row.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_cmd(checkpoint: str, data_list: str, root, classes_file, clips, json_out, random_ft, upper, threshold,
-             batch_size: int, workers: int, device: str, seed: int, max_bad_fraction, plot_out, quiet: bool) -> None:
+             batch_size: int, workers: int, device: str, seed: int, max_bad_fraction, plot_out, table: str,
+             wo_ft, wo_tr, quiet: bool) -> None:
     """Table 1 for CHECKPOINT: Upper, Random, Random FT, Ada3D — accuracy (or mAP), GFLOPs per clip,
-    mean # 3D stages and # frames; per-class usage and static/motion means."""
+    mean # 3D stages and # frames; per-class usage and static/motion means. --table 3|5|6: the
+    paper's ablation tables instead."""
     require("torch", "train", "eval")
+    if table != "1":
+        if plot_out:
+            raise click.UsageError(f"--plot draws Table 1's per-class usage; leave it out with --table {table}")
+        _eval_paper_table(table, checkpoint, data_list, json_out, quiet, upper=upper, wo_ft=wo_ft, wo_tr=wo_tr,
+                          random_ft=random_ft, root=root, classes_file=classes_file, num_clips=clips,
+                          threshold=threshold, batch_size=batch_size, workers=workers, device=device, seed=seed,
+                          max_bad_fraction=max_bad_fraction)
+        return
+    if wo_ft or wo_tr:
+        raise click.UsageError("--wo-ft and --wo-tr are rows of Table 5: add --table 5")
     if plot_out:
         require("matplotlib", "train", "eval --plot")
         if not plot_out.lower().endswith((".png", ".svg", ".pdf")):
@@ -181,6 +204,21 @@ def eval_cmd(checkpoint: str, data_list: str, root, classes_file, clips, json_ou
         except ValueError as e:
             raise click.UsageError(str(e)) from None
         click.echo(f"wrote {plot_out} (per-class usage, the paper's Fig. 4)")
+
+
+def _eval_paper_table(table: str, checkpoint: str, data_list: str, json_out, quiet: bool, **kw) -> None:
+    try:
+        from .evaluate import write_json
+        from .paper_tables import evaluate_table, format_paper_table
+
+        res = evaluate_table(table, checkpoint, data_list, progress=not quiet, **kw)
+    except USER_ERRORS as e:
+        raise click.UsageError(str(e)) from None
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(format_paper_table(res))
+    if json_out:
+        click.echo(f"wrote {write_json(res, json_out)}")
 
 
 def _gammas(text: str) -> list:

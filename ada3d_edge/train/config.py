@@ -21,12 +21,15 @@ A recipe has these sections (every key optional unless marked; unknown keys are 
                else lr), weight_decay (selection network; null = policy.weight_decay; the backbone
                uses optim.weight_decay), epochs, batch_size
     random_ft: Random FT: lr (null = joint backbone lr), epochs / batch_size (null = joint's)
+    transfer:  policy transfer (Table 3): lr (null = joint backbone lr), epochs / batch_size (null =
+               joint's), actions (sample | greedy: how the frozen selection network picks them)
     random_policy: frames, stages — mean usage targets (fractions of T and K) for Random FT
     bn_calibration: batches (per stage configuration; 0 = off), frame_keep_prob — BatchNorm
                statistics measured per configuration after upper, joint and random_ft (and before
                policy when its backbone has none); see bn_calibration.py
-    init_from: upper, policy, joint, random_ft — checkpoint each stage starts from
-               (null = the previous stage's final.pt in output_dir; upper: from scratch)
+    init_from: upper, policy, joint, random_ft, joint_from_upper, transfer — checkpoint each stage
+               starts from (null = the previous stage's final.pt in output_dir; upper: from scratch);
+               selection — the checkpoint (another dataset's) whose selection network `transfer` uses
     seed, output_dir, device (auto | cpu | cuda), threshold, gammas (for `ada3d sweep`)
 
 Which keys drive which stage (rates, weight decay, epochs, batch size) is written in each stage's
@@ -47,6 +50,7 @@ import yaml
 BASELINES = ("batch_mean", "moving_average", "self_critical")  # policy.baseline (rewards.Baseline)
 COSTS = ("usage", "flops", "latency")  # policy.cost (costs.COST_SPECS)
 SELECTION_OPTIMIZERS = ("sgd", "adamw")  # optim.selection_optimizer (build.make_optimizer)
+TRANSFER_ACTIONS = ("sample", "greedy")  # transfer.actions (stages.TransferStep)
 REQUIRED = ("data.root", "data.train_list", "data.val_list", "data.classes")
 
 
@@ -131,6 +135,14 @@ class RandomFtCfg:
 
 
 @dataclass
+class TransferCfg:
+    lr: Optional[float] = None
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    actions: str = "sample"  # the frozen selection network's actions while the backbone trains
+
+
+@dataclass
 class RandomPolicyCfg:
     frames: Optional[float] = None
     stages: Optional[float] = None
@@ -148,6 +160,9 @@ class InitCfg:
     policy: Optional[str] = None
     joint: Optional[str] = None
     random_ft: Optional[str] = None
+    joint_from_upper: Optional[str] = None
+    transfer: Optional[str] = None
+    selection: Optional[str] = None  # not a stage: `transfer`'s selection network (init_selection)
 
 
 @dataclass
@@ -158,6 +173,7 @@ class Recipe:
     policy: PolicyCfg = field(default_factory=PolicyCfg)
     joint: JointCfg = field(default_factory=JointCfg)
     random_ft: RandomFtCfg = field(default_factory=RandomFtCfg)
+    transfer: TransferCfg = field(default_factory=TransferCfg)
     random_policy: RandomPolicyCfg = field(default_factory=RandomPolicyCfg)
     bn_calibration: BnCalibrationCfg = field(default_factory=BnCalibrationCfg)
     init_from: InitCfg = field(default_factory=InitCfg)
@@ -376,12 +392,13 @@ def validate(r: Recipe, check_required: bool = True) -> None:
     if keep is not None and not 0.0 < keep <= 1.0:
         raise ValueError(f"bn_calibration.frame_keep_prob must be in (0, 1] or null, got {keep}")
     _choice(r.device, ("auto", "cpu", "cuda"), "device")
+    _choice(r.transfer.actions, TRANSFER_ACTIONS, "transfer.actions")
     for key in ("data.num_frames", "data.stride", "data.crop", "data.test_crop", "data.num_clips",
                 "data.val_clips", "model.policy_size", "optim.selection_lr", "optim.epochs", "optim.batch_size",
                 "policy.epochs", "policy.batch_size", "joint.epochs", "joint.batch_size",
                 "random_ft.epochs", "random_ft.batch_size", "optim.lr", "policy.lr", "joint.lr",
                 "joint.backbone_lr", "random_ft.lr", "model.selection_width", "model.num_classes",
-                "policy.head_lr", "joint.head_lr"):
+                "policy.head_lr", "joint.head_lr", "transfer.lr", "transfer.epochs", "transfer.batch_size"):
         sec, name = key.split(".")
         _positive(getattr(getattr(r, sec), name), key)
     for key in ("optim.weight_decay", "policy.weight_decay", "joint.weight_decay", "policy.entropy_coef",

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -80,24 +81,59 @@ def _check_same_model(main: Dict[str, Any], other: Dict[str, Any], ck_main, ck_o
                          f"({'; '.join(diff)}); pass a checkpoint trained from the same recipe")
 
 
-@torch.no_grad()
-def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike] = None,
-             classes_file: Optional[PathLike] = None, num_clips: Optional[int] = None,
-             random_ft: Optional[PathLike] = None, upper: Optional[PathLike] = None,
-             threshold: Optional[float] = None,
-             batch_size: int = 4, workers: int = 0, device: str = "auto", seed: int = 0,
-             progress: bool = True, max_bad_fraction: Optional[float] = None) -> Dict[str, Any]:
-    """Evaluate `checkpoint` (+ optional Random FT checkpoint) on a list file; returns the result dict
-    (rows, per-class usage, static/motion means) that `format_table` prints and `--json` writes.
+@dataclass
+class EvalSetup:
+    """What every evaluation of a checkpoint on a list file shares: the model (on its device), its
+    checkpoint, the test dataset and loader built from the checkpoint's preprocessing, the cost model."""
 
-    Unreadable videos are skipped and counted; more than `max_bad_fraction` of the list (default: the
-    checkpoint's recipe's `data.max_bad_fraction`, the rule its training ran under) is a RuntimeError.
-    """
-    t0 = time.time()
+    checkpoint: PathLike
+    model: Any
+    ck: Dict[str, Any]
+    data_list: Path
+    root: Path
+    cls_file: Path
+    ds: VideoListDataset
+    loader: DataLoader
+    cost: CostModel
+    device: torch.device
+    multi: bool
+    threshold: float
+    max_bad: float
+    num_clips: int
+
+    def load_same_model(self, path: PathLike, option: str):
+        """Another checkpoint of the same model and classes (e.g. Upper, Random FT), on the device."""
+        other, other_ck = load_model(path)
+        _check_same_model(self.model.config, other.config, self.ck, other_ck, path, option)
+        return other.to(self.device)
+
+    def check_bad_videos(self) -> None:
+        BadVideoTracker(self.max_bad, self.ds, setting="--max-bad-fraction").check(
+            num_bad=self.ds.num_bad, num_seen=len(self.ds))
+
+    def header(self) -> Dict[str, Any]:
+        """The result entries that describe the data, the model and the test protocol."""
+        m, d = self.model, self.ck["data"]
+        return {"data": str(self.data_list), "root": str(self.root), "num_videos_skipped": self.ds.num_bad,
+                "max_bad_fraction": self.max_bad, "num_clips": self.num_clips,
+                "metric": "mAP" if self.multi else "top1", "multi_label": self.multi, "arch": m.config["arch"],
+                "stages": list(m.backbone.stage_names), "num_frames": self.cost.t, "num_stages": self.cost.k,
+                "crop": d["test_crop_size"], "policy_size": d["policy_size"],
+                "selection_width": m.config["selection_width"], "threshold": self.threshold,
+                "selection_gflops_per_clip": self.cost.selection_gflops}
+
+
+def open_eval(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike] = None,
+              classes_file: Optional[PathLike] = None, num_clips: Optional[int] = None,
+              threshold: Optional[float] = None, batch_size: int = 4, workers: int = 0, device: str = "auto",
+              max_bad_fraction: Optional[float] = None, others: Sequence[Tuple[Optional[PathLike], str, str]] = ()
+              ) -> EvalSetup:
+    """Load `checkpoint` and build its test data; `others` = (path, what, option) of further
+    checkpoints, checked to exist before anything loads."""
     data_list = Path(require_file(data_list, "list file", "--data"))
     root = Path(root) if root is not None else data_list.parent
     cls_file = _classes_file(data_list, classes_file)
-    for path, what, opt in ((random_ft, "Random FT checkpoint", "--random-ft"), (upper, "Upper checkpoint", "--upper")):
+    for path, what, opt in others:
         if path is not None:
             require_file(path, what, opt)
     dev = pick_device(device)
@@ -115,20 +151,34 @@ def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike]
                           policy_size=d["policy_size"], mean=d["mean"], std=d["std"],
                           multi_label=d["multi_label"] or None)
     multi = bool(d["multi_label"] or ds.multi_label)
-    rf_model = None
-    if random_ft is not None:
-        rf_model, rf_ck = load_model(random_ft)
-        _check_same_model(model.config, rf_model.config, ck, rf_ck, random_ft, "--random-ft")
-        rf_model.to(dev)
-    up_model = model
-    if upper is not None:
-        up_model, up_ck = load_model(upper)
-        _check_same_model(model.config, up_model.config, ck, up_ck, upper, "--upper")
-        up_model.to(dev)
     model.to(dev)
-    cost = CostModel(model.config, d["test_crop_size"])
-    t, k = cost.t, cost.k
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad)
+    return EvalSetup(checkpoint, model, ck, data_list, root, cls_file, ds, loader,
+                     CostModel(model.config, d["test_crop_size"]), dev, multi, thr, max_bad, n_clips)
+
+
+@torch.no_grad()
+def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike] = None,
+             classes_file: Optional[PathLike] = None, num_clips: Optional[int] = None,
+             random_ft: Optional[PathLike] = None, upper: Optional[PathLike] = None,
+             threshold: Optional[float] = None,
+             batch_size: int = 4, workers: int = 0, device: str = "auto", seed: int = 0,
+             progress: bool = True, max_bad_fraction: Optional[float] = None) -> Dict[str, Any]:
+    """Evaluate `checkpoint` (+ optional Random FT checkpoint) on a list file; returns the result dict
+    (rows, per-class usage, static/motion means) that `format_table` prints and `--json` writes.
+
+    Unreadable videos are skipped and counted; more than `max_bad_fraction` of the list (default: the
+    checkpoint's recipe's `data.max_bad_fraction`, the rule its training ran under) is a RuntimeError.
+    """
+    t0 = time.time()
+    es = open_eval(checkpoint, data_list, root, classes_file, num_clips, threshold, batch_size, workers, device,
+                   max_bad_fraction, others=((random_ft, "Random FT checkpoint", "--random-ft"),
+                                             (upper, "Upper checkpoint", "--upper")))
+    model, ds, multi, thr, dev, cost, loader = es.model, es.ds, es.multi, es.threshold, es.device, es.cost, es.loader
+    data_list, cls_file = es.data_list, es.cls_file
+    rf_model = es.load_same_model(random_ft, "--random-ft") if random_ft else None
+    up_model = es.load_same_model(upper, "--upper") if upper else model
+    t, k = cost.t, cost.k
 
     up, ada, labels, indices = UsageAccumulator(), UsageAccumulator(), [], []
     for (clip, policy, lab, b, n), batch in tqdm(test_batches(loader, dev), total=len(loader),
@@ -139,7 +189,7 @@ def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike]
         ada.add(model(clip, acts), acts, multi, b, n, cost)
         labels.append(lab.numpy())
         indices.append(batch["index"].numpy())
-    BadVideoTracker(max_bad, ds, setting="--max-bad-fraction").check(num_bad=ds.num_bad, num_seen=len(ds))
+    es.check_bad_videos()
     if not labels:
         raise RuntimeError(f"no readable video in {data_list}; see the warnings above")
     labels_np, idx = np.concatenate(labels), np.concatenate(indices)
@@ -165,14 +215,8 @@ def evaluate(checkpoint: PathLike, data_list: PathLike, root: Optional[PathLike]
     per_class, by_kind = _per_class(ds, idx, ada, up, labels_np, multi, class_kinds(cls_file))
     return {
         "checkpoint": str(checkpoint), "random_ft_checkpoint": str(random_ft) if random_ft else None,
-        "upper_checkpoint": str(upper) if upper else None,
-        "data": str(data_list), "root": str(root), "num_videos": int(len(labels_np)),
-        "num_videos_skipped": ds.num_bad, "max_bad_fraction": max_bad, "num_clips": n_clips,
-        "metric": "mAP" if multi else "top1", "multi_label": multi, "arch": model.config["arch"],
-        "stages": list(model.backbone.stage_names), "num_frames": t, "num_stages": k,
-        "crop": d["test_crop_size"], "policy_size": d["policy_size"],
-        "selection_width": model.config["selection_width"], "threshold": thr,
-        "selection_gflops_per_clip": sel, "rows": rows,
+        "upper_checkpoint": str(upper) if upper else None, "num_videos": int(len(labels_np)),
+        **es.header(), "rows": rows,
         "random_policy": {"frame_prob": frame_prob, "stage_prob": stage_prob, "seed": seed},
         "gflops_saving_vs_upper": 1.0 - ada_row["gflops"] / rows[0]["gflops"],
         "per_class": per_class, "by_kind": by_kind, "wall_s": round(time.time() - t0, 2),

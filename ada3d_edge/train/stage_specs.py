@@ -65,6 +65,9 @@ class StageSpec:
         calibrate_bn_after: measure per-configuration BN statistics after the last epoch.
         calibrate_bn_before: measure them first when the starting backbone has none.
         random_policy: trains under random policies matched to `random_policy` usage targets.
+        selection_init: recipe key of a checkpoint (another dataset's) whose selection network
+            (MobileNetV2 trunk, head norm, frame and stage heads; not its classifier) replaces the
+            started-from one before training (policy transfer, the paper's Table 3).
         in_pipeline: one of the stages `ada3d train all` runs, in registry order.
     """
 
@@ -83,6 +86,7 @@ class StageSpec:
     calibrate_bn_after: bool
     calibrate_bn_before: bool = False
     random_policy: bool = False
+    selection_init: Optional[str] = None
     in_pipeline: bool = True
 
     @property
@@ -132,6 +136,12 @@ def _random_ft_step(spec: StageSpec, model, recipe, inputs: StepInputs):
     return RandomFtStep(model, inputs.random_policy["frame_prob"], inputs.random_policy["stage_prob"])
 
 
+def _transfer_step(spec: StageSpec, model, recipe, inputs: StepInputs):
+    from .stages import TransferStep
+
+    return TransferStep(model, recipe.transfer.actions, recipe.threshold)
+
+
 # --- the stages ---------------------------------------------------------------------------------
 
 _JOINT_SELECTION_DECAY = ("joint.weight_decay", "policy.weight_decay")
@@ -168,6 +178,24 @@ STAGE_REGISTRY: Dict[str, StageSpec] = {s.name: s for s in (
         groups=(OptimGroup("backbone", ("random_ft.lr", "joint.backbone_lr", "joint.lr"), ("optim.weight_decay",)),),
         epochs=("random_ft.epochs", "joint.epochs"), batch_size=("random_ft.batch_size", "joint.batch_size"),
         val_mode="random", calibrate_bn_after=True, random_policy=True, in_pipeline=False),
+    StageSpec(  # Table 5's "w/o Tr": the heads start untrained (stage 0 never trains them)
+        name="joint_from_upper", summary="stage 2 started from upper, skipping stage 1 (the paper's \"w/o Tr\" "
+                                         "ablation): the selection heads start untrained",
+        section="joint", previous="upper", trains=("backbone", "selection_body", "policy_heads"),
+        backbone_mode="bn_eval", selection_mode="train", step=_policy_step,
+        groups=(OptimGroup("selection_body", ("joint.lr",), _JOINT_SELECTION_DECAY),
+                OptimGroup("policy_heads", ("joint.head_lr", "policy.head_lr", "joint.lr"), _JOINT_SELECTION_DECAY),
+                OptimGroup("backbone", ("joint.backbone_lr", "joint.lr"), ("optim.weight_decay",))),
+        epochs=("joint.epochs",), batch_size=("joint.batch_size",), val_mode="ada3d", calibrate_bn_after=True,
+        in_pipeline=False),
+    StageSpec(  # Table 3: policies learned on one dataset, backbone fine-tuned on another
+        name="transfer", summary="policy transfer: the backbone (this data's upper) fine-tuned under the frozen "
+                                 "policies of init_from.selection (another dataset's selection network)",
+        section="transfer", previous="upper", trains=("backbone",),
+        backbone_mode="bn_eval", selection_mode="eval", step=_transfer_step,
+        groups=(OptimGroup("backbone", ("transfer.lr", "joint.backbone_lr", "joint.lr"), ("optim.weight_decay",)),),
+        epochs=("transfer.epochs", "joint.epochs"), batch_size=("transfer.batch_size", "joint.batch_size"),
+        val_mode="ada3d", calibrate_bn_after=True, selection_init="init_from.selection", in_pipeline=False),
 )}
 PIPELINE: Tuple[str, ...] = tuple(name for name, s in STAGE_REGISTRY.items() if s.in_pipeline)  # `train all`
 CLI_NAMES: Dict[str, str] = {**{s.cli_name: s.name for s in STAGE_REGISTRY.values()},

@@ -8,6 +8,8 @@
 * ``joint`` (stage 2): the same policy gradient plus cross-entropy for the backbone under the
   sampled actions (Eq. 8).
 * ``random_ft``: cross-entropy for the backbone under random policies (the Random FT baseline).
+* ``joint_from_upper``: ``joint`` started from ``upper`` (Table 5's "w/o Tr").
+* ``transfer``: cross-entropy for the backbone under a frozen selection network's actions (Table 3).
 
 In ``joint`` and ``random_ft`` the backbone's BatchNorm layers stay in eval mode (statistics frozen
 from stage 0): a batch is split into groups by kept-frame count T' and by stage mask, and a group of
@@ -193,6 +195,29 @@ class RandomFtStep(nn.Module):
         b, t = clip.shape[0], clip.shape[2]
         k = self.model.backbone.num_stages_3d
         actions = random_actions(b, t, k, self.frame_prob, self.stage_prob, device=clip.device)
+        logits = self.model(clip, actions)
+        loss = classification_loss(logits, labels)
+        return loss, {"acc": is_correct(logits.detach(), labels).float().mean(),
+                      "frames": actions.frames.float().sum(1).mean(),
+                      "stages3d": actions.stages.float().sum(1).mean()}
+
+
+class TransferStep(nn.Module):
+    """Policy transfer (the paper's Table 3): cross-entropy for the backbone under the actions of a
+    frozen selection network learned on another dataset; `actions` "sample" draws them from its
+    probabilities (as joint fine-tuning does), "greedy" thresholds them (as inference does)."""
+
+    def __init__(self, model: Ada3D, actions: str = "sample", threshold: float = 0.5):
+        super().__init__()
+        if actions not in ("sample", "greedy"):
+            raise ValueError(f"transfer.actions={actions!r} is not one of ['sample', 'greedy']")
+        self.model = model
+        self.actions, self.threshold = actions, float(threshold)
+
+    def forward(self, clip: torch.Tensor, policy: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, Stats]:
+        with torch.no_grad():
+            m, n = self.model.selection(policy)
+            actions = sample_actions(m, n) if self.actions == "sample" else greedy_actions(m, n, self.threshold)
         logits = self.model(clip, actions)
         loss = classification_loss(logits, labels)
         return loss, {"acc": is_correct(logits.detach(), labels).float().mean(),

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from ..data.dataset import BadVideoTracker, collate_skip_bad
 from .bn_calibration import calibrate_bn, is_calibrated, training_clips
 from .build import (build_model, check_data_paths, data_info, init_path, load_init, lr_factor,
-                    make_dataset, make_optimizer, resolve_data_paths)
+                    load_selection, make_dataset, make_optimizer, resolve_data_paths,
+                    selection_init_path)
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import Recipe, save_recipe
 from .dist import DistInfo, all_reduce_sum, barrier, init_distributed
@@ -105,10 +106,13 @@ class Trainer:
         self.val_ds = make_dataset(r, "test", list_file=r.data.val_list, num_clips=r.data.val_clips)
         self.classes, self.multi_label = self.train_ds.classes, self.train_ds.multi_label
         self.init = None if self.resume else init_path(r, self.stage)  # resuming: last.pt holds the weights
+        self.selection_init = None if self.resume else selection_init_path(r, self.spec)
         self.random = random_policy_probs(r, r.data.num_frames) if self.spec.random_policy else None
         seed_everything(r.seed + info.rank)
         self.model = build_model(r, len(self.classes))
         self.loaded = {} if self.resume else load_init(self.model, self.init)
+        if self.selection_init:  # policy transfer: another dataset's selection network
+            self.loaded.update(load_selection(self.model, self.selection_init))
         self.resumed_from: Optional[Path] = None
         self.model.to(info.device)
         prepare(self.model, self.spec)
@@ -179,6 +183,8 @@ class Trainer:
     def start_text(self) -> str:
         """Where the weights came from: the init checkpoint, or the last.pt a resumed run continues."""
         init = f"init: {self.loaded.get('init')}"
+        if self.loaded.get("selection_init"):
+            init += f", selection network: {self.loaded['selection_init']} (frozen)"
         if self.resumed_from is None:
             return init
         return f"resumed from {self.resumed_from} ({self.start_epoch} of {self.epochs} epochs done; first {init})"
