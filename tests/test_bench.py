@@ -189,7 +189,7 @@ def test_torch_reference_backend_is_a_picklable_factory(tmp_path: Path) -> None:
     import pickle
 
     pytest.importorskip("torch")
-    from test_export_utils import make_checkpoint
+    from export_helpers import make_checkpoint
 
     from ada3d_edge.bench_torch import torch_backend_factory
     from ada3d_edge.runtime.bench import backend_factory

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from ada3d_edge.cli import main
 from ada3d_edge.train.checkpoint import read_checkpoint, save_checkpoint
 from fake_bundle import make_fake_bundle
-from test_export_utils import make_checkpoint
+from export_helpers import make_checkpoint
 
 
 def _snapshot(root: Path) -> dict:

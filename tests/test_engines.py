@@ -286,7 +286,7 @@ def test_tensorrt_10_int8_keeps_flags_and_calibrator(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_real_bundle(tmp_path_factory) -> Path:
     from ada3d_edge.export.exporter import export_bundle
-    from test_export_utils import make_checkpoint
+    from export_helpers import make_checkpoint
 
     root = tmp_path_factory.mktemp("fp16")
     return export_bundle(make_checkpoint(root / "ckpt.pt"), root / "bundle", verify=False, progress=False)

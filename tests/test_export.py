@@ -25,7 +25,7 @@ from ada3d_edge.export.verify import VerificationError, frame_counts
 from ada3d_edge.flops import backbone_macs
 from ada3d_edge.models import all_masks
 from ada3d_edge.train.checkpoint import load_model
-from test_export_utils import CLASSES, MEAN, STD, make_checkpoint
+from export_helpers import CLASSES, MEAN, STD, make_checkpoint
 
 T, CROP = 4, 32
 

@@ -14,7 +14,7 @@ from ada3d_edge.export.exporter import export_bundle
 from ada3d_edge.models import Actions
 from ada3d_edge.runtime.predictor import AdaptivePredictor
 from ada3d_edge.train.checkpoint import load_model
-from test_export_utils import make_checkpoint, make_frames
+from export_helpers import make_checkpoint, make_frames
 
 T, CROP, P = 4, 32, 32
 

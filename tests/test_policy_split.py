@@ -26,7 +26,7 @@ from ada3d_edge.runtime.sources import ClipBuffer, DropOldestQueue, EndOfStream,
 from ada3d_edge.train.checkpoint import load_model
 from fake_bundle import CROP, NUM_FRAMES, make_fake_bundle
 from stream_helpers import make_clip
-from test_export_utils import make_checkpoint
+from export_helpers import make_checkpoint
 
 P = 16  # policy input size
 

@@ -366,7 +366,7 @@ def test_trainer_fine_tunes_from_the_zoo_i3d_without_its_temporal_strides(tmp_pa
 @pytest.mark.slow
 def test_ada3d_train_upper_from_an_mmaction2_file(tmp_path, tiny_synth_dataset):
     """`ada3d train upper RECIPE --set init_from.upper=FILE`, the command the README gives."""
-    from test_train_pipeline import tiny_recipe
+    from train_helpers import tiny_recipe
     from ada3d_edge.cli import main
     from ada3d_edge.train.checkpoint import read_checkpoint
 

@@ -21,7 +21,7 @@ from ada3d_edge.runtime.predictor import AdaptivePredictor
 from ada3d_edge.train.checkpoint import load_model
 from ada3d_edge.train.config import recipe_from_dict
 from ada3d_edge.train.trainer import train_stage
-from test_export_utils import make_frames
+from export_helpers import make_frames
 from train_helpers import tiny_recipe
 
 T = 16

@@ -1,4 +1,4 @@
-"""Tiny checkpoints for the export, engine and parity tests (imported as ``test_export_utils``).
+"""Tiny checkpoints for the export, engine and parity tests (imported as ``export_helpers``).
 
 Weights are perturbed away from their init (BN statistics, head scales, policy biases) so logits are
 O(1) and greedy actions vary: a parity or verification check on all-zero outputs would prove nothing.
