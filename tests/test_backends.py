@@ -146,10 +146,12 @@ def _fake_tensorrt(max_batch: int) -> types.ModuleType:
     trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
     trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=2: None})
     trt.nptype = lambda dtype: np.float32
+    trt.ExecutionContextAllocationStrategy = types.SimpleNamespace(STATIC=0, USER_MANAGED=2)
 
     class Context:
         def __init__(self, engine):
             self.engine, self.shapes, self.addr = engine, {}, {}
+            self.device_memory = None  # TensorRT 10.0: scratch set as an attribute
 
         def set_input_shape(self, name, shape):
             self.shapes[name] = tuple(shape)
@@ -172,6 +174,7 @@ def _fake_tensorrt(max_batch: int) -> types.ModuleType:
             return dict(zip(self.engine.outputs, (o.numpy() for o in out)))
 
         def execute_async_v3(self, stream):
+            assert self.device_memory is not None  # user-managed: scratch set before any run
             for name, arr in self._outputs().items():
                 ctypes.memmove(self.addr[name], arr.ctypes.data, arr.nbytes)
             return True
@@ -182,6 +185,7 @@ def _fake_tensorrt(max_batch: int) -> types.ModuleType:
             self.inputs = ["frames"] if model == "policy" else ["clip"]
             self.outputs = ["frame_probs", "stage_probs"] if model == "policy" else ["logits"]
             self.num_io_tensors = len(self.inputs) + len(self.outputs)
+            self.device_memory_size = 4096  # TensorRT 10.0 name (no _v2)
 
         def get_tensor_name(self, i):
             return (self.inputs + self.outputs)[i]
@@ -200,7 +204,8 @@ def _fake_tensorrt(max_batch: int) -> types.ModuleType:
             size = 8 if self.model == "policy" else 16
             return (1, 3, t_min, size, size), (1, 3, 4, size, size), (max_batch, 3, 4, size, size)
 
-        def create_execution_context(self):
+        def create_execution_context(self, strategy=0):
+            assert strategy == trt.ExecutionContextAllocationStrategy.USER_MANAGED
             return Context(self)
 
     trt.Runtime = lambda logger: types.SimpleNamespace(
@@ -287,3 +292,233 @@ def test_run_threads_reach_the_sessions(bundle_dir: Path, tmp_path: Path, monkey
                                         *extra])
         assert res.exit_code == 0, res.output
         assert seen[-1] == expected
+
+
+# --- TensorRT: segment chains (bundle format 2) against fakes of TensorRT 10.0, 10.x and 11 ----
+
+def _segment_fn(spec: dict):
+    """The numpy function a fake segment engine computes: a seeded channel mix, a spatial average
+    pool, a tanh; the head (``classes`` set) averages over (T, H, W) and applies a seeded matrix."""
+    rng = np.random.default_rng(spec["seed"])
+    w = rng.standard_normal((spec["cout"], spec["cin"])).astype(np.float32)
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        if spec.get("head"):
+            return x.mean(axis=(2, 3, 4)) @ w.T
+        y = np.tanh(np.einsum("oc,bcthw->bothw", w, x))
+        p = spec["pool"]
+        b, c, t, h, wd = y.shape
+        return y.reshape(b, c, t, h // p, p, wd // p, p).mean(axis=(4, 6)).astype(np.float32)
+    return fn
+
+
+def _segment_out_shape(spec: dict, shape: tuple) -> tuple:
+    if spec.get("head"):
+        return (shape[0], spec["cout"])
+    return (shape[0], spec["cout"], shape[2], shape[3] // spec["pool"], shape[4] // spec["pool"])
+
+
+class _ChainLog:
+    def __init__(self) -> None:
+        self.executed: list = []  # (plan name, input address, output address, input shape)
+        self.contexts: list = []
+
+
+def _fake_tensorrt_segments(version: str, max_batch: int, num_frames: int, log: _ChainLog) -> types.ModuleType:
+    """A ``tensorrt`` whose plans are JSON specs of ``_segment_fn``; execution reads and writes the
+    addresses bound with ``set_tensor_address``. The scratch API is the one of ``version``: 10.0 has
+    ``device_memory_size`` and the ``device_memory`` attribute; later 10.x ``device_memory_size_v2`` and
+    ``set_device_memory``; 11 also the runtime config."""
+    import json
+
+    major, minor = (int(v) for v in version.split(".")[:2])
+    v2 = (major, minor) >= (10, 1)
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=2: None})
+    trt.nptype = lambda dtype: np.float32
+    trt.ExecutionContextAllocationStrategy = types.SimpleNamespace(STATIC=0, USER_MANAGED=2)
+
+    class Context:
+        def __init__(self, engine):
+            self.engine, self.shapes, self.addr, self.scratch = engine, {}, {}, None
+            log.contexts.append(self)
+
+        if v2:
+            def set_device_memory(self, ptr, size):
+                self.scratch = (ptr, size)
+        else:
+            @property
+            def device_memory(self):
+                return None if self.scratch is None else self.scratch[0]
+
+            @device_memory.setter
+            def device_memory(self, ptr):
+                self.scratch = (ptr, None)
+
+        def set_input_shape(self, name, shape):
+            self.shapes[name] = tuple(shape)
+            return shape[0] <= max_batch and 1 <= shape[2] <= num_frames
+
+        def set_tensor_address(self, name, ptr):
+            self.addr[name] = ptr
+
+        def get_tensor_shape(self, name):
+            return self.shapes["x"] if name == "x" else _segment_out_shape(self.engine.spec, self.shapes["x"])
+
+        def execute_async_v3(self, stream):
+            assert self.scratch is not None and self.scratch[0]  # user-managed: scratch set first
+            shape = self.shapes["x"]
+            x = np.ctypeslib.as_array((ctypes.c_float * int(np.prod(shape))).from_address(self.addr["x"]))
+            y = np.ascontiguousarray(_segment_fn(self.engine.spec)(x.reshape(shape).copy()), np.float32)
+            assert self.addr["y"] != self.addr["x"]
+            ctypes.memmove(self.addr["y"], y.ctypes.data, y.nbytes)
+            log.executed.append((self.engine.spec["name"], self.addr["x"], self.addr["y"], shape))
+            return True
+
+    class RuntimeConfig:
+        def __init__(self):
+            self.strategy = 0
+
+        def set_execution_context_allocation_strategy(self, strategy):
+            self.strategy = strategy
+
+    class Engine:
+        num_io_tensors = 2
+
+        def __init__(self, spec):
+            self.spec = spec
+            setattr(self, "device_memory_size_v2" if v2 else "device_memory_size", spec["scratch"])
+
+        def get_tensor_name(self, i):
+            return ["x", "y"][i]
+
+        def get_tensor_mode(self, name):
+            return "in" if name == "x" else "out"
+
+        def get_tensor_dtype(self, name):
+            return "float32"
+
+        def get_tensor_shape(self, name):
+            return (-1, self.spec["cin"], -1, self.spec["size"], self.spec["size"])
+
+        def get_tensor_profile_shape(self, name, profile):
+            c, s = self.spec["cin"], self.spec["size"]
+            return (1, c, 1, s, s), (1, c, num_frames, s, s), (max_batch, c, num_frames, s, s)
+
+        def create_execution_context(self, arg=0):
+            if major >= 11:  # the strategy comes through a runtime config
+                assert isinstance(arg, RuntimeConfig) and arg.strategy == 2
+            else:
+                assert arg == trt.ExecutionContextAllocationStrategy.USER_MANAGED
+            return Context(self)
+
+        if major >= 11:
+            def create_runtime_config(self):
+                return RuntimeConfig()
+
+    trt.Runtime = lambda logger: types.SimpleNamespace(
+        deserialize_cuda_engine=lambda data: Engine(json.loads(data.decode())))
+    return trt
+
+
+# slow_r50-like: stem, res2 fixed-ish (2 variants each, as --fold auto), two degradable stages, head
+_CHAIN = [  # (segment, cin, cout, input size, pool, variants, choice over 4 configurations)
+    ("stem", 3, 4, 16, 2, 2, [1, 0, 0, 0]),
+    ("res4", 4, 6, 8, 1, 2, [1, 1, 0, 0]),
+    ("res5", 6, 8, 8, 2, 2, [1, 0, 1, 0]),
+    ("head", 8, 5, 4, 1, 1, [0, 0, 0, 0]),
+]
+
+
+def _write_chain_plans(tmp_path: Path) -> list:
+    import json
+
+    segments = []
+    for s, (seg, cin, cout, size, pool, n, choice) in enumerate(_CHAIN):
+        names = []
+        for v in range(n):
+            spec = {"name": f"{seg}_v{v}", "seed": 10 * s + v, "cin": cin, "cout": cout, "size": size,
+                    "pool": pool, "head": seg == "head", "scratch": 1000 * (s + 1) + 7 * v}
+            (tmp_path / f"{seg}_v{v}.plan").write_text(json.dumps(spec))
+            names.append((f"{seg}_v{v}", spec))
+        segments.append((seg, choice, names))
+    return segments
+
+
+@pytest.mark.parametrize("version", ["10.0.0", "10.8.0", "11.3.0"])
+def test_trt_segment_chain(tmp_path: Path, monkeypatch, version: str) -> None:
+    log, cudart = _ChainLog(), _FakeCudart()
+    copies = []
+    memcpy = cudart.cudaMemcpyAsync
+
+    def spy(dst, src, nbytes, kind, stream):
+        copies.append((kind, dst, src, nbytes))
+        return memcpy(dst, src, nbytes, kind, stream)
+
+    cudart.cudaMemcpyAsync = spy
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt_segments(version, 2, 4, log))
+    monkeypatch.setattr(trt_backend, "import_cudart", lambda: cudart)
+    segments = _write_chain_plans(tmp_path)
+    with TrtBackend() as backend:
+        for _, _, names in segments:
+            for name, _ in names:
+                backend.load(name, tmp_path / f"{name}.plan", {"model": "segment", "tensorrt_version": version,
+                                                               "gpu_name": "Fake GPU"})
+        chain = backend.add_chain("backbone", [(seg, choice, [n for n, _ in names]) for seg, choice, names in segments])
+        assert backend.names == ["backbone"] and backend.input_names("backbone") == ["clip", "stage_mask"]
+        # one scratch buffer, the largest engine's need, set on every context
+        specs = [spec for _, _, names in segments for _, spec in names]
+        assert backend.scratch_bytes == max(s["scratch"] for s in specs)
+        assert len(log.contexts) == len(specs)
+        ptrs = {c.scratch[0] for c in log.contexts}
+        assert len(ptrs) == 1 and ptrs != {0}
+        if version != "10.0.0":
+            assert {c.scratch[1] for c in log.contexts} == {backend.scratch_bytes}
+        # two ping-pong buffers sized for the largest boundary tensor at (max_batch, T)
+        assert backend._ping_bytes == max(2 * cin * 4 * size * size * 4 for _, cin, _, size, *_ in _CHAIN)
+        rng = np.random.default_rng(0)
+        for mask in ("11", "10", "01", "00"):
+            for batch, t in ((1, 4), (2, 3), (1, 1)):
+                clip = rng.standard_normal((batch, 3, t, 16, 16)).astype(np.float32)
+                log.executed.clear()
+                copies.clear()
+                got = backend.run("backbone", {"clip": clip, "stage_mask": np.array([int(c) for c in mask])})
+                expected = clip
+                pieces = chain.pieces(int(mask, 2))
+                for seg, choice, names in segments:
+                    expected = _segment_fn(names[choice[int(mask, 2)]][1])(expected)
+                np.testing.assert_allclose(got["logits"], expected, rtol=1e-5, atol=1e-6)
+                assert [e[0] for e in log.executed] == pieces
+                ping = backend._ping
+                assert [(e[1], e[2]) for e in log.executed] == [(ping[i % 2], ping[(i + 1) % 2])
+                                                                for i in range(len(pieces))]
+                assert log.executed[0][3] == clip.shape and log.executed[1][3] == (batch, 4, t, 8, 8)
+                # host <-> device only at the chain's ends: the clip in, the logits out
+                assert [(k, d in ping, s in ping) for k, d, s, _ in copies] == [(1, True, False), (2, False, True)]
+        same = backend.run("backbone_10", {"clip": clip})["logits"]
+        np.testing.assert_array_equal(same, backend.run("backbone", {"clip": clip, "stage_mask": [1, 0]})["logits"])
+        with pytest.raises(ValueError, match="outside its engine's optimization profile"):
+            backend.run("backbone", {"clip": np.zeros((1, 3, 5, 16, 16), np.float32), "stage_mask": [1, 1]})
+        with pytest.raises(ValueError, match="buffer holds"):
+            backend.run("backbone", {"clip": np.zeros((3, 3, 4, 16, 16), np.float32), "stage_mask": [1, 1]})
+        with pytest.raises(ValueError, match="expected 2 values of 0/1"):
+            backend.run("backbone", {"clip": clip, "stage_mask": [1, 0, 1]})
+        with pytest.raises(KeyError, match="'stem_v0' is not loaded"):
+            backend.run("stem_v0", {"x": clip})
+    assert cudart.mem == {}  # scratch, ping-pong and staging buffers freed on close
+
+
+def test_trt_segment_refuses_foreign_plan(tmp_path: Path, monkeypatch) -> None:
+    log = _ChainLog()
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt_segments("10.8.0", 2, 4, log))
+    monkeypatch.setattr(trt_backend, "import_cudart", _FakeCudart)
+    _write_chain_plans(tmp_path)
+    with TrtBackend() as backend:
+        with pytest.raises(EngineMismatchError, match=r"stem_v0\.plan: built with TensorRT 10\.3\.0, this is "
+                                                      r"TensorRT 10\.8\.0"):
+            backend.load("stem_v0", tmp_path / "stem_v0.plan", {"model": "segment", "tensorrt_version": "10.3.0"})
+        with pytest.raises(EngineMismatchError, match="built on GPU 'Orin'"):
+            backend.load("stem_v0", tmp_path / "stem_v0.plan", {"model": "segment", "gpu_name": "Orin"})
+        assert log.contexts == []  # refused before deserializing
