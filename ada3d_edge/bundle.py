@@ -3,10 +3,17 @@
 The manifest is the only contract between export and runtime (schema in ``docs/INTERFACES.md``).
 This module reads and writes it with JSON only (never pickle) and never imports torch.
 
+Format 2 (docs/shared-weights.md section 6): one backbone graph serves every stage configuration
+from one weights file (``backbone.weights``, the external data of every backbone ``.onnx``). ONNX
+Runtime runs ``backbone_shared.onnx`` with the configuration as an input (``stage_mask``); TensorRT
+builds one engine per segment variant (``<segment>_v<i>.onnx``) and chains them. Format 1 bundles
+(one ``backbone_<mask>.onnx`` per configuration) are refused: re-export them.
+
 Typical use::
 
-    bundle = open_bundle("out/bundle")           # checks format version, files, sha256
-    bundle.engine_path("10")                     # -> Path to backbone_10.onnx
+    bundle = open_bundle("out/bundle")           # checks format version, files (incl. weights), sha256
+    bundle.backbone_path                         # -> Path to backbone_shared.onnx
+    bundle.segment_variants("10")                # -> the segment files configuration 10 chains
     bundle.gflops("10", num_kept_frames=5)       # backbone GFLOPs for T' = 5
 """
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from .masks import all_masks, mask_to_str, upper_mask
 
 FORMAT = "ada3d-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 
 # ONNX I/O names (docs/INTERFACES.md); backends for PyTorch modules reuse them.
@@ -32,6 +39,11 @@ POLICY_INPUT = "frames"
 POLICY_OUTPUTS = ("frame_probs", "stage_probs")
 BACKBONE_INPUT = "clip"
 BACKBONE_OUTPUT = "logits"
+BACKBONE_MASK_INPUT = "stage_mask"  # int64 (K,), 1 = 3D, stage order; one configuration per batch
+BACKBONE_NAME = "backbone"  # the one backbone model a backend loads (all configurations)
+BACKBONE_LAYOUT = "shared-if"
+SEGMENT_INPUT = "x"
+SEGMENT_OUTPUT = "y"
 # The selection network split in two (manifest key ``policy_split``): per-frame features, then heads.
 POLICY_FEATURES_NAME = "policy_features"  # frames (N, 3, P, P) -> features (N, F)
 POLICY_HEADS_NAME = "policy_heads"  # features (B, F), the mean over a clip's T frames -> probs
@@ -55,9 +67,11 @@ def default_io(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return (POLICY_INPUT,), (POLICY_FEATURES,)
     if name == POLICY_HEADS_NAME:
         return (POLICY_FEATURES,), POLICY_OUTPUTS
+    if name == BACKBONE_NAME:
+        return (BACKBONE_INPUT, BACKBONE_MASK_INPUT), (BACKBONE_OUTPUT,)
     if name.startswith("backbone_"):
         return (BACKBONE_INPUT,), (BACKBONE_OUTPUT,)
-    raise ValueError(f"unknown model name {name!r}: expected 'policy' or 'backbone_<mask>'")
+    raise ValueError(f"unknown model name {name!r}: expected 'policy', 'backbone' or 'backbone_<mask>'")
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
@@ -140,25 +154,156 @@ class PolicySplit:
 
 
 @dataclass(frozen=True)
-class EngineEntry(FileEntry):
-    """One ONNX backbone: ``mask`` (one char per stage, ``1`` = 3D) and its cost.
+class ConfigEntry:
+    """One stage configuration: ``mask`` (one char per stage, ``1`` = 3D) and its cost.
 
     GFLOPs on T' kept frames = ``gflops_per_frame * T' + head_gflops`` (convs scale with T'; the fc
     head is paid once per clip).
     """
 
-    mask: str = ""
+    mask: str
     gflops_per_frame: float = 0.0
     head_gflops: float = 0.0
 
+
+@dataclass(frozen=True)
+class SegmentVariantEntry(FileEntry):
+    """One variant of a segment as its own ONNX file (input ``x``, output ``y``; weights external in
+    the bundle's weights file). ``degraded``: the segment's stage runs as 2D. ``inputs`` lists the
+    file's inputs: ``["x"]``, plus ``"stage_mask"`` when it applies per-configuration BN statistics."""
+
+    degraded: bool = False
+    inputs: list[str] = field(default_factory=lambda: [SEGMENT_INPUT])
+
     @classmethod
-    def for_file(
-        cls, bundle_dir: str | os.PathLike, file: str, mask: str, gflops_per_frame: float,
-        head_gflops: float = 0.0,
-    ) -> "EngineEntry":
-        """Entry for an existing file, hashing it."""
-        return cls(**cls._hash_fields(bundle_dir, file), mask=mask, gflops_per_frame=float(gflops_per_frame),
-                   head_gflops=float(head_gflops))
+    def for_file(cls, bundle_dir: str | os.PathLike, file: str, degraded: bool,
+                 inputs: Sequence[str] = (SEGMENT_INPUT,)) -> "SegmentVariantEntry":
+        return cls(**cls._hash_fields(bundle_dir, file), degraded=bool(degraded), inputs=list(inputs))
+
+
+@dataclass(frozen=True)
+class SegmentEntry:
+    """A piece of the chain (stem, a stage, the head): ``choice[int(mask, 2)]`` is the index into
+    ``variants`` that configuration ``mask`` runs."""
+
+    name: str
+    choice: list[int]
+    variants: list[SegmentVariantEntry]
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> "SegmentEntry":
+        if not isinstance(data, Mapping) or not {"name", "choice", "variants"} <= set(data):
+            raise BundleError(f"{source}: each backbone 'segments' entry needs 'name', 'choice' and 'variants', "
+                              f"got {data!r}; re-export the bundle with `ada3d export`")
+        variants = data["variants"]
+        if not isinstance(variants, list) or not variants:
+            raise BundleError(f"{source}: segment {data['name']!r} needs a non-empty 'variants' list")
+        return cls(str(data["name"]), data["choice"],
+                   [_entry(SegmentVariantEntry, v, source, f"segments.{data['name']}.variants") for v in variants])
+
+
+@dataclass(frozen=True)
+class OrtSessionOptions:
+    """ONNX Runtime session settings the exporter measured for this graph (docs/shared-weights.md):
+    the memory pattern kept +100 MiB of activation plans per subgraph and shape."""
+
+    graph_optimization_level: str = "ORT_ENABLE_ALL"
+    enable_mem_pattern: bool = False
+
+
+ORT_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
+
+
+@dataclass(frozen=True)
+class BackboneEntry(FileEntry):
+    """Every configuration's backbone from one set of weights (format 2).
+
+    ``file`` (``backbone_shared.onnx``): inputs ``clip`` float32 (B, 3, T', S, S) and ``stage_mask``
+    int64 (K,), output ``logits``; an ``If`` per segment with several variants. ``weights`` is the
+    external-data file of ``file`` and of every segment file. ``configs``: one per stage mask, with
+    its cost. ``segments``: the chain for the segment layout (TensorRT). ``bn_per_config``: the graph
+    applies per-configuration BN statistics (a table gathered by the configuration index).
+    """
+
+    layout: str = BACKBONE_LAYOUT
+    weights: FileEntry | None = None
+    inputs: dict[str, str] = field(default_factory=lambda: {
+        BACKBONE_INPUT: "float32 (B, 3, T', S, S)", BACKBONE_MASK_INPUT: "int64 (K,)"})
+    output: str = BACKBONE_OUTPUT
+    ort_session: OrtSessionOptions = field(default_factory=OrtSessionOptions)
+    configs: list[ConfigEntry] = field(default_factory=list)
+    segments: list[SegmentEntry] = field(default_factory=list)
+    bn_per_config: bool = False
+
+    @classmethod
+    def for_files(cls, bundle_dir: str | os.PathLike, file: str, weights: str, configs: Sequence[ConfigEntry],
+                  segments: Sequence[SegmentEntry], bn_per_config: bool = False,
+                  ort_session: OrtSessionOptions | None = None) -> "BackboneEntry":
+        """Entry for existing files, hashing the graph and the weights file."""
+        return cls(**cls._hash_fields(bundle_dir, file),
+                   weights=FileEntry(**FileEntry._hash_fields(bundle_dir, weights)),
+                   configs=list(configs), segments=list(segments), bn_per_config=bool(bn_per_config),
+                   ort_session=ort_session or OrtSessionOptions())
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> "BackboneEntry":
+        if not isinstance(data, Mapping):
+            raise BundleError(f"{source}: 'backbone' must be an object, got {data!r}")
+        missing = sorted({"file", "sha256", "weights", "configs", "segments"} - set(data))
+        if missing:
+            raise BundleError(f"{source}: backbone lacks {missing}; re-export the bundle with `ada3d export`")
+        for key in ("configs", "segments"):
+            if not isinstance(data[key], list):
+                raise BundleError(f"{source}: backbone {key!r} must be a list, got {data[key]!r}")
+        fields_ = dict(data)
+        fields_["weights"] = _entry(FileEntry, data["weights"], source, "backbone.weights")
+        fields_["configs"] = [_entry(ConfigEntry, c, source, "backbone.configs") for c in data["configs"]]
+        fields_["segments"] = [SegmentEntry.from_dict(s, source) for s in data["segments"]]
+        fields_["ort_session"] = _entry(OrtSessionOptions, data.get("ort_session") or {}, source,
+                                        "backbone.ort_session")
+        return _entry(cls, fields_, source, "backbone")
+
+    def files(self) -> list[FileEntry]:
+        """The graph, the weights file and every segment variant file."""
+        return [self, *([self.weights] if self.weights else []),
+                *[v for seg in self.segments for v in seg.variants]]
+
+    def validate(self, stages: Sequence[str], source: str) -> None:
+        """Layout known, one config per mask, every segment choice table complete and in range."""
+        k = len(stages)
+        if self.layout != BACKBONE_LAYOUT:
+            raise BundleError(f"{source}: backbone layout {self.layout!r} unknown; this ada3d_edge reads "
+                              f"{BACKBONE_LAYOUT!r}; re-export the bundle with this ada3d-edge")
+        if self.weights is None:
+            raise BundleError(f"{source}: backbone 'weights' missing; re-export the bundle with `ada3d export`")
+        if self.ort_session.graph_optimization_level not in ORT_LEVELS:
+            raise BundleError(f"{source}: backbone ort_session graph_optimization_level "
+                              f"{self.ort_session.graph_optimization_level!r} unknown; one of {list(ORT_LEVELS)}")
+        masks = [c.mask for c in self.configs]
+        expected = all_masks(k)
+        bad = [m for m in masks if m not in expected]
+        if bad:
+            raise BundleError(f"{source}: backbone config mask(s) {bad} invalid for {k} stages {list(stages)}; "
+                              f"masks are {k}-character strings of 0/1")
+        if sorted(masks) != expected:
+            lacking = sorted(set(expected) - set(masks))
+            dupes = sorted({m for m in masks if masks.count(m) > 1})
+            raise BundleError(f"{source}: need one backbone config per stage mask {expected}; "
+                              f"missing {lacking}, duplicated {dupes}")
+        if not self.segments:
+            raise BundleError(f"{source}: backbone 'segments' is empty; re-export the bundle with `ada3d export`")
+        for seg in self.segments:
+            choice = seg.choice
+            if (not isinstance(choice, list) or len(choice) != 2 ** k
+                    or any(not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < len(seg.variants)
+                           for c in choice)):
+                raise BundleError(f"{source}: segment {seg.name!r} 'choice' must list, for each of the {2 ** k} "
+                                  f"configurations, a variant index in 0..{len(seg.variants) - 1}; got {choice!r}")
+            for v in seg.variants:
+                if not isinstance(v.inputs, list) or SEGMENT_INPUT not in v.inputs or not set(v.inputs) <= {
+                        SEGMENT_INPUT, BACKBONE_MASK_INPUT}:
+                    raise BundleError(f"{source}: segment file {v.file} inputs {v.inputs!r}: expected "
+                                      f"{[SEGMENT_INPUT]} or {[SEGMENT_INPUT, BACKBONE_MASK_INPUT]}")
 
 
 @dataclass(frozen=True)
@@ -194,7 +339,7 @@ class Manifest:
     std: list[float]
     classes: list[str]
     policy: PolicyEntry
-    engines: list[EngineEntry]
+    backbone: BackboneEntry
     channel_order: str = "RGB"
     multi_label: bool = False
     threshold: float = 0.5
@@ -219,8 +364,9 @@ class Manifest:
         split = out.pop("policy_split")
         if split is not None:
             out["policy_split"] = split
-        for entry in [out["policy"], *out["engines"], *out["trt_engines"],
-                      *([split["features"], split["heads"]] if split else [])]:
+        bb = out["backbone"]
+        for entry in [out["policy"], bb, bb["weights"], *[v for seg in bb["segments"] for v in seg["variants"]],
+                      *out["trt_engines"], *([split["features"], split["heads"]] if split else [])]:
             if entry.get("size") is None:
                 entry.pop("size", None)
         return out
@@ -240,7 +386,7 @@ class Manifest:
             raise BundleError(f"{source}: missing key(s) {missing}; re-export the bundle with `ada3d export`")
         try:
             kwargs["policy"] = _entry(PolicyEntry, data["policy"], source, "policy")
-            kwargs["engines"] = [_entry(EngineEntry, e, source, "engines") for e in data["engines"]]
+            kwargs["backbone"] = BackboneEntry.from_dict(data["backbone"], source)
             kwargs["trt_engines"] = [_entry(TrtEngineEntry, e, source, "trt_engines")
                                      for e in data.get("trt_engines", [])]
             if data.get("policy_split") is not None:
@@ -268,17 +414,8 @@ class Manifest:
             raise BundleError(f"{source}: 'classes' is empty")
         if not 0.0 <= float(self.threshold) <= 1.0:
             raise BundleError(f"{source}: 'threshold' must be in [0, 1], got {self.threshold}")
-        masks = [e.mask for e in self.engines]
+        self.backbone.validate(self.stages, source)
         expected = all_masks(k)
-        bad = [m for m in masks if m not in expected]
-        if bad:
-            raise BundleError(f"{source}: engine mask(s) {bad} invalid for {k} stages {self.stages}; "
-                              f"masks are {k}-character strings of 0/1")
-        if sorted(masks) != expected:
-            lacking = sorted(set(expected) - set(masks))
-            dupes = sorted({m for m in masks if masks.count(m) > 1})
-            raise BundleError(f"{source}: need one engine per stage mask {expected}; "
-                              f"missing {lacking}, duplicated {dupes}")
         for entry in self.trt_engines:
             if entry.mask not in expected and entry.mask != POLICY_NAME:
                 raise BundleError(f"{source}: trt engine {entry.file} has invalid mask {entry.mask!r}; "
@@ -287,9 +424,9 @@ class Manifest:
             _check_plain_name(entry.file, source)
 
     def all_files(self) -> list[FileEntry]:
-        """Every file the manifest lists: policy, ONNX engines, TensorRT engines."""
+        """Every file the manifest lists: policy, backbone graph, weights, segment files, TensorRT plans."""
         split = [self.policy_split.features, self.policy_split.heads] if self.policy_split else []
-        return [self.policy, *self.engines, *self.trt_engines, *split]
+        return [self.policy, *self.backbone.files(), *self.trt_engines, *split]
 
 
 def check_format(data: Mapping[str, Any], source: str = MANIFEST_NAME) -> None:
@@ -301,6 +438,11 @@ def check_format(data: Mapping[str, Any], source: str = MANIFEST_NAME) -> None:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise BundleError(f"{source}: unknown format_version {version!r}; "
                           f"this ada3d_edge reads format_version {FORMAT_VERSION}")
+    if version < FORMAT_VERSION:
+        raise BundleError(f"{source}: format_version {version} bundle (one backbone_<mask>.onnx per configuration) "
+                          f"is no longer read (this ada3d_edge reads format_version {FORMAT_VERSION}: one set of "
+                          "weights for every configuration); re-export with this ada3d-edge: "
+                          "`ada3d export CHECKPOINT OUT_DIR`")
     if version > FORMAT_VERSION:
         raise BundleError(f"{source}: format_version {version} is newer than this ada3d_edge reads "
                           f"(format_version {FORMAT_VERSION}); upgrade ada3d-edge or re-export the bundle")
@@ -426,8 +568,8 @@ class Bundle:
 
     @property
     def masks(self) -> list[str]:
-        """Every stage mask with an ONNX backbone, in manifest order."""
-        return [e.mask for e in self.manifest.engines]
+        """Every stage mask the backbone serves, in manifest order."""
+        return [c.mask for c in self.manifest.backbone.configs]
 
     @property
     def upper_mask(self) -> str:
@@ -439,16 +581,30 @@ class Bundle:
         """Path to the selection network ONNX file."""
         return self.root / self.manifest.policy.file
 
-    def engine(self, mask: str) -> EngineEntry:
-        """The ONNX engine entry for ``mask``."""
-        for entry in self.manifest.engines:
+    @property
+    def backbone_path(self) -> Path:
+        """Path to the one backbone graph (``clip``, ``stage_mask`` -> ``logits``)."""
+        return self.root / self.manifest.backbone.file
+
+    @property
+    def weights_path(self) -> Path:
+        """Path to the weights file every backbone ONNX file points into."""
+        return self.root / self.manifest.backbone.weights.file
+
+    def engine(self, mask: str) -> ConfigEntry:
+        """The configuration entry (mask and cost) for ``mask``."""
+        for entry in self.manifest.backbone.configs:
             if entry.mask == mask:
                 return entry
-        raise ValueError(f"no engine for stage mask {mask!r}; valid masks: {self.masks}")
+        raise ValueError(f"no configuration for stage mask {mask!r}; valid masks: {self.masks}")
 
-    def engine_path(self, mask: str) -> Path:
-        """Path to ``backbone_<mask>.onnx``."""
-        return self.root / self.engine(mask).file
+    config = engine
+
+    def segment_variants(self, mask: str) -> list[tuple[SegmentEntry, SegmentVariantEntry]]:
+        """The chain configuration ``mask`` runs in the segment layout: (segment, its variant) in order."""
+        self.engine(mask)
+        index = int(mask, 2)
+        return [(seg, seg.variants[seg.choice[index]]) for seg in self.manifest.backbone.segments]
 
     def trt_engines(self, mask: str) -> list[TrtEngineEntry]:
         """TensorRT plans built for ``mask`` or ``"policy"`` (possibly several GPUs); may be empty."""

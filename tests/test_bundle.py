@@ -29,7 +29,10 @@ def test_open_round_trip(bundle_dir: Path) -> None:
     assert isinstance(bundle, Bundle)
     assert bundle.masks == all_masks(2) == ["00", "01", "10", "11"]
     assert bundle.upper_mask == "11"
-    assert bundle.engine_path("10") == bundle_dir / "backbone_10.onnx"
+    assert bundle.backbone_path == bundle_dir / "backbone_shared.onnx"
+    assert bundle.weights_path == bundle_dir / "backbone.weights"
+    assert [(seg.name, v.file) for seg, v in bundle.segment_variants("10")] == [("net", "net_v2.onnx")]
+    assert bundle.manifest.backbone.ort_session.enable_mem_pattern is False
     assert bundle.gflops("11", 3) == pytest.approx(3.0 * 3)
     assert bundle.policy_gflops() == pytest.approx(0.01 * 4)
     assert bundle.policy_gflops(8) == pytest.approx(0.08)
@@ -37,26 +40,33 @@ def test_open_round_trip(bundle_dir: Path) -> None:
     assert m.format_version == FORMAT_VERSION and m.classes == ["a", "b", "c", "d", "e"]
     assert open_bundle(bundle_dir / MANIFEST_NAME).root == bundle_dir  # the manifest path works too
     data = json.loads((bundle_dir / MANIFEST_NAME).read_text())
-    assert data["format"] == "ada3d-bundle" and data["engines"][0]["sha256"] == sha256_file(
-        bundle_dir / data["engines"][0]["file"])
+    bb = data["backbone"]
+    assert data["format"] == "ada3d-bundle" and bb["sha256"] == sha256_file(bundle_dir / bb["file"])
+    assert bb["weights"]["sha256"] == sha256_file(bundle_dir / "backbone.weights")
+    assert bb["configs"][2] == {"mask": "10", "gflops_per_frame": 2.0, "head_gflops": 0.0}
+    assert bb["segments"][0]["variants"][0]["sha256"] == sha256_file(bundle_dir / "net_v0.onnx")
+    assert read_manifest(bundle_dir).to_dict() == data  # the JSON round trip is lossless
 
 
 def test_bad_arguments(bundle_dir: Path) -> None:
     bundle = open_bundle(bundle_dir)
     with pytest.raises(ValueError, match="valid masks"):
-        bundle.engine_path("111")
+        bundle.segment_variants("111")
+    with pytest.raises(ValueError, match="valid masks"):
+        bundle.engine("2")
     with pytest.raises(ValueError, match="1..4"):
         bundle.gflops("11", 0)
     with pytest.raises(FileNotFoundError, match="no bundle manifest"):
         open_bundle(bundle_dir / "nowhere")
 
 
-def test_tampered_file_refused(bundle_dir: Path) -> None:
-    path = bundle_dir / "backbone_01.onnx"
+@pytest.mark.parametrize("name", ["backbone_shared.onnx", "backbone.weights", "net_v1.onnx"])
+def test_tampered_file_refused(bundle_dir: Path, name: str) -> None:
+    path = bundle_dir / name
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, different content
     path.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match=r"backbone_01\.onnx: sha256 mismatch, expected [0-9a-f]{12}"):
+    with pytest.raises(BundleError, match=rf"{name.replace('.', '[.]')}: sha256 mismatch, expected [0-9a-f]{{12}}"):
         open_bundle(bundle_dir)
     open_bundle(bundle_dir, verify=False)  # hashes skipped on request
 
@@ -70,8 +80,8 @@ def test_truncated_file_refused(bundle_dir: Path) -> None:
 
 
 def test_missing_file_refused(bundle_dir: Path) -> None:
-    (bundle_dir / "backbone_11.onnx").unlink()
-    with pytest.raises(BundleError, match=r"backbone_11\.onnx: missing"):
+    (bundle_dir / "backbone.weights").unlink()
+    with pytest.raises(BundleError, match=r"backbone\.weights: missing"):
         open_bundle(bundle_dir)
 
 
@@ -79,6 +89,8 @@ def test_missing_file_refused(bundle_dir: Path) -> None:
     (FORMAT_VERSION + 1, f"newer than this ada3d_edge reads \\(format_version {FORMAT_VERSION}\\)"),
     ("1", "unknown format_version '1'"),
     (0, "unknown format_version 0"),
+    (1, r"format_version 1 bundle \(one backbone_<mask>\.onnx per configuration\) is no longer read.*"
+        "re-export with this ada3d-edge"),
 ])
 def test_format_version_refused(bundle_dir: Path, version, message: str) -> None:
     _edit_manifest(bundle_dir, format_version=version)
@@ -92,11 +104,26 @@ def test_manifest_content_checks(bundle_dir: Path) -> None:
         open_bundle(bundle_dir)
     make_fake_bundle(bundle_dir)
     data = json.loads((bundle_dir / MANIFEST_NAME).read_text())
-    _edit_manifest(bundle_dir, engines=data["engines"][:3])
+    bb = data["backbone"]
+    _edit_manifest(bundle_dir, backbone={**bb, "configs": bb["configs"][:3]})
     with pytest.raises(BundleError, match=r"missing \['11'\]"):
         open_bundle(bundle_dir)
-    _edit_manifest(bundle_dir, engines=[{**e, "file": "../" + e["file"]} for e in data["engines"]])
+    _edit_manifest(bundle_dir, backbone={**bb, "weights": {**bb["weights"], "file": "../w"}})
     with pytest.raises(BundleError, match="plain name"):
+        open_bundle(bundle_dir)
+    seg = bb["segments"][0]
+    for choice in ([0, 1, 2], [0, 1, 2, 4], [0, 1, 2, True]):
+        _edit_manifest(bundle_dir, backbone={**bb, "segments": [{**seg, "choice": choice}]})
+        with pytest.raises(BundleError, match=r"segment 'net' 'choice' must list, for each of the 4"):
+            open_bundle(bundle_dir)
+    _edit_manifest(bundle_dir, backbone={**bb, "layout": "per-config"})
+    with pytest.raises(BundleError, match="backbone layout 'per-config' unknown"):
+        open_bundle(bundle_dir)
+    _edit_manifest(bundle_dir, backbone={k: v for k, v in bb.items() if k != "weights"})
+    with pytest.raises(BundleError, match=r"backbone lacks \['weights'\]"):
+        open_bundle(bundle_dir)
+    _edit_manifest(bundle_dir, backbone={**bb, "ort_session": {"graph_optimization_level": "fast"}})
+    with pytest.raises(BundleError, match="graph_optimization_level 'fast' unknown"):
         open_bundle(bundle_dir)
     del data["classes"]
     (bundle_dir / MANIFEST_NAME).write_text(json.dumps(data))
