@@ -125,11 +125,69 @@ def test_plan_maps_every_mask_to_one_variant_per_segment():
     assert len(segment_plan(b, "degraded")[1].variants) == 2  # res2: 3D or 2D, never the folded tail
 
 
-def test_calibrated_batchnorm_is_refused():
+def test_calibrated_batchnorm_is_refused_without_tables():
     b = _backbone("slow_tiny")
     b.bn_calibrated[1] = True
     with pytest.raises(ValueError, match="per-configuration BatchNorm statistics"):
         fold_batchnorm(b)
+
+
+def _calibrated(arch: str, calibrated: list[bool]):
+    """A backbone with per-configuration BN statistics far from the shared ones, logits of order 1."""
+    b = _backbone(arch)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for bn in b.config_bns:
+            bn.config_mean.copy_(torch.randn(bn.config_mean.shape, generator=gen) * 0.3)
+            bn.config_var.copy_(torch.rand(bn.config_var.shape, generator=gen) * 2.7 + 0.3)
+        b.head.proj.weight.normal_(0, 1.0, generator=gen)
+        b.bn_calibrated.copy_(torch.tensor(calibrated))
+    return b
+
+
+@pytest.mark.parametrize("arch", ["slow_tiny", pytest.param("i3d_tiny", marks=pytest.mark.slow)])
+def test_per_configuration_batchnorm_matches_pytorch_in_both_layouts(tmp_path, arch):
+    k = 2 if arch == "slow_tiny" else 5
+    calibrated = [i % 3 != 1 for i in range(2 ** k)]  # some configurations keep the shared statistics
+    b = _calibrated(arch, calibrated)
+    plain = _backbone(arch)
+    plain.load_state_dict(b.state_dict())
+    plain.bn_calibrated.zero_()
+    model, segments = build_shared_backbone(b, CROP)
+    info = save_backbone_files(model, segments, tmp_path)
+    assert info["per_config_bn"] is True
+    assert [MASK_INPUT in i for i in info["segments"][0]["inputs"]] == [True] * len(segments[0].variants)
+    assert info["segments"][-1]["inputs"] == [["x"]]  # the head has no BatchNorm
+    graph = ort_session(tmp_path / info["graph"])
+    chain = [[ort_session(tmp_path / f) for f in s["files"]] for s in info["segments"]]
+    gen = torch.Generator().manual_seed(4)
+    t = b.spec.num_frames
+    masks = all_masks(k) if k == 2 else ["00000", "01010", "10110", "11111"]
+    for mask in masks:
+        for frames in frame_counts(t):
+            for batch in (1, 2):
+                clip = torch.randn(batch, 3, frames, CROP, CROP, generator=gen)
+                with torch.no_grad():
+                    ref = b(clip, mask).double().numpy()
+                    shared_stats = plain(clip, mask).double().numpy()
+                if calibrated[int(mask, 2)]:  # the test can fail: calibration changes these logits
+                    assert np.abs(ref - shared_stats).max() > 100 * RTOL * max(1.0, np.abs(ref).max())
+                got = graph.run([LOGITS_OUTPUT], {CLIP_INPUT: clip.numpy(), MASK_INPUT: mask_array(mask)})[0]
+                _close(got, ref)
+                x = clip.numpy()
+                for s, sessions in zip(info["segments"], chain):
+                    v = s["choice"][int(mask, 2)]
+                    feed = {"x": x, **({MASK_INPUT: mask_array(mask)} if MASK_INPUT in s["inputs"][v] else {})}
+                    x = sessions[v].run(["y"], feed)[0]
+                _close(x, ref)
+
+
+def test_uncalibrated_checkpoint_keeps_the_plain_graph(tmp_path):
+    model, segments = build_shared_backbone(_backbone("slow_tiny"), CROP)
+    info = save_backbone_files(model, segments, tmp_path)
+    assert info["per_config_bn"] is False and all(i == ["x"] for s in info["segments"] for i in s["inputs"])
+    gathers = [n for n in model.graph.node if n.op_type == "Gather"]  # only the variant tables, no BN tables
+    assert len(gathers) == sum(len(seg.variants) > 1 for seg in segments)
 
 
 def test_temporal_pool_is_refused():

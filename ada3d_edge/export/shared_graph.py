@@ -18,8 +18,10 @@ a conv's weight is the same tensor in every variant; initializers are then dedup
 Conv2d) become a view ``w.<sha1>@<dims>``; ``save_shared`` / ``save_backbone_files`` write every weight
 once, page aligned, and point all views at it (ONNX Runtime memory-maps such external data). A
 degraded conv's centre tap ``W[:, :, kt // 2]`` is its own (constant-folded) initializer: 1/kt of
-that weight extra. Checkpoints with per-configuration BN statistics (``bn_calibrated``) fold other
-weights per configuration and are refused. Run the graph with ``enable_mem_pattern=False`` (ORT keeps
+that weight extra. Checkpoints with per-configuration BN statistics (``bn_calibrated``) fold the
+shared statistics into the weights and apply, after each BN'd conv, a per-channel scale and shift
+gathered from a (2^K, C) table by the configuration index (``per_config_bn``); every segment piece
+then also takes ``stage_mask``. Uncalibrated checkpoints keep the plain graph. Run the graph with ``enable_mem_pattern=False`` (ORT keeps
 a memory pattern per subgraph and shape otherwise); measurements and choice: docs/shared-weights.md.
 
 ``segment_models`` returns the per-variant pieces too: the segment layout (B), one file or engine per
@@ -52,9 +54,30 @@ PathLike = Union[str, Path]
 
 
 class _BiasedTemporalConv(TemporalConv):
-    """``TemporalConv`` with the folded BatchNorm as its bias (same 2D/3D and folding rules)."""
+    """``TemporalConv`` with the folded BatchNorm as its bias (same 2D/3D and folding rules).
+
+    With per-configuration BN statistics it also holds ``config_scale`` / ``config_shift`` (2^K, C):
+    the output is ``y * scale[c] + shift[c]`` for configuration index ``c`` (``config_index``, a 0-d
+    int64 tensor set by the segment before each forward), which turns the shared statistics folded
+    into the weights into configuration ``c``'s.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("config_scale", None)
+        self.register_buffer("config_shift", None)
+        self.config_index: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, degrade: bool = False) -> torch.Tensor:
+        y = self._conv(x, degrade)
+        if self.config_scale is None:
+            return y
+        idx = self.config_index.reshape(1)
+        shape = (1, -1, 1, 1, 1)
+        return (y * torch.index_select(self.config_scale, 0, idx).reshape(shape)
+                + torch.index_select(self.config_shift, 0, idx).reshape(shape))
+
+    def _conv(self, x: torch.Tensor, degrade: bool) -> torch.Tensor:
         w = self.effective_weight(degrade)
         kt = w.shape[2]
         if kt == 1 and self.fold_frames:
@@ -65,24 +88,57 @@ class _BiasedTemporalConv(TemporalConv):
         return F.conv3d(x, w, self.bias, self.stride, (kt // 2,) + tuple(self.padding[1:]))
 
 
-def _folded_conv(conv: TemporalConv, bn: nn.BatchNorm3d) -> _BiasedTemporalConv:
+def config_affine(bn: nn.BatchNorm3d, calibrated: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (2^K, C): what turns BN with the shared statistics into configuration c's.
+
+    With ``s_c = gamma / sqrt(var_c + eps)``: ``BN_c(z) = a_c * BN_ref(z) + b_c``, where
+    ``a_c = sqrt((var_ref + eps) / (var_c + eps))`` (> 0, also for gamma = 0) and
+    ``b_c = beta * (1 - a_c) + s_c * (mean_ref - mean_c)``. Configurations not calibrated use the
+    shared statistics (a = 1, b = 0), as ``Backbone.forward`` does.
+    """
+    n = calibrated.numel()
+    eps = float(bn.eps)
+    mean_ref, var_ref = bn.running_mean.double(), bn.running_var.double()
+    gamma, beta = bn.weight.detach().double(), bn.bias.detach().double()
+    mean_c = getattr(bn, "config_mean", mean_ref.expand(n, -1)).double()
+    var_c = getattr(bn, "config_var", var_ref.expand(n, -1)).double()
+    use = calibrated.view(-1, 1)
+    mean_c = torch.where(use, mean_c, mean_ref.expand(n, -1))
+    var_c = torch.where(use, var_c, var_ref.expand(n, -1))
+    a = torch.sqrt((var_ref + eps) / (var_c + eps))
+    s_c = gamma / torch.sqrt(var_c + eps)
+    b = beta * (1 - a) + s_c * (mean_ref - mean_c)
+    return a.float(), b.float()
+
+
+def _folded_conv(conv: TemporalConv, bn: nn.BatchNorm3d, calibrated: torch.Tensor | None = None
+                 ) -> _BiasedTemporalConv:
     kt, ks = conv.kernel_size[0], conv.kernel_size[1]
     out = _BiasedTemporalConv(conv.in_channels, conv.out_channels, kt, ks, conv.stride[1])
     with torch.no_grad():
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         out.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1, 1))
         out.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
+        if calibrated is not None:
+            a, b = config_affine(bn, calibrated)
+            out.config_scale, out.config_shift = a, b
     out.fold_frames = conv.fold_frames
     return out
 
 
-def fold_batchnorm(backbone: Backbone) -> Backbone:
+def per_config_bn(backbone: Backbone) -> bool:
+    """True when some configuration has its own calibrated BN statistics (``train/bn_calibration.py``)."""
+    return bool(backbone.bn_calibrated.any())
+
+
+def fold_batchnorm(backbone: Backbone, per_config: bool = False) -> Backbone:
     """An eval-mode copy of ``backbone`` with every BatchNorm folded into the conv in front of it.
 
-    ValueError when some configuration has its own calibrated BN statistics: those fold into other
-    weights per configuration, which one set of weights cannot serve.
+    ``per_config``: for a calibrated checkpoint, fold the shared statistics and give each conv the
+    (2^K, C) scale/shift tables of ``config_affine``. Without it a calibrated checkpoint raises
+    ValueError: one set of folded weights alone cannot serve its configurations.
     """
-    if bool(backbone.bn_calibrated.any()):
+    if per_config_bn(backbone) and not per_config:
         masks = [format(i, f"0{backbone.num_stages_3d}b") for i in backbone.bn_calibrated.nonzero().flatten().tolist()]
         raise ValueError(f"the backbone has per-configuration BatchNorm statistics (calibrated for {masks}); "
                          "a shared-weight graph needs one set: export per configuration (format 1), or "
@@ -98,20 +154,35 @@ def fold_batchnorm(backbone: Backbone) -> Backbone:
         bn = getattr(owner, bn_name)
         if not isinstance(bn, nn.BatchNorm3d):
             raise TypeError(f"expected a BatchNorm3d at {bn_name}, got {type(bn).__name__}")
-        setattr(owner, conv_name, _folded_conv(getattr(owner, conv_name), bn))
+        calibrated = folded.bn_calibrated.clone() if per_config and per_config_bn(backbone) else None
+        setattr(owner, conv_name, _folded_conv(getattr(owner, conv_name), bn, calibrated))
         setattr(owner, bn_name, nn.Identity())
     folded.config_bns = []  # no BN left to switch per configuration
     return folded
 
 
+def _affine_convs(part: nn.Module) -> List[_BiasedTemporalConv]:
+    return [m for m in part.modules() if isinstance(m, _BiasedTemporalConv) and m.config_scale is not None]
+
+
 class _Segment(nn.Module):
-    """One piece of the chain as a module of one tensor: ``forward(x) -> y``."""
+    """One piece of the chain as a module: ``forward(x) -> y``, or ``forward(x, stage_mask) -> y`` for
+    a piece with per-configuration BN tables (the configuration index is computed from the mask)."""
 
     def __init__(self, part: nn.Module, degrade: bool):
         super().__init__()
         self.part, self.degrade = part, degrade
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stage_mask: torch.Tensor | None = None) -> torch.Tensor:
+        convs = _affine_convs(self.part)
+        if convs:
+            if stage_mask is None:
+                raise ValueError("this segment applies per-configuration BN statistics: pass stage_mask")
+            k = stage_mask.shape[0]
+            pow2 = torch.tensor([2 ** (k - 1 - i) for i in range(k)], dtype=torch.int64)
+            index = (stage_mask * pow2).sum()
+            for c in convs:
+                c.config_index = index
         if isinstance(self.part, Head):
             return self.part(x)
         return self.part(x, self.degrade)
@@ -173,14 +244,15 @@ def segment_plan(backbone: Backbone, fold_frames: Union[bool, str] = True) -> Li
     return segments
 
 
-def _trace(module: nn.Module, x: torch.Tensor, opset: int, is_head: bool):
+def _trace(module: nn.Module, x: torch.Tensor, opset: int, is_head: bool, stage_mask: torch.Tensor | None = None):
     import onnx
 
     buf = io.BytesIO()
     axes = {"x": {0: "B", 2: "T"}, "y": {0: "B"} if is_head else {0: "B", 2: "T"}}
+    args, names = ((x,), ["x"]) if stage_mask is None else ((x, stage_mask), ["x", MASK_INPUT])
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (x,), buf, input_names=["x"], output_names=["y"], dynamic_axes=axes,
+        torch.onnx.export(module, args, buf, input_names=names, output_names=["y"], dynamic_axes=axes,
                           opset_version=opset, do_constant_folding=True, dynamo=False)
     return onnx.load_from_string(buf.getvalue())
 
@@ -208,22 +280,27 @@ def segment_models(backbone: Backbone, crop: int, opset: int = 17, fold_frames: 
 
     Initializers are renamed by content (``w.<sha1>``), so equal weights carry equal names across
     variants: the stitched graph keeps one copy, a segment runtime can share one ``OrtValue``.
+    Checkpoints with per-configuration BN statistics get the scale/shift tables (``fold_batchnorm``
+    with ``per_config``); their pieces with BN'd convs take ``stage_mask`` as a second input.
     """
     opset = check_opset(opset)
-    folded = fold_batchnorm(backbone)
+    folded = fold_batchnorm(backbone, per_config=True)
     segments = segment_plan(folded, fold_frames)
     t = int(num_frames or backbone.spec.num_frames)
     x = torch.zeros(1, 3, t, crop, crop)
+    mask = torch.ones(backbone.num_stages_3d, dtype=torch.int64)
     parts = _parts(folded)
     for seg, (name, part) in zip(segments, parts):
         convs = [m for m in part.modules() if isinstance(m, TemporalConv)]
         is_head = name == "head"
+        seg_mask = mask if _affine_convs(part) else None
         for variant in seg.variants:
             for c, f in zip(convs, variant.folds):
                 c.fold_frames = f
-            variant.model = _rename_initializers(_trace(_Segment(part, variant.degrade), x, opset, is_head))
+            variant.model = _rename_initializers(_trace(_Segment(part, variant.degrade), x, opset, is_head,
+                                                        seg_mask))
         with torch.no_grad():
-            x = _Segment(part, False)(x)
+            x = _Segment(part, False)(x, seg_mask)
     return segments
 
 
@@ -291,7 +368,7 @@ class _Stitcher:
             if v in own:
                 dims = own[v]
                 return v if tuple(self.weights[v].dims) == dims else self.view(v, dims)
-            return {"x": x_name, "y": y_name}.get(v, f"{prefix}/{v}")
+            return {"x": x_name, "y": y_name, MASK_INPUT: MASK_INPUT}.get(v, f"{prefix}/{v}")
 
         for node in model.graph.node:
             n = copy.deepcopy(node)
@@ -496,8 +573,11 @@ def save_backbone_files(model, segments: Sequence[Segment], out_dir: PathLike,
         onnx.save(_externalised_copy(model, wf), str(out / graph_name))
         files = _write_segments(segments, out, wf)
     return {"graph": graph_name, "weights": weights_name,
+            "per_config_bn": any(len(v.model.graph.input) > 1 for s in segments for v in s.variants),
             "segments": [{"name": s.name, "choice": list(s.choice), "files": files[s.name],
-                          "degraded": [bool(v.degrade) for v in s.variants]} for s in segments]}
+                          "degraded": [bool(v.degrade) for v in s.variants],
+                          "inputs": [[i.name for i in v.model.graph.input] for v in s.variants]}
+                         for s in segments]}
 
 
 def export_shared_backbone(backbone: Backbone, path: PathLike, crop: int, opset: int = 17,
