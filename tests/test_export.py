@@ -1,4 +1,5 @@
-"""Export: a tiny checkpoint -> a verified bundle (policy + 2^K backbones + manifest)."""
+"""Export: a tiny checkpoint -> a verified format-2 bundle (policy, one backbone graph + weights file,
+segment files, manifest)."""
 from __future__ import annotations
 
 import json
@@ -39,6 +40,15 @@ def slow_bundle(slow_ckpt, tmp_path_factory) -> Path:
     return export_bundle(slow_ckpt, tmp_path_factory.mktemp("out") / "bundle", progress=False)
 
 
+def config_conv_ranks(bundle, mask: str) -> dict:
+    """Conv nodes by kernel rank over the segment files configuration ``mask`` chains."""
+    counts: dict = {}
+    for _, variant in bundle.segment_variants(mask):
+        for rank, n in onnx_conv_ranks(bundle.root / variant.file).items():
+            counts[rank] = counts.get(rank, 0) + n
+    return counts
+
+
 def _leftovers(parent: Path) -> list:
     return [p.name for p in parent.iterdir() if p.name.startswith(".")]
 
@@ -53,9 +63,21 @@ def test_manifest_content_and_files(slow_bundle, slow_ckpt):
     assert (m.classes, m.mean, m.std, m.threshold, m.multi_label) == (CLASSES, MEAN, STD, 0.4, False)
     assert sorted(bundle.masks) == sorted(all_masks(2))
     assert set(m.versions) >= {"ada3d_edge", "torch", "onnx", "onnxruntime", "opset"} and m.versions["opset"] == 17
-    for e in m.engines:
-        assert e.file == f"backbone_{e.mask}.onnx"
-        assert e.sha256 == sha256_file(slow_bundle / e.file)
+    bb = m.backbone
+    assert (bb.file, bb.weights.file, bb.layout) == ("backbone_shared.onnx", "backbone.weights", "shared-if")
+    assert bb.sha256 == sha256_file(slow_bundle / bb.file)
+    assert bb.weights.sha256 == sha256_file(slow_bundle / "backbone.weights")
+    assert bb.ort_session.enable_mem_pattern is False
+    assert bb.bn_per_config is True  # make_checkpoint calibrates BN per configuration (the recipes' default)
+    assert all(v.inputs == (["x"] if seg.name == "head" else ["x", "stage_mask"])
+               for seg in bb.segments for v in seg.variants)
+    assert [s.name for s in bb.segments] == ["stem", "res2", "res3", "res4", "res5", "head"]
+    for seg in bb.segments:
+        assert len(seg.choice) == 4 and set(seg.choice) == set(range(len(seg.variants)))
+        assert [v.file for v in seg.variants] == [f"{seg.name}_v{i}.onnx" for i in range(len(seg.variants))]
+    degraded = {seg.name: [seg.variants[c].degraded for c in seg.choice] for seg in bb.segments}
+    assert degraded["res4"] == [True, True, False, False] and degraded["res5"] == [True, False, True, False]
+    for e in bb.configs:
         # exact for every T': convs per kept frame + the head once
         for t in range(1, T + 1):
             assert bundle.gflops(e.mask, t) == pytest.approx(backbone_macs(spec, e.mask, t, CROP) / 1e9, rel=1e-9)
@@ -68,8 +90,12 @@ def test_manifest_content_and_files(slow_bundle, slow_ckpt):
 
 
 def test_onnx_io_names_and_dynamic_axes(slow_bundle):
-    g = onnx.load(str(slow_bundle / "backbone_10.onnx")).graph
-    assert [i.name for i in g.input] == ["clip"] and [o.name for o in g.output] == ["logits"]
+    g = onnx.load(str(slow_bundle / "backbone_shared.onnx"), load_external_data=False).graph
+    assert [i.name for i in g.input] == ["clip", "stage_mask"] and [o.name for o in g.output] == ["logits"]
+    assert [d.dim_value for d in g.input[1].type.tensor_type.shape.dim] == [2]  # (K,) int64
+    external = {init.name for init in g.initializer if init.data_location == onnx.TensorProto.EXTERNAL}
+    assert external and all(e.value == "backbone.weights" for init in g.initializer
+                            if init.name in external for e in init.external_data if e.key == "location")
     dims = g.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and dims[2].dim_param and not dims[1].dim_param  # B, T' dynamic; C fixed
     p = onnx.load(str(slow_bundle / "policy.onnx")).graph
@@ -103,8 +129,9 @@ RANK3 = {
 
 def test_degraded_stages_are_2d_convs_in_graph(slow_bundle, slow_ckpt):
     model, _ = load_model(slow_ckpt)
+    bundle = open_bundle(slow_bundle)
     for mask in all_masks(2):
-        ranks = onnx_conv_ranks(slow_bundle / f"backbone_{mask}.onnx")
+        ranks = config_conv_ranks(bundle, mask)
         assert sum(ranks.values()) == 17 and ranks.get(3, 0) == RANK3["auto"][mask], (mask, ranks)
         assert ranks == {r: n for r, n in expected_conv_ranks(model.backbone, mask).items() if n}, mask
 
@@ -124,22 +151,24 @@ def test_frame_counts():
 
 
 def test_failed_verification_names_configuration(slow_ckpt, tmp_path, monkeypatch):
-    real = exporter.export_backbone
+    from ada3d_edge.export import shared_graph
 
-    def corrupt_01(backbone, mask, path, *args, **kwargs):
-        out = real(backbone, mask, path, *args, **kwargs)
-        if mask == "01":  # tamper with a weight after export
-            model = onnx.load(str(out))
-            init = max(model.graph.initializer, key=lambda t: len(t.raw_data))
-            arr = onnx.numpy_helper.to_array(init).copy()
-            arr += 0.5
-            init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
-            onnx.save(model, str(out))
-        return out
+    real = shared_graph.save_backbone_files
 
-    monkeypatch.setattr(exporter, "export_backbone", corrupt_01)
+    def wrong_variant_for_01(model, segments, out_dir, *args, **kwargs):
+        info = real(model, segments, out_dir, *args, **kwargs)
+        path = Path(out_dir) / info["graph"]
+        graph = onnx.load(str(path), load_external_data=False)
+        table = next(t for t in graph.graph.initializer if t.name == "res4/variant_table")
+        choice = onnx.numpy_helper.to_array(table).copy()
+        choice[1] = choice[3]  # configuration 01 runs res4's 3D variant: wrong from T' = 2 (T' = 1 sees the centre tap only)
+        table.CopyFrom(onnx.numpy_helper.from_array(choice, table.name))
+        onnx.save(graph, str(path))
+        return info
+
+    monkeypatch.setattr(shared_graph, "save_backbone_files", wrong_variant_for_01)
     out = tmp_path / "bad"
-    with pytest.raises(VerificationError, match=r"configuration 01 .*T'=1, batch=1.*exceeds"):
+    with pytest.raises(VerificationError, match=r"configuration 01 .*T'=2, batch=1.*exceeds"):
         export_bundle(slow_ckpt, out, progress=False)
     assert not out.exists() and _leftovers(tmp_path) == []  # no half bundle
 
@@ -195,21 +224,23 @@ def test_overwrite_refuses_what_is_not_a_bundle(slow_bundle, slow_ckpt, tmp_path
 
 @pytest.mark.slow
 def test_i3d_all_32_configurations_verified(tmp_path):
-    """K = 5: 32 backbones, each verified at T' in {1, 2, 4} x batch {1, 2} (about a minute)."""
+    """K = 5: 32 configurations of one graph, each verified at T' in {1, 2, 4} x batch {1, 2}."""
     ckpt = make_checkpoint(tmp_path / "i3d.pt", "i3d_tiny", T, CROP)
     bundle = open_bundle(export_bundle(ckpt, tmp_path / "bundle", progress=False))
     assert bundle.manifest.stages == ["stem", "res2", "res3", "res4", "res5"]
     assert sorted(bundle.masks) == sorted(all_masks(5))
     model, _ = load_model(ckpt)
     for mask in bundle.masks:
-        ranks = onnx_conv_ranks(bundle.engine_path(mask))
+        ranks = config_conv_ranks(bundle, mask)
         assert ranks == {r: n for r, n in expected_conv_ranks(model.backbone, mask).items() if n}, mask
-    assert 3 not in onnx_conv_ranks(bundle.engine_path("00000"))
+    assert 3 not in config_conv_ranks(bundle, "00000")
     # mask 11111: res5's last block holds a 3x1x1 conv, so nothing is folded under "auto"
-    assert 2 not in onnx_conv_ranks(bundle.engine_path("11111"))
+    assert 2 not in config_conv_ranks(bundle, "11111")
     # mask 11110: res5 degraded (2 blocks, 7 convs with the shortcut) and res4's last block (3x1x1 only
     # in its first block; 3 convs) form the 2D tail
-    assert onnx_conv_ranks(bundle.engine_path("11110"))[2] == 7 + 3
+    assert config_conv_ranks(bundle, "11110")[2] == 7 + 3
+    # one weights file: on disk the bundle's backbone is far below 32 per-configuration files
+    assert len(list(bundle.root.glob("*.weights"))) == 1
 
 
 def _dead_pid() -> int:

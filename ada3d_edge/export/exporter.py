@@ -1,4 +1,5 @@
-"""``export_bundle``: a checkpoint -> a verified bundle directory (policy + 2^K backbones + manifest).
+"""``export_bundle``: a checkpoint -> a verified bundle directory (format 2: policy, one backbone graph
+serving every stage configuration from one weights file, its segment files, manifest).
 
 Everything is written to a temporary sibling directory that is renamed into place at the end, so a
 failed or interrupted export leaves no half bundle; a killed one leaves a temp dir that the next export
@@ -14,13 +15,14 @@ from typing import Any, Dict, List, Mapping, Tuple, Union
 from tqdm import tqdm
 
 from .. import __version__
-from ..bundle import EngineEntry, Manifest, PolicyEntry, PolicySplit, engine_name, write_manifest
+from ..bundle import (BackboneEntry, ConfigEntry, Manifest, PolicyEntry, PolicySplit, SegmentEntry,
+                      SegmentVariantEntry, write_manifest)
 from ..flops import backbone_macs, selection_macs
 from ..masks import all_masks
 from ..models.specs import BackboneSpec
-from .onnx_export import check_opset, export_backbone, export_policy, export_policy_split, fold_mode
+from .onnx_export import check_opset, export_policy, export_policy_split, fold_mode
 from .staging import check_target, clear_stale_temp_dirs, make_temp_dir, move_into_place
-from .verify import verify_backbone, verify_policy, verify_policy_split
+from .verify import verify_policy, verify_policy_split, verify_shared_backbone
 
 PathLike = Union[str, Path]
 
@@ -75,8 +77,16 @@ def _data_fields(ckpt: Mapping[str, Any], model: Any, path: PathLike) -> Dict[st
             "short_side": int(data["short_side"]) if data.get("short_side") else None}
 
 
-def _engine_entry(root: Path, file: str, mask: str, spec: BackboneSpec, crop: int) -> EngineEntry:
-    return EngineEntry.for_file(root, file, mask, *engine_cost(spec, mask, crop))
+def _backbone_entry(root: Path, info: Mapping[str, Any], masks: List[str], spec: BackboneSpec,
+                    crop: int) -> BackboneEntry:
+    """The manifest's ``backbone`` from ``save_backbone_files``' info, hashing every file."""
+    segments = [SegmentEntry(s["name"], list(s["choice"]),
+                             [SegmentVariantEntry.for_file(root, f, d, i)
+                              for f, d, i in zip(s["files"], s["degraded"], s["inputs"])])
+                for s in info["segments"]]
+    configs = [ConfigEntry(mask, *engine_cost(spec, mask, crop)) for mask in masks]
+    return BackboneEntry.for_files(root, info["graph"], info["weights"], configs, segments,
+                                   bn_per_config=bool(info["per_config_bn"]))
 
 
 def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, verify: bool = True,
@@ -92,9 +102,13 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
             True / "auto" (the 2D tail of each configuration), "all", or False / "degraded" (only
             degraded stages, which are always folded); see ``onnx_export.fold_plan``.
         overwrite: replace an existing non-empty ``out_dir`` if it is an ada3d bundle.
-        progress: show a tqdm bar over the configurations.
+        progress: show a tqdm bar over the configurations verified.
+
+    Checkpoints with per-configuration BatchNorm statistics (``bn_calibrated``) get a per-configuration
+    scale/shift table after each BN'd conv (``shared_graph.config_affine``).
     """
     from ..train.checkpoint import load_model
+    from .shared_graph import build_shared_backbone, save_backbone_files
 
     opset = check_opset(opset)
     fold_frames = fold_mode(fold_frames)
@@ -121,17 +135,16 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
         if verify:
             verify_policy_split(*(tmp / f for f in split_files), model.selection, t, p)
         policy_split = PolicySplit.for_files(tmp, *split_files, model.selection.num_features)
-        engines = []
-        for mask in tqdm(masks, desc="export", unit="config", disable=not progress):
-            file = f"{engine_name(mask)}.onnx"
-            export_backbone(backbone, mask, tmp / file, crop, opset, fold_frames=fold_frames, num_frames=t)
-            if verify:
-                verify_backbone(tmp / file, backbone, mask, t, crop)
-            engines.append(_engine_entry(tmp, file, mask, spec, crop))
+        graph, segments = build_shared_backbone(backbone, crop, opset, fold_frames, num_frames=t)
+        info = save_backbone_files(graph, segments, tmp)
+        del graph, segments
+        if verify:
+            with tqdm(total=len(masks), desc="verify", unit="config", disable=not progress) as bar:
+                verify_shared_backbone(tmp / info["graph"], backbone, masks, t, crop, progress=bar.update)
         manifest = Manifest(
             arch=str(model.config.get("arch", spec.name)), stages=list(backbone.stage_names),
             policy=PolicyEntry.for_file(tmp, "policy.onnx", policy_gflops_per_frame(model, t, p)),
-            engines=engines, policy_split=policy_split, versions=_versions(opset, fold_frames),
+            backbone=_backbone_entry(tmp, info, masks, spec, crop), policy_split=policy_split, versions=_versions(opset, fold_frames),
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **fields)
         write_manifest(tmp, manifest)
         check_target(out_dir, overwrite)  # again: the target may have changed during the export

@@ -13,7 +13,8 @@ from typing import List, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..bundle import BACKBONE_INPUT, BACKBONE_OUTPUT, POLICY_FEATURES, POLICY_INPUT, POLICY_OUTPUTS
+from ..bundle import (BACKBONE_INPUT, BACKBONE_MASK_INPUT, BACKBONE_OUTPUT, POLICY_FEATURES, POLICY_INPUT,
+                      POLICY_OUTPUTS)
 from ..models.backbone import Backbone
 from ..models.selection import SelectionNet
 
@@ -32,11 +33,12 @@ def frame_counts(num_frames: int) -> List[int]:
     return sorted({1, (t + 1) // 2, t})
 
 
-def ort_session(path: PathLike):
+def ort_session(path: PathLike, enable_mem_pattern: bool = True):
     """A CPU InferenceSession; honours ``OMP_NUM_THREADS`` for its intra-op threads."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.enable_mem_pattern = bool(enable_mem_pattern)
     threads = os.environ.get("OMP_NUM_THREADS", "")
     if threads.isdigit() and int(threads) > 0:
         options.intra_op_num_threads = int(threads)
@@ -69,6 +71,31 @@ def verify_backbone(path: PathLike, backbone: Backbone, mask: str, num_frames: i
             got = session.run([BACKBONE_OUTPUT], {BACKBONE_INPUT: clip.numpy()})[0]
             worst = max(worst, _check(f"configuration {mask} ({Path(path).name})", f"T'={t}, batch={b}",
                                       got, ref, rtol))
+    return worst
+
+
+def verify_shared_backbone(path: PathLike, backbone: Backbone, masks: Sequence[str], num_frames: int, crop: int,
+                           batch_sizes: Sequence[int] = BATCH_SIZES, rtol: float = RTOL, seed: int = 0,
+                           progress=None) -> float:
+    """Compare the one backbone graph, fed each mask as ``stage_mask`` on ONE session, with
+    ``backbone(clip, mask)`` at every T' of ``frame_counts`` and every batch size; returns the worst
+    difference. ``progress``: optional callable run after each configuration."""
+    session = ort_session(path, enable_mem_pattern=False)
+    gen = torch.Generator().manual_seed(seed)
+    backbone.eval()
+    worst = 0.0
+    for mask in masks:
+        feed_mask = np.asarray([int(c) for c in mask], np.int64)
+        for t in frame_counts(num_frames):
+            for b in batch_sizes:
+                clip = torch.randn(b, 3, t, crop, crop, generator=gen)
+                with torch.no_grad():
+                    ref = backbone(clip, mask).double().numpy()
+                got = session.run([BACKBONE_OUTPUT], {BACKBONE_INPUT: clip.numpy(), BACKBONE_MASK_INPUT: feed_mask})[0]
+                worst = max(worst, _check(f"configuration {mask} ({Path(path).name})", f"T'={t}, batch={b}",
+                                          got, ref, rtol))
+        if progress is not None:
+            progress()
     return worst
 
 
