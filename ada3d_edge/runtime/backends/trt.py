@@ -18,15 +18,15 @@ at the same time. Unverified on a GPU (none lent); tested against fakes of Tenso
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ...bundle import BACKBONE_INPUT, BACKBONE_OUTPUT
-
-BACKBONE_MASK_INPUT = "stage_mask"  # TODO(merge wt-13ort): from bundle
+from ...bundle import (BACKBONE_INPUT, BACKBONE_MASK_INPUT, BACKBONE_NAME, BACKBONE_OUTPUT, Bundle, BundleError,
+                       TrtEngineEntry, segment_model_name)
 from ...trt_api import (cuda_call as _cuda_call, engine_scratch_bytes, import_cudart, import_tensorrt,
                         parse_cuda_device, running_gpu_name, set_context_scratch, user_managed_context)
 from .base import Backend, EngineMismatchError, check_inputs
@@ -198,6 +198,34 @@ class TrtBackend(Backend):
             self._scratch = (ptr, size)
         for m in self._models.values():
             set_context_scratch(m.context, ptr, size)
+
+    def load_bundle_backbone(self, bundle: Bundle) -> TrtEngineEntry:
+        """Load the plan of every segment variant of ``bundle`` and chain them as model ``backbone``.
+
+        Each variant takes the first of its plans built for this TensorRT version and GPU. Returns
+        the loaded entry with the smallest ``max_batch`` (the chain's limit).
+        """
+        table, loaded = [], []
+        for seg in bundle.manifest.backbone.segments:
+            names = [segment_model_name(seg.name, v) for v in range(len(seg.variants))]
+            loaded += [self._load_first_usable(bundle, name) for name in names]
+            table.append((seg.name, seg.choice, names))
+        self.add_chain(BACKBONE_NAME, table)
+        return min(loaded, key=lambda e: e.max_batch)
+
+    def _load_first_usable(self, bundle: Bundle, name: str) -> TrtEngineEntry:
+        candidates = bundle.trt_engines(name)
+        if not candidates:
+            raise BundleError(f"{bundle.root}: no TensorRT plan for segment {name!r}; run "
+                              f"`ada3d build-engines {bundle.root}` on this device")
+        reasons = []
+        for entry in candidates:
+            try:
+                self.load(name, bundle.root / entry.file, dataclasses.asdict(entry))
+                return entry
+            except EngineMismatchError as exc:
+                reasons.append(str(exc))
+        raise EngineMismatchError(f"no usable TensorRT plan for segment {name!r}: " + " | ".join(reasons))
 
     def add_chain(self, name: str, segments: Sequence[tuple[str, Sequence[int], Sequence[str]]]) -> SegmentChain:
         """Register the segment engines already loaded as one model ``name`` (see ``SegmentChain``)."""
