@@ -9,27 +9,25 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from .bundle import POLICY_NAME, engine_name
+from .bundle import BACKBONE_NAME, POLICY_NAME
 from .runtime.backends import make_backend
 from .runtime.backends.base import Backend
 
 
 def torch_modules(checkpoint: str, threads: int | None = None) -> dict[str, Any]:
-    """``{policy, backbone_<mask>}`` modules of a checkpoint, with 2D convs over folded frames."""
+    """``{policy, backbone}`` modules of a checkpoint (the backbone takes ``clip, stage_mask``, as the
+    bundle's graph does), with 2D convs over folded frames."""
     import torch
 
-    from .models import all_masks, set_fold_frames
-    from .models.fixed_mask import FixedMaskBackbone
+    from .models import set_fold_frames
+    from .models.fixed_mask import MaskInputBackbone
     from .train.checkpoint import load_model
 
     if threads:
         torch.set_num_threads(int(threads))
     model, _ = load_model(checkpoint)
     set_fold_frames(model.backbone, True)
-    mods: dict[str, Any] = {POLICY_NAME: model.selection}
-    for mask in all_masks(model.backbone.num_stages_3d):
-        mods[engine_name(mask)] = FixedMaskBackbone(model.backbone, mask).eval()
-    return mods
+    return {POLICY_NAME: model.selection, BACKBONE_NAME: MaskInputBackbone(model.backbone).eval()}
 
 
 def torch_backend(checkpoint: str, device: str | None = None, threads: int | None = None) -> Backend:

@@ -2,7 +2,7 @@
 
 It lives outside ``ada3d_edge.runtime`` (which never imports torch); the backend table names it.
 torch is imported only when a ``TorchBackend`` is created.
-Modules take the ONNX inputs positionally (``policy(frames)``, ``backbone(clip)``) and return a
+Modules take the ONNX inputs positionally (``policy(frames)``, ``backbone(clip, stage_mask)``) and return a
 tensor, a tuple of tensors in the ONNX output order, or a dict by output name.
 """
 from __future__ import annotations
@@ -14,6 +14,12 @@ import numpy as np
 
 from .bundle import default_io
 from .runtime.backends.base import Backend, check_inputs
+
+
+def _as_input(value: np.ndarray) -> np.ndarray:
+    """float32 for float inputs; integer inputs (``stage_mask``) as int64."""
+    value = np.asarray(value)
+    return np.ascontiguousarray(value, dtype=np.int64 if value.dtype.kind in "iub" else np.float32)
 
 
 class TorchBackend(Backend):
@@ -45,8 +51,8 @@ class TorchBackend(Backend):
     ) -> "TorchBackend":
         """Backend over ``{name: module}``; ``io`` overrides ``{name: (inputs, outputs)}`` names.
 
-        Names follow the bundle: ``policy`` and ``backbone_<mask>``; their I/O names default to
-        the ONNX ones (``frames`` -> ``frame_probs, stage_probs``; ``clip`` -> ``logits``).
+        Names follow the bundle: ``policy`` and ``backbone``; their I/O names default to the ONNX
+        ones (``frames`` -> ``frame_probs, stage_probs``; ``clip``, ``stage_mask`` -> ``logits``).
         """
         backend = cls(device=device)
         for name, module in modules.items():
@@ -68,8 +74,7 @@ class TorchBackend(Backend):
         check_inputs(name, in_names, inputs)
         torch = self._torch
         with torch.inference_mode():
-            args = [torch.from_numpy(np.ascontiguousarray(inputs[n], dtype=np.float32)).to(self.device)
-                    for n in in_names]
+            args = [torch.from_numpy(_as_input(inputs[n])).to(self.device) for n in in_names]
             result = module(*args)
         if isinstance(result, Mapping):
             result = [result[n] for n in out_names]

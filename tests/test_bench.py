@@ -46,6 +46,9 @@ def test_json_keys(result: dict) -> None:
     assert result["policy"]["latency_ms"]["mean"] > 0 and result["policy"]["fraction_of_upper"] > 0
     mem = result["memory_mb"]
     assert mem["all_engines"] > 0 and mem["upper_only"] > 0, mem["detail"]
+    assert mem["unit"] == "PSS" and mem["source"] == "smaps_rollup"  # Linux: PSS, not RSS
+    assert mem["all_engines_uss"] > 0 and mem["detail"]["all"]["configs"] == 4 and mem["detail"]["upper"]["configs"] == 1
+    assert mem["detail"]["all"]["rss_mb"] >= mem["all_engines"] >= mem["all_engines_uss"]
     machine = result["machine"]
     assert {"cpu", "cores", "os", "onnxruntime", "backend", "threads"} <= set(machine) and machine["threads"] == 1
     assert result["command"] == "test" and "generated" in result["clips"]
@@ -75,10 +78,11 @@ def test_table_and_plot(result: dict, tmp_path: Path) -> None:
 
 
 class FlakyBackend(OrtBackend):
-    """Fails on one configuration: ``backbone_01`` at T' = 2."""
+    """Fails on one configuration: the backbone fed ``stage_mask`` 01, at T' = 2."""
 
     def run(self, name, inputs):
-        if name == "backbone_01" and next(iter(inputs.values())).shape[2] == 2:
+        mask = inputs.get("stage_mask")
+        if name == "backbone" and list(mask) == [0, 1] and next(iter(inputs.values())).shape[2] == 2:
             raise RuntimeError("injected failure")
         return super().run(name, inputs)
 
@@ -95,11 +99,12 @@ def test_failing_config_becomes_status(bundle: Path) -> None:
 
 def test_corrupt_engine_becomes_status(bundle: Path, tmp_path: Path) -> None:
     broken = shutil.copytree(bundle, tmp_path / "broken")
-    path = broken / "backbone_10.onnx"
+    path = broken / "backbone.weights"  # every configuration's weights
     path.write_bytes(b"\0" * path.stat().st_size)  # same size: only the sha256 tells
     r = bench(broken, "ort", memory=False, masks=["10", "11"], frames=[NUM_FRAMES], **TINY)
     status = {(c["mask"], c["batch"]): c["status"] for c in r["configs"]}
-    assert "sha256" in status[("10", 1)] and status[("11", 1)] == "ok"
+    assert "backbone.weights: sha256" in status[("10", 1)] and "sha256" in status[("11", 1)]
+    assert r["policy"]["latency_ms"]["mean"] > 0  # the selection net's file is intact: still timed
     assert r["adaptive"]["status"].startswith("error") and r["adaptive"]["latency_ms"] is None
     format_table(r)
 
@@ -193,7 +198,26 @@ def test_torch_reference_backend_is_a_picklable_factory(tmp_path: Path) -> None:
     factory = pickle.loads(pickle.dumps(backend_factory(torch_backend_factory(ckpt, threads=1), None, 1)))
     with factory() as be:
         assert be.kind == "torch"
-        for name in ("policy", "backbone_00", "backbone_11"):
+        for name in ("policy", "backbone"):
             be.load(name, "unused")
-        out = be.run("backbone_11", {"clip": np.zeros((1, 3, 2, 32, 32), np.float32)})
-        assert out["logits"].shape[0] == 1
+        clip = np.random.default_rng(0).standard_normal((1, 3, 2, 32, 32)).astype(np.float32)
+        out = {m: be.run("backbone", {"clip": clip, "stage_mask": np.array([int(c) for c in m], np.int64)})
+               for m in ("00", "11")}
+        assert out["11"]["logits"].shape[0] == 1
+        assert not np.allclose(out["00"]["logits"], out["11"]["logits"])  # the mask feed selects the configuration
+
+
+def test_memory_is_pss_and_falls_back_to_labelled_rss(tmp_path: Path) -> None:
+    from ada3d_edge.runtime.bench import process_memory_mb
+    from ada3d_edge.runtime.bench_report import _memory
+
+    here = process_memory_mb()
+    assert here["source"] == "smaps_rollup" and 0 < here["uss"] <= here["pss"] <= here["rss"]
+    status = tmp_path / "status"
+    status.write_text("VmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n")
+    no_smaps = process_memory_mb(str(tmp_path / "absent"), str(status))
+    assert no_smaps == {"rss": 1.0, "peak_rss": 2.0, "source": "status (RSS only: no smaps_rollup)"}
+    mem = _memory({"all": {"rss_mb": 30.0, "source": no_smaps["source"]}, "upper": {"rss_mb": 20.0}})
+    assert mem["unit"] == "RSS" and mem["ratio"] == pytest.approx(1.5) and "no /proc/self/smaps_rollup" in mem["note"]
+    mem = _memory({"all": {"pss_mb": 30.0, "rss_mb": 90.0}, "upper": {"pss_mb": 25.0, "rss_mb": 40.0}})
+    assert mem["unit"] == "PSS" and mem["all_engines"] == 30.0 and mem["ratio"] == pytest.approx(1.2)

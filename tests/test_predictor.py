@@ -14,14 +14,17 @@ from fake_bundle import CROP, NUM_FRAMES, fake_modules, make_clip, make_fake_bun
 
 
 class RecordingBackend(OrtBackend):
-    """ORT backend that records every run as (name, input shape)."""
+    """ORT backend that records every run as (name, input shape); the backbone's name carries the
+    configuration it was fed (``backbone 10``)."""
 
     def __init__(self) -> None:
         super().__init__(intra_op_threads=1)
         self.calls: list[tuple[str, tuple]] = []
 
     def run(self, name, inputs):
-        self.calls.append((name, next(iter(inputs.values())).shape))
+        mask = inputs.get("stage_mask")
+        label = name if mask is None else f"{name} {''.join(str(int(b)) for b in mask)}"
+        self.calls.append((label, next(iter(inputs.values())).shape))
         return super().run(name, inputs)
 
 
@@ -95,22 +98,24 @@ def test_batch_equals_single(predictor: AdaptivePredictor) -> None:
 def test_groups_batched_and_no_reload(bundle_dir: Path) -> None:
     backend = RecordingBackend()
     predictor = AdaptivePredictor(bundle_dir, backend=backend)
-    assert backend.load_count == 5 and sorted(backend.names) == sorted(
-        ["policy", "backbone_00", "backbone_01", "backbone_10", "backbone_11"])
+    assert backend.load_count == 2 and sorted(backend.names) == ["backbone", "policy"]  # one model, all configs
+    options = backend._sessions["backbone"].get_session_options()  # the manifest's ort_session settings
+    assert options.enable_mem_pattern is False
+    assert options.graph_optimization_level.name == "ORT_ENABLE_ALL"
     warm = set(backend.calls)
     assert warm == {("policy", (1, 3, 4, 8, 8))} | {
-        (f"backbone_{m}", (1, 3, t, CROP, CROP)) for m in ("00", "01", "10", "11") for t in range(1, 5)}
+        (f"backbone {m}", (1, 3, t, CROP, CROP)) for m in ("00", "01", "10", "11") for t in range(1, 5)}
     backend.calls.clear()
     clips = [make_clip([True, True, False, False], "11", seed=1), make_clip([True, False, True, False], "11", seed=2),
              make_clip([True, True, True, True], "11", seed=3), make_clip([True, True, False, False], "01", seed=4)]
     predictor.predict_batch(clips)
     assert backend.calls[0] == ("policy", (4, 3, 4, 8, 8))  # one batched policy call
-    assert sorted(backend.calls[1:]) == sorted([("backbone_11", (2, 3, 2, CROP, CROP)),
-                                                ("backbone_11", (1, 3, 4, CROP, CROP)),
-                                                ("backbone_01", (1, 3, 2, CROP, CROP))])
+    assert sorted(backend.calls[1:]) == sorted([("backbone 11", (2, 3, 2, CROP, CROP)),
+                                                ("backbone 11", (1, 3, 4, CROP, CROP)),
+                                                ("backbone 01", (1, 3, 2, CROP, CROP))])
     predictor.predict(clips[0])
     predictor.run_fixed(clips[0], [True] * 4, "00")
-    assert backend.load_count == 5  # never re-loaded after start-up
+    assert backend.load_count == 2  # never re-loaded after start-up
     predictor.close()
     assert backend.names  # a backend passed in is not closed by the predictor
     backend.close()

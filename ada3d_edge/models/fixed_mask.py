@@ -18,3 +18,15 @@ class FixedMaskBackbone(nn.Module):
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
         return self.backbone(clip, self.mask)
+
+
+class MaskInputBackbone(nn.Module):
+    """The backbone with the stage mask as an input, as the bundle's one graph takes it:
+    ``forward(clip (B, 3, T', S, S), stage_mask (K,) int) -> logits (B, C)``."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, clip: torch.Tensor, stage_mask: torch.Tensor) -> torch.Tensor:
+        return self.backbone(clip, stage_mask.cpu())

@@ -25,14 +25,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..bundle import (BACKBONE_INPUT, POLICY_INPUT, POLICY_NAME, Bundle, BundleError, engine_name,
-                      open_bundle, verify_file)
+from ..bundle import (BACKBONE_INPUT, BACKBONE_MASK_INPUT, BACKBONE_NAME, POLICY_INPUT, POLICY_NAME, Bundle,
+                      BundleError, open_bundle, verify_file)
 from .backends import make_backend
 from .backends.base import Backend, process_peak_rss_mb
 from .bench_report import BenchResult, Measurements, assemble, machine_info
 from .clips import Clip, ClipSet, generated_clips, list_clips
-from .loading import bundle_model_names, load_bundle_model, model_key
-from .predictor import AdaptivePredictor
+from .loading import bundle_model_names, load_bundle_model
+from .predictor import AdaptivePredictor, stage_mask_feed
 from .stats import latency_stats
 
 Log = Callable[[str], None]
@@ -40,26 +40,23 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Job:
-    """One timed call: model ``model`` (``policy`` or ``backbone_<mask>``) on ``(batch, 3, frames, S, S)``."""
+    """One timed call: model ``model`` (``policy`` or ``backbone``) on ``(batch, 3, frames, S, S)``;
+    ``mask``: the backbone's stage configuration (its ``stage_mask`` feed), None for the selection net."""
 
     model: str
     frames: int
     batch: int
+    mask: str | None = None
 
     @classmethod
     def backbone(cls, mask: str, frames: int, batch: int) -> "Job":
-        """The backbone of stage mask ``mask``."""
-        return cls(engine_name(mask), frames, batch)
+        """The backbone in stage configuration ``mask``."""
+        return cls(BACKBONE_NAME, frames, batch, mask)
 
     @property
     def is_policy(self) -> bool:
         """Whether this times the selection net."""
         return self.model == POLICY_NAME
-
-    @property
-    def mask(self) -> str | None:
-        """The backbone's stage mask; None for the selection net."""
-        return None if self.is_policy else model_key(self.model)
 
 
 @dataclass(frozen=True)
@@ -132,7 +129,9 @@ def input_maker(bundle: Bundle, seed: int = 0) -> Callable[[Job], dict[str, np.n
         shape = (job.batch, 3, job.frames, size, size)
         if shape not in cache:
             cache[shape] = rng.standard_normal(shape, dtype=np.float32)
-        return {POLICY_INPUT if job.is_policy else BACKBONE_INPUT: cache[shape]}
+        if job.is_policy:
+            return {POLICY_INPUT: cache[shape]}
+        return {BACKBONE_INPUT: cache[shape], BACKBONE_MASK_INPUT: stage_mask_feed(job.mask)}
 
     return make
 
@@ -141,14 +140,17 @@ def input_maker(bundle: Bundle, seed: int = 0) -> Callable[[Job], dict[str, np.n
 
 
 def check_files(bundle: Bundle) -> dict[str, str]:
-    """sha256 of every ONNX file; returns ``{model name: error}`` for the corrupt ones."""
+    """sha256 of every ONNX file (the backbone's: graph, weights file, segment files); returns
+    ``{model name: error}`` for the models with a corrupt file."""
     m = bundle.manifest
     bad = {}
-    for name, entry in [(POLICY_NAME, m.policy), *[(engine_name(e.mask), e) for e in m.engines]]:
-        try:
-            verify_file(bundle.root, entry, check_hash=True)
-        except (BundleError, OSError) as exc:
-            bad[name] = _short(exc)
+    for name, entries in ((POLICY_NAME, [m.policy]), (BACKBONE_NAME, m.backbone.files())):
+        for entry in entries:
+            try:
+                verify_file(bundle.root, entry, check_hash=True)
+            except (BundleError, OSError) as exc:
+                bad[name] = _short(exc)
+                break
     return bad
 
 
@@ -254,48 +256,83 @@ def bench_adaptive(predictor: AdaptivePredictor, clips: Iterable[Clip], passes: 
 # --- memory ------------------------------------------------------------------------------------
 
 
-def proc_status_mb() -> dict[str, float]:
-    """VmRSS and VmHWM (peak RSS) of this process in MiB, from /proc/self/status (Linux)."""
-    out = {}
+SMAPS_ROLLUP = "/proc/self/smaps_rollup"
+
+
+def process_memory_mb(smaps_rollup: str = SMAPS_ROLLUP, status: str = "/proc/self/status") -> dict[str, Any]:
+    """This process's memory in MiB: ``pss``, ``uss`` (private clean + dirty), ``rss``, ``peak_rss``.
+
+    PSS and USS come from ``/proc/self/smaps_rollup`` (Linux >= 4.14): PSS splits each shared page
+    between the processes (and mappings) that map it, so a weights file mapped by several models
+    counts once, where RSS counts it per mapping. ``source`` says what was read: ``smaps_rollup``, or
+    ``status (RSS only: no smaps_rollup)`` / ``getrusage (peak RSS only: no /proc)`` where it is absent.
+    """
+    out: dict[str, Any] = {}
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
+        with open(smaps_rollup, encoding="ascii") as f:
+            kb = {}
             for line in f:
                 key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    out[key] = float(value.split()[0]) / 1024.0
+                parts = value.split()
+                if parts and parts[0].isdigit():
+                    kb[key.strip()] = int(parts[0])
+        if "Pss" in kb:
+            out["pss"] = kb["Pss"] / 1024.0
+            out["uss"] = (kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)) / 1024.0
+            out["rss"] = kb.get("Rss", 0) / 1024.0
+            out["source"] = "smaps_rollup"
+    except OSError:
+        pass
+    try:
+        with open(status, encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key == "VmHWM":
+                    out["peak_rss"] = float(value.split()[0]) / 1024.0
+                elif key == "VmRSS" and "rss" not in out:
+                    out["rss"] = float(value.split()[0]) / 1024.0
+        out.setdefault("source", "status (RSS only: no smaps_rollup)")
     except OSError:  # no /proc: the peak alone, from getrusage
         peak = process_peak_rss_mb()
         if peak is not None:
-            out["VmHWM"] = peak
+            out["peak_rss"] = peak
+        out.setdefault("source", "getrusage (peak RSS only: no /proc)")
     return out
 
 
 def memory_probe(bundle_path: str, which: str, factory: BackendFactory) -> dict[str, Any]:
-    """Load ``all`` models (policy + 2^K engines, each run at every T') or the ``upper`` engine alone
-    (run at T), batch 1; RSS before and after. Meant for a fresh process (`measure_memory`)."""
+    """Load the backbone (and, for ``all``, the selection net), run every configuration (``all``) or
+    Upper alone (``upper``) at every T' 1..T, batch 1; PSS/USS/RSS before and after. Meant for a
+    fresh process (`measure_memory`)."""
     if which not in ("all", "upper"):
         raise ValueError(f"which must be 'all' or 'upper', got {which!r}")
-    before = proc_status_mb()
+    before = process_memory_mb()
     be = factory()
     try:
         bundle = open_bundle(bundle_path, verify=False)
         t = bundle.manifest.num_frames
-        names = bundle_model_names(bundle) if which == "all" else [engine_name(bundle.upper_mask)]
+        names = bundle_model_names(bundle) if which == "all" else [BACKBONE_NAME]
         errors = load_models(be, bundle, names, {})
         make = input_maker(bundle)
-        for name in names:
-            if name in errors:
-                continue
-            frames = [t] if name == POLICY_NAME or which == "upper" else range(1, t + 1)
-            for f in frames:
-                be.run(name, make(Job(name, f, 1)))
-        after = proc_status_mb()
+        masks = bundle.masks if which == "all" else [bundle.upper_mask]
+        jobs = ([Job(POLICY_NAME, t, 1)] if POLICY_NAME in names else []) + [
+            Job.backbone(mask, f, 1) for mask in masks for f in range(t, 0, -1)]
+        for job in jobs:
+            if job.model not in errors:
+                be.run(job.model, make(job))
+        after = process_memory_mb()
         gpu = be.peak_memory_mb() if be.kind != "ort" or "CPUExecutionProvider" not in be.describe() else None
     finally:
         be.close()
-    return {"which": which, "models": len(names) - len(errors), "errors": errors,
-            "baseline_rss_mb": before.get("VmRSS"), "rss_mb": after.get("VmRSS"), "peak_rss_mb": after.get("VmHWM"),
-            "loaded_mb": (after["VmRSS"] - before["VmRSS"]) if "VmRSS" in after and "VmRSS" in before else None,
+
+    def grown(key: str) -> float | None:
+        return after[key] - before[key] if key in after and key in before else None
+
+    return {"which": which, "models": len(names) - len(errors), "configs": len(masks), "errors": errors,
+            "source": after.get("source"), "pss_mb": after.get("pss"), "uss_mb": after.get("uss"),
+            "rss_mb": after.get("rss"), "peak_rss_mb": after.get("peak_rss"),
+            "baseline_pss_mb": before.get("pss"), "baseline_rss_mb": before.get("rss"),
+            "loaded_pss_mb": grown("pss"), "loaded_uss_mb": grown("uss"), "loaded_rss_mb": grown("rss"),
             "gpu_peak_mb": gpu}
 
 

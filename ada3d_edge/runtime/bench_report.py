@@ -195,17 +195,30 @@ def assemble(bundle: Bundle, meas: Measurements) -> BenchResult:
 
 
 def _memory(memory: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """PSS (and USS) of a fresh process with every configuration loaded and run, against Upper alone.
+
+    ``unit`` says what the numbers are: ``PSS`` from /proc/self/smaps_rollup, or ``RSS`` where that
+    is absent (RSS counts a shared weights file once per mapping: not comparable).
+    """
     if memory is None:
         return None
-    out: dict[str, Any] = {"all_engines": None, "upper_only": None, "detail": dict(memory)}
+    probes = {which: memory.get(which) or {} for which in ("all", "upper")}
+    pss = all(p.get("pss_mb") is not None for p in probes.values())
+    unit = "PSS" if pss else "RSS"
+    out: dict[str, Any] = {"unit": unit, "all_engines": None, "upper_only": None, "detail": dict(memory)}
     for key, which in (("all_engines", "all"), ("upper_only", "upper")):
-        probe = memory.get(which) or {}
-        out[key] = probe.get("rss_mb")
-        out[key + "_loaded"] = probe.get("loaded_mb")
+        probe = probes[which]
+        out[key] = probe.get("pss_mb") if pss else probe.get("rss_mb")
+        out[key + "_uss"] = probe.get("uss_mb")
+        out[key + "_loaded"] = probe.get("loaded_pss_mb") if pss else probe.get("loaded_rss_mb")
         out[key + "_gpu"] = probe.get("gpu_peak_mb")
     out["ratio"] = _ratio(out["all_engines"], out["upper_only"])
-    out["note"] = ("RSS after loading and running every model at batch 1, each set in a fresh process; "
-                   "*_loaded = RSS growth over the process before loading (runtime libraries excluded)")
+    out["source"] = ", ".join(sorted({str(p.get("source")) for p in probes.values() if p.get("source")})) or None
+    out["note"] = (f"{unit} of a fresh process after loading the backbone and running every configuration "
+                   "(all_engines, with the selection net) or Upper alone (upper_only) at every T', batch 1; "
+                   f"*_loaded = {unit} growth over the process before loading (runtime libraries excluded)"
+                   + ("" if pss else "; no /proc/self/smaps_rollup here, so RSS, which counts shared pages "
+                      "once per mapping"))
     return out
 
 
@@ -278,9 +291,13 @@ def format_table(result: ResultLike) -> str:
         lines.append(f"adaptive end to end: {ad['status']}")
     mem = r.get("memory_mb")
     if mem:
-        lines.append(f"memory (RSS MiB, fresh processes): all engines {_f(mem['all_engines'], '.0f')} "
+        unit = mem.get("unit", "RSS")
+        uss = (f"; USS all {_f(mem.get('all_engines_uss'), '.0f')}, Upper {_f(mem.get('upper_only_uss'), '.0f')}"
+               if mem.get("all_engines_uss") is not None else "")
+        lines.append(f"memory ({unit} MiB, fresh processes{'' if unit == 'PSS' else ', no smaps_rollup'}): "
+                     f"all configurations {_f(mem['all_engines'], '.0f')} "
                      f"(+{_f(mem['all_engines_loaded'], '.0f')} loaded), Upper alone {_f(mem['upper_only'], '.0f')} "
-                     f"(+{_f(mem['upper_only_loaded'], '.0f')}), ratio {_f(mem['ratio'])}")
+                     f"(+{_f(mem['upper_only_loaded'], '.0f')}), ratio {_f(mem['ratio'])}{uss}")
     for name, tg in r["targets"].items():
         verdict = "n/a" if tg["met"] is None else ("met" if tg["met"] else "MISSED")
         value = "n/a" if tg["value"] is None else format(tg["value"], ".3f")

@@ -1,25 +1,23 @@
 """Loading one bundle model into a backend: the one path the predictor and the benchmark share.
 
-ONNX backends load the manifest's file. The TensorRT backend tries every plan recorded for the
-model, in manifest order, and keeps the first built for this TensorRT version and GPU.
+ONNX backends load the manifest's file: for the backbone (``backbone``), the one graph that serves
+every stage configuration (a configuration is its ``stage_mask`` feed). The TensorRT backend tries
+every plan recorded for the selection net, in manifest order, and keeps the first built for this
+TensorRT version and GPU; its backbone is a chain of segment plans, loaded by the backend's
+``load_bundle_backbone(bundle)``.
 """
 from __future__ import annotations
 
 import dataclasses
 
-from ..bundle import (POLICY_FEATURES_NAME, POLICY_HEADS_NAME, POLICY_NAME, Bundle, BundleError, FileEntry,
-                      engine_name)
+from ..bundle import (BACKBONE_NAME, POLICY_FEATURES_NAME, POLICY_HEADS_NAME, POLICY_NAME, Bundle, BundleError,
+                      FileEntry)
 from .backends.base import Backend, EngineMismatchError
 
 
-def model_key(name: str) -> str:
-    """``policy`` -> ``policy``; ``backbone_10`` -> ``10`` (the stage mask)."""
-    return POLICY_NAME if name == POLICY_NAME else name.removeprefix("backbone_")
-
-
 def bundle_model_names(bundle: Bundle) -> list[str]:
-    """Every model of the bundle: the selection net, then one backbone per stage mask."""
-    return [POLICY_NAME] + [engine_name(mask) for mask in bundle.masks]
+    """Every model of the bundle: the selection net, then the backbone (all configurations)."""
+    return [POLICY_NAME, BACKBONE_NAME]
 
 
 def load_bundle_model(backend: Backend, bundle: Bundle, name: str) -> FileEntry:
@@ -28,12 +26,19 @@ def load_bundle_model(backend: Backend, bundle: Bundle, name: str) -> FileEntry:
     Raises BundleError when the bundle has no plan for it (TensorRT), EngineMismatchError when none
     of its plans runs here.
     """
-    key = model_key(name)
+    if name not in (POLICY_NAME, BACKBONE_NAME):
+        raise ValueError(f"unknown bundle model {name!r}; expected {POLICY_NAME!r} or {BACKBONE_NAME!r}")
     if backend.file_kind != "plan":
-        entry = bundle.manifest.policy if key == POLICY_NAME else bundle.engine(key)
+        entry = bundle.manifest.policy if name == POLICY_NAME else bundle.manifest.backbone
         backend.load(name, bundle.root / entry.file, dataclasses.asdict(entry))
         return entry
-    candidates = bundle.trt_engines(key)
+    if name == BACKBONE_NAME:
+        load = getattr(backend, "load_bundle_backbone", None)
+        if load is None:
+            raise BundleError(f"the {backend.kind} backend cannot chain the backbone's segment plans; "
+                              "use the 'ort' backend")
+        return load(bundle)
+    candidates = bundle.trt_engines(POLICY_NAME)
     if not candidates:
         raise BundleError(f"{bundle.root}: no TensorRT plan for {name!r}; run "
                           f"`ada3d build-engines {bundle.root}` on this device")

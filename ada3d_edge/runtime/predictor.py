@@ -1,8 +1,9 @@
 """The adaptive predictor: selection net -> greedy actions -> the backbone for the chosen stages.
 
 One clip ``(T, H, W, 3) uint8 RGB`` is centre-cropped once; the selection net sees all T crops at
-``policy_size``; only the kept frames' crops are normalised for the backbone. Every engine is
-loaded (and warmed at every T') when the predictor starts, so no call ever loads one.
+``policy_size``; only the kept frames' crops are normalised for the backbone. The backbone is one
+model for every stage configuration (a configuration is its ``stage_mask`` feed); it is loaded, and
+every configuration warmed at every T', when the predictor starts, so no call ever loads one.
 
     with AdaptivePredictor("out/bundle") as predictor:
         pred = predictor.predict(frames)
@@ -18,13 +19,18 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import preprocess
-from ..bundle import (BACKBONE_INPUT, BACKBONE_OUTPUT, POLICY_FEATURES, POLICY_FEATURES_NAME, POLICY_HEADS_NAME,
-                      POLICY_INPUT, POLICY_NAME, Bundle, engine_name, open_bundle)
+from ..bundle import (BACKBONE_INPUT, BACKBONE_MASK_INPUT, BACKBONE_NAME, BACKBONE_OUTPUT, POLICY_FEATURES,
+                      POLICY_FEATURES_NAME, POLICY_HEADS_NAME, POLICY_INPUT, POLICY_NAME, Bundle, open_bundle)
 from ..masks import mask_to_str
 from .backends import make_backend
 from .backends.base import Backend
 from .feature_cache import StreamFrames
 from .loading import bundle_model_names, load_bundle_model, load_policy_split
+
+
+def stage_mask_feed(mask: str) -> np.ndarray:
+    """The backbone's ``stage_mask`` input for a bit string: ``'10'`` -> ``array([1, 0])`` (int64)."""
+    return np.asarray([int(c) for c in mask], np.int64)
 
 
 def greedy_actions(frame_probs: np.ndarray, stage_probs: np.ndarray,
@@ -149,7 +155,7 @@ class AdaptivePredictor:
 
     # -- start-up -------------------------------------------------------------------------------
     def _load_all(self) -> None:
-        """Load the policy and all 2^K backbones once."""
+        """Load the policy and the backbone (every configuration) once."""
         entries = [load_bundle_model(self.backend, self.bundle, name) for name in bundle_model_names(self.bundle)]
         if self.backend.file_kind == "plan":
             limit = min(int(getattr(e, "max_batch", 1)) for e in entries)
@@ -168,7 +174,7 @@ class AdaptivePredictor:
         return self.split_policy
 
     def warmup(self) -> None:
-        """Run the policy and every backbone at every T' in 1..T once (batch 1)."""
+        """Run the policy, and the backbone in every configuration at every T' in 1..T, once (batch 1)."""
         m = self.manifest
         p, s = m.policy_size, m.crop_size
         self.backend.run(POLICY_NAME, {POLICY_INPUT: np.zeros((1, 3, m.num_frames, p, p), np.float32)})
@@ -179,7 +185,8 @@ class AdaptivePredictor:
             self.backend.run(POLICY_HEADS_NAME, {POLICY_FEATURES: np.zeros((1, f), np.float32)})
         for mask in self.bundle.masks:
             for t in range(1, m.num_frames + 1):
-                self.backend.run(engine_name(mask), {BACKBONE_INPUT: np.zeros((1, 3, t, s, s), np.float32)})
+                self.backend.run(BACKBONE_NAME, {BACKBONE_INPUT: np.zeros((1, 3, t, s, s), np.float32),
+                                                 BACKBONE_MASK_INPUT: stage_mask_feed(mask)})
 
     # -- pieces ---------------------------------------------------------------------------------
     def _check_frames(self, frames: np.ndarray) -> np.ndarray:
@@ -279,8 +286,9 @@ class AdaptivePredictor:
         t0 = time.perf_counter()
         x = _stack([preprocess.to_clip_tensor(c, m.mean, m.std) for c in kept])
         t1 = time.perf_counter()
-        name = engine_name(mask)
-        logits = np.concatenate([self.backend.run(name, {BACKBONE_INPUT: x[sl]})[BACKBONE_OUTPUT]
+        feed = stage_mask_feed(mask)
+        logits = np.concatenate([self.backend.run(BACKBONE_NAME, {BACKBONE_INPUT: x[sl],
+                                                                  BACKBONE_MASK_INPUT: feed})[BACKBONE_OUTPUT]
                                  for sl in self._batches(len(x))])
         t2 = time.perf_counter()
         return logits_to_scores(logits, m.multi_label), {"preprocess": (t1 - t0) * 1e3, "backbone": (t2 - t1) * 1e3}

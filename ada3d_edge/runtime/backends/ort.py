@@ -1,4 +1,9 @@
-"""ONNX Runtime backend: one InferenceSession per model; CPU, or CUDA/TensorRT execution providers."""
+"""ONNX Runtime backend: one InferenceSession per model; CPU, or CUDA/TensorRT execution providers.
+
+A bundle's backbone is one model for every stage configuration (format 2): the configuration is a
+feed (``stage_mask`` int64 (K,)), not a session. Its manifest entry carries the session settings the
+exporter measured (``ort_session``: optimisation level, memory pattern off); they are applied here.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,6 +38,12 @@ def ort_providers(device: str = "cpu", available: Sequence[str] | None = None) -
     return [p for p in wanted if p in available]
 
 
+def _feed(value: np.ndarray) -> np.ndarray:
+    """float32 for float inputs; integer inputs (``stage_mask``) as int64."""
+    value = np.asarray(value)
+    return np.ascontiguousarray(value, dtype=np.int64 if value.dtype.kind in "iub" else np.float32)
+
+
 class OrtBackend(Backend):
     """ONNX Runtime, one InferenceSession per model. CPU by default.
 
@@ -65,7 +76,11 @@ class OrtBackend(Backend):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: ONNX file for {name!r} not found")
         options = self._ort.SessionOptions()
-        options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        settings = meta.get("ort_session") or {}
+        level = settings.get("graph_optimization_level", "ORT_ENABLE_ALL")
+        options.graph_optimization_level = getattr(self._ort.GraphOptimizationLevel, level)
+        if "enable_mem_pattern" in settings:
+            options.enable_mem_pattern = bool(settings["enable_mem_pattern"])
         if self.intra_op_threads is not None:
             options.intra_op_num_threads = int(self.intra_op_threads)
         if self.allow_spinning is not None:
@@ -84,7 +99,7 @@ class OrtBackend(Backend):
         session = self._session(name)
         in_names, out_names = self._io[name]
         check_inputs(name, in_names, inputs)
-        feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}  # no copy if already so
+        feeds = {k: _feed(v) for k, v in inputs.items()}  # no copy if already so
         return dict(zip(out_names, session.run(None, feeds)))
 
     def input_names(self, name: str) -> list[str]:
