@@ -34,12 +34,13 @@ def bundle_dir(tmp_path_factory) -> Path:
 
 def test_ort_runs_named_io(bundle_dir: Path) -> None:
     with OrtBackend(intra_op_threads=1) as backend:
-        backend.load("backbone_11", bundle_dir / "backbone_11.onnx")
-        assert backend.input_names("backbone_11") == ["clip"] and backend.names == ["backbone_11"]
-        out = backend.run("backbone_11", {"clip": np.zeros((2, 3, 3, 16, 16), np.float32)})
+        backend.load("backbone", bundle_dir / "backbone_shared.onnx")
+        assert backend.input_names("backbone") == ["clip", "stage_mask"] and backend.names == ["backbone"]
+        out = backend.run("backbone", {"clip": np.zeros((2, 3, 3, 16, 16), np.float32),
+                                       "stage_mask": np.array([1, 1], np.int64)})
         assert list(out) == ["logits"] and out["logits"].shape == (2, 5)
-        with pytest.raises(ValueError, match=r"takes inputs \['clip'\], got \['frames'\]"):
-            backend.run("backbone_11", {"frames": np.zeros((1, 3, 1, 16, 16), np.float32)})
+        with pytest.raises(ValueError, match=r"takes inputs \['clip', 'stage_mask'\], got \['frames'\]"):
+            backend.run("backbone", {"frames": np.zeros((1, 3, 1, 16, 16), np.float32)})
         with pytest.raises(KeyError, match="'policy' is not loaded"):
             backend.run("policy", {})
         assert "onnxruntime" in backend.describe()
