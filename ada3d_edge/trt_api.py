@@ -101,7 +101,11 @@ def engine_scratch_bytes(engine: Any) -> int:
 
 def set_context_scratch(context: Any, ptr: int, size: int) -> None:
     """Point a user-managed context at ``size`` bytes of device memory at ``ptr``."""
-    if hasattr(context, "set_device_memory"):
-        context.set_device_memory(int(ptr), int(size))
-    else:  # TensorRT 10.0
-        context.device_memory = int(ptr)
+    setter = getattr(context, "set_device_memory", None)
+    if setter is not None:
+        try:
+            setter(int(ptr), int(size))
+            return
+        except TypeError:  # a binding whose set_device_memory takes the pointer only
+            pass
+    context.device_memory = int(ptr)  # TensorRT 10.0

@@ -552,3 +552,28 @@ def test_trt_bundle_backbone_chain_equals_pytorch(tmp_path: Path, monkeypatch, v
                 assert [e[0] for e in log.executed] == [f"{seg.name}_v{seg.choice[index]}"
                                                         for seg in bundle.manifest.backbone.segments]
     assert cudart.mem == {}
+
+
+def test_set_context_scratch_api_generations() -> None:
+    from ada3d_edge.trt_api import engine_scratch_bytes, set_context_scratch
+
+    class V2:  # TensorRT >= 10.1: set_device_memory(ptr, size)
+        def set_device_memory(self, ptr, size):
+            self.got = (ptr, size)
+
+    class OneArg:  # a binding whose set_device_memory takes the pointer only
+        device_memory = None
+
+        def set_device_memory(self, ptr):  # called with (ptr, size): TypeError, then the attribute
+            raise AssertionError("unreachable")
+
+    class V10_0:  # TensorRT 10.0: the attribute
+        device_memory = None
+
+    v2, one, old = V2(), OneArg(), V10_0()
+    set_context_scratch(v2, 4096, 512)
+    set_context_scratch(one, 4096, 512)
+    set_context_scratch(old, 4096, 512)
+    assert (v2.got, one.device_memory, old.device_memory) == ((4096, 512), 4096, 4096)
+    assert engine_scratch_bytes(types.SimpleNamespace(device_memory_size_v2=7, device_memory_size=3)) == 7
+    assert engine_scratch_bytes(types.SimpleNamespace(device_memory_size=3)) == 3
