@@ -36,9 +36,11 @@ def test_ort_runs_named_io(bundle_dir: Path) -> None:
     with OrtBackend(intra_op_threads=1) as backend:
         backend.load("backbone", bundle_dir / "backbone_shared.onnx")
         assert backend.input_names("backbone") == ["clip", "stage_mask"] and backend.names == ["backbone"]
-        out = backend.run("backbone", {"clip": np.zeros((2, 3, 3, 16, 16), np.float32),
-                                       "stage_mask": np.array([1, 1], np.int64)})
+        clip = np.random.default_rng(0).standard_normal((2, 3, 3, 16, 16)).astype(np.float32)
+        out = backend.run("backbone", {"clip": clip, "stage_mask": np.array([1, 1])})  # any int dtype: int64
         assert list(out) == ["logits"] and out["logits"].shape == (2, 5)
+        other = backend.run("backbone", {"clip": clip, "stage_mask": np.array([0, 1], np.int64)})
+        assert not np.allclose(other["logits"], out["logits"])  # the feed picks the configuration
         with pytest.raises(ValueError, match=r"takes inputs \['clip', 'stage_mask'\], got \['frames'\]"):
             backend.run("backbone", {"frames": np.zeros((1, 3, 1, 16, 16), np.float32)})
         with pytest.raises(KeyError, match="'policy' is not loaded"):

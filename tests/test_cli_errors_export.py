@@ -122,7 +122,7 @@ def _edit(bundle: Path, text: str) -> None:
     ("empty", 1, ["no bundle manifest", "ada3d export"]),
     ("bad_json", 1, ["manifest.json", "not valid JSON"]),
     ("foreign", 1, ["not an ada3d bundle"]),
-    ("modified", 1, ["backbone_10.onnx", "sha256 mismatch"]),
+    ("modified", 1, ["backbone.weights", "sha256 mismatch"]),
     ("deleted", 1, ["policy.onnx", "missing from bundle"]),
 ])
 def test_build_engines_bad_bundle(no_tensorrt, bundle, tmp_path, case, exit_code, needles):
@@ -139,9 +139,9 @@ def test_build_engines_bad_bundle(no_tensorrt, bundle, tmp_path, case, exit_code
     elif case == "foreign":
         _edit(bundle, json.dumps({"format": "something-else"}))
     elif case == "modified":
-        data = bytearray((bundle / "backbone_10.onnx").read_bytes())
+        data = bytearray((bundle / "backbone.weights").read_bytes())
         data[-1] ^= 0xFF  # same size, other bytes
-        (bundle / "backbone_10.onnx").write_bytes(bytes(data))
+        (bundle / "backbone.weights").write_bytes(bytes(data))
     elif case == "deleted":
         (bundle / "policy.onnx").unlink()
     _run_fails(["build-engines", target, "--fp16"], tmp_path, exit_code, *needles)

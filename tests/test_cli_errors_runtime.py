@@ -35,19 +35,19 @@ def _bad_json(b: Path) -> None:
 
 
 def _deleted(b: Path) -> None:
-    (b / "backbone_10.onnx").unlink()
+    (b / "backbone.weights").unlink()
 
 
 def _modified(b: Path) -> None:
-    path = b / "backbone_10.onnx"
+    path = b / "backbone_shared.onnx"
     path.write_bytes(b"\0" * path.stat().st_size)  # same size: only the sha256 tells
 
 
 BUNDLE_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "missing manifest": (_empty, "no bundle manifest here"),
     "bad JSON": (_bad_json, "not valid JSON"),
-    "deleted file": (_deleted, "backbone_10.onnx: missing from bundle"),
-    "modified file": (_modified, "backbone_10.onnx: sha256 mismatch"),
+    "deleted file": (_deleted, "backbone.weights: missing from bundle"),
+    "modified file": (_modified, "backbone_shared.onnx: sha256 mismatch"),
 }
 
 

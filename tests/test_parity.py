@@ -78,3 +78,37 @@ def test_greedy_actions_and_scores_match_pytorch(setup):
         seen_masks.add(pred.stage_mask)
         seen_counts.add(pred.num_frames_kept)
     assert len(seen_masks) > 1 and len(seen_counts) > 1  # the clips exercised more than one action
+
+
+def _every_configuration_matches(model, predictor, num_frames: int, crop: int, masks=None) -> None:
+    """The runtime's backbone (one session, the mask as a feed) = PyTorch, every config x T' x batch."""
+    from ada3d_edge.export.verify import RTOL, frame_counts
+    from ada3d_edge.runtime.predictor import stage_mask_feed
+
+    gen = torch.Generator().manual_seed(11)
+    for mask in masks or predictor.bundle.masks:
+        for t in frame_counts(num_frames):
+            for batch in (1, 2):
+                clip = torch.randn(batch, 3, t, crop, crop, generator=gen)
+                with torch.no_grad():
+                    ref = model.backbone(clip, mask).double().numpy()
+                got = predictor.backend.run("backbone", {"clip": clip.numpy(),
+                                                         "stage_mask": stage_mask_feed(mask)})["logits"]
+                bound = RTOL * max(1.0, float(np.abs(ref).max()))
+                assert float(np.abs(got - ref).max()) <= bound, (mask, t, batch)
+
+
+def test_every_configuration_of_the_one_graph_matches_pytorch(setup):
+    model, predictor = setup
+    assert model.backbone.bn_calibrated.all()  # per-configuration BN statistics, as the recipes make
+    _every_configuration_matches(model, predictor, T, CROP)
+
+
+@pytest.mark.parametrize("arch", [pytest.param("i3d_tiny", marks=pytest.mark.slow)])
+def test_every_configuration_matches_pytorch_i3d_tiny(tmp_path, arch):
+    ckpt = make_checkpoint(tmp_path / f"{arch}.pt", arch, T, CROP, P, seed=4)
+    bundle = export_bundle(ckpt, tmp_path / "bundle", verify=False, progress=False)
+    model, _ = load_model(ckpt)
+    with AdaptivePredictor(bundle, backend="ort", warmup=False) as predictor:
+        assert len(predictor.bundle.masks) == 32
+        _every_configuration_matches(model, predictor, T, CROP)
