@@ -1,12 +1,14 @@
 """Full-size latency on ONNX Runtime CPU: randomly initialised slow_r50 (all 4 configurations) and
 i3d_r50 (a few of its 32), 224x224, T = 8, round-robin in one process.
 
-slow_r50 is exported as a real bundle (policy + 4 backbones + manifest, exporter's plain functions)
-and measured with `ada3d_edge.runtime.bench.run_bench`, the code behind `ada3d bench`. The weights
+slow_r50 is exported as a real bundle (format 2: policy + one backbone graph for the 4 configurations
++ manifest, `bundle_memory.export_full_bundle`) and measured with `ada3d_edge.runtime.bench.run_bench`, the code behind `ada3d bench`. The weights
 are random, so the selection net is a stand-in: its head weights are scaled so that its choices
 vary with the (noise) input; what matters is the latency saving against the GFLOPs saving for the
-choices it made. i3d_r50 is timed config by config (3 of 32 engines) and its memory for all 32 is
-extrapolated from the measured growth per loaded engine.
+choices it made. i3d_r50 is timed config by config (3 of 32 per-configuration files, format 1, the
+"today" reference of docs/shared-weights.md) and its memory for all 32 such files is extrapolated from
+the measured growth per loaded file. The numbers committed in results/latency_ort_cpu_full.* were
+measured before bundle format 2 (slow_r50 as 4 per-configuration files).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/latency_full_size.py --threads 2 --repeats 5 --warmup 2
 Results: benchmarks/results/latency_ort_cpu_full.{json,md} (+ .png).
@@ -22,8 +24,8 @@ from pathlib import Path
 
 from _common import RESULTS, command_line, machine_lines
 
-from ada3d_edge.bundle import EngineEntry, Manifest, PolicyEntry, engine_name, write_manifest
-from ada3d_edge.runtime.bench import BenchOptions, Job, proc_status_mb, run_bench, time_round_robin
+from ada3d_edge.bundle import engine_name
+from ada3d_edge.runtime.bench import BenchOptions, Job, process_memory_mb, run_bench, time_round_robin
 from ada3d_edge.runtime.stats import latency_stats
 from ada3d_edge.runtime.bench_report import machine_info, plot, write_json
 
@@ -32,39 +34,18 @@ CROP, T = 224, 8
 
 
 def export_slow_bundle(out: Path) -> Path:
-    """Random-init slow_r50 + MobileNetV2 selection net as a bundle at ``out`` (skipped if present)."""
+    """Random-init slow_r50 + MobileNetV2 selection net as a format-2 bundle at ``out`` (skipped if present)."""
     if (out / "manifest.json").is_file():
         return out
-    import torch
+    from bundle_memory import export_full_bundle
 
-    from ada3d_edge.export.exporter import engine_cost
-    from ada3d_edge.export.onnx_export import export_backbone, export_policy
-    from ada3d_edge.flops import selection_macs
-    from ada3d_edge.models import SelectionNet, build_backbone
-
-    torch.manual_seed(0)
-    out.mkdir(parents=True, exist_ok=True)
-    backbone = build_backbone("slow_r50", num_classes=400, crop_size=CROP, num_frames=T).eval()
-    sel = SelectionNet(T, backbone.num_stages_3d).eval()
-    with torch.no_grad():  # stand-in policy: decisions depend on the input instead of the init bias
-        for head in (sel.frame_head, sel.stage_head):
-            head.weight.normal_(0.0, 4.0 / sel.num_features ** 0.5)
-            head.bias.zero_()
-    export_policy(sel, out / "policy.onnx", T, 112)
-    engines = []
-    for mask in ("00", "01", "10", "11"):
-        t0 = time.time()
-        export_backbone(backbone, mask, out / f"{engine_name(mask)}.onnx", CROP, num_frames=T)
-        print(f"exported slow_r50 {mask} in {time.time() - t0:.0f}s", flush=True)
-        engines.append(EngineEntry.for_file(out, f"{engine_name(mask)}.onnx", mask,
-                                            *engine_cost(backbone.spec, mask, CROP)))
-    pol = selection_macs(sel.spec, frames=T, size=112, num_stages=2, num_frames_out=T) / T / 1e9
-    write_manifest(out, Manifest(
-        arch="slow_r50", stages=list(backbone.stage_names), num_frames=T, stride=8, crop_size=CROP, policy_size=112,
-        mean=[0.45] * 3, std=[0.225] * 3, classes=[f"class_{i}" for i in range(400)],
-        policy=PolicyEntry.for_file(out, "policy.onnx", pol), engines=engines,
-        versions={"note": "random init, benchmarks/latency_full_size.py"}, created="benchmark"))
+    export_full_bundle("slow_r50", out, calibrated=False)
     return out
+
+
+def proc_status_mb() -> dict:
+    """RSS of this process, in the keys this script's format-1 i3d probe reads."""
+    return {"VmRSS": process_memory_mb()["rss"]}
 
 
 def export_i3d(out: Path) -> dict[str, Path]:
@@ -96,11 +77,11 @@ def i3d_latency(paths: dict[str, Path], threads: int, repeats: int, warmup: int)
     be = OrtBackend(intra_op_threads=threads)
     for mask, path in paths.items():
         be.load(engine_name(mask), path)
-    jobs = [Job.backbone(m, f, 1) for m in I3D_MASKS for f in (8, 4, 1)]
+    jobs = [Job(engine_name(m), f, 1, m) for m in I3D_MASKS for f in (8, 4, 1)]  # one file per configuration
     rng = np.random.default_rng(0)
     xs = {f: rng.standard_normal((1, 3, f, CROP, CROP), dtype=np.float32) for f in (8, 4, 1)}
     samples, errors = time_round_robin(be, jobs, lambda j: {"clip": xs[j.frames]}, repeats, warmup)
-    up = latency_stats(samples[Job.backbone("11111", 8, 1)])
+    up = latency_stats(samples[Job(engine_name("11111"), 8, 1, "11111")])
     up_g = gflops("i3d_r50", "11111", 8, CROP)
     rows = []
     for j in jobs:

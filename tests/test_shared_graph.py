@@ -213,3 +213,25 @@ def test_both_layouts_share_one_weights_file(tmp_path):
             ref = b(clip, mask).double().numpy()
         _close(x, ref)
         _close(got, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["slow_r50", "i3d_r50"])
+def test_full_size_archs_match_pytorch_for_upper_and_all_2d(tmp_path, arch):
+    """The real widths and depths at a small crop and T = 4: Upper and all-2D at T' {1, 2, 4}, batch {1, 2}."""
+    b = _backbone(arch)
+    with torch.no_grad():
+        b.head.proj.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(6))  # logits of order 1+
+    model, segments = build_shared_backbone(b, CROP, num_frames=4)
+    info = save_backbone_files(model, segments, tmp_path)
+    del model
+    session = ort_session(tmp_path / info["graph"], enable_mem_pattern=False)
+    gen = torch.Generator().manual_seed(7)
+    k = b.num_stages_3d
+    for mask in ("1" * k, "0" * k):
+        for frames in frame_counts(4):
+            for batch in (1, 2):
+                clip = torch.randn(batch, 3, frames, CROP, CROP, generator=gen)
+                with torch.no_grad():
+                    ref = b(clip, mask).double().numpy()
+                _close(session.run([LOGITS_OUTPUT], {CLIP_INPUT: clip.numpy(), MASK_INPUT: mask_array(mask)})[0], ref)

@@ -45,7 +45,7 @@ def test_checkpoint_and_manifest_take_16_frames(run16):
     assert model.num_frames == T and ckpt["data"]["num_frames"] == T
     assert model.selection.frame_head.out_features == T
     m = open_bundle(bundle).manifest
-    assert m.num_frames == T and {e.mask for e in m.engines} == {"11", "10", "01", "00"}
+    assert m.num_frames == T and {c.mask for c in m.backbone.configs} == {"11", "10", "01", "00"}
     assert frame_counts(T) == [1, 8, 16]  # the export verified these T' against PyTorch
     (lo, opt, hi), = shape_profiles(m, max_batch=2)["backbone"].values()
     assert lo[2] == 1 and opt[2] == T and hi[2] == T  # TensorRT profile: T' in [1, 16]

@@ -77,7 +77,7 @@ def _data_fields(ckpt: Mapping[str, Any], model: Any, path: PathLike) -> Dict[st
             "short_side": int(data["short_side"]) if data.get("short_side") else None}
 
 
-def _backbone_entry(root: Path, info: Mapping[str, Any], masks: List[str], spec: BackboneSpec,
+def backbone_entry(root: Path, info: Mapping[str, Any], masks: List[str], spec: BackboneSpec,
                     crop: int) -> BackboneEntry:
     """The manifest's ``backbone`` from ``save_backbone_files``' info, hashing every file."""
     segments = [SegmentEntry(s["name"], list(s["choice"]),
@@ -144,7 +144,8 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
         manifest = Manifest(
             arch=str(model.config.get("arch", spec.name)), stages=list(backbone.stage_names),
             policy=PolicyEntry.for_file(tmp, "policy.onnx", policy_gflops_per_frame(model, t, p)),
-            backbone=_backbone_entry(tmp, info, masks, spec, crop), policy_split=policy_split, versions=_versions(opset, fold_frames),
+            backbone=backbone_entry(tmp, info, masks, spec, crop), policy_split=policy_split,
+            versions=_versions(opset, fold_frames),
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **fields)
         write_manifest(tmp, manifest)
         check_target(out_dir, overwrite)  # again: the target may have changed during the export
