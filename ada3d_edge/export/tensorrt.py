@@ -159,8 +159,9 @@ def build_jobs(bundle: Bundle, profile: EngineProfile) -> List[BuildJob]:
             path = bundle.root / variant.file
             if BACKBONE_MASK_INPUT in variant.inputs:
                 raise ValueError(f"{path.name}: this segment takes {BACKBONE_MASK_INPUT!r} (per-configuration "
-                                 "BatchNorm statistics), which the TensorRT engines do not support yet; export "
-                                 "the checkpoint without per-configuration BN calibration")
+                                 "BatchNorm statistics), which the TensorRT engines do not support yet; run this "
+                                 "bundle with --backend ort, or train with `--set bn_calibration.batches=0` and "
+                                 "export again")
             dims = onnx_input_dims(path)
             if list(dims) != [SEGMENT_INPUT]:
                 raise ValueError(f"{path.name}: a segment file takes one input {SEGMENT_INPUT!r}, this one takes "
