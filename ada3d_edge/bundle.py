@@ -306,23 +306,54 @@ class BackboneEntry(FileEntry):
                                       f"{[SEGMENT_INPUT]} or {[SEGMENT_INPUT, BACKBONE_MASK_INPUT]}")
 
 
+TRT_MODELS = (POLICY_NAME, "segment")  # what a TensorRT plan holds (TrtEngineEntry.model)
+
+
+def segment_model_name(segment: str, variant: int) -> str:
+    """Name of one segment variant's engine: ``<segment>_v<i>`` (the stem of its ONNX and plan files)."""
+    return f"{segment}_v{int(variant)}"
+
+
 @dataclass(frozen=True)
 class TrtEngineEntry(FileEntry):
     """A TensorRT plan built on the target; only valid for that TensorRT version and GPU.
 
-    ``mask`` is the backbone's stage mask, or ``"policy"`` for the selection network's plan.
+    ``model`` says what it holds: ``"policy"`` (the selection network) or ``"segment"``: variant
+    ``variant`` of the backbone segment ``segment`` (bundle format 2 runs a configuration as a chain of
+    segment engines, docs/shared-weights.md section 7).
     """
 
-    mask: str = ""
+    model: str = "segment"
+    segment: str = ""
+    variant: int = 0
     tensorrt_version: str = ""
     gpu_name: str = ""
     precision: str = "fp32"
     max_batch: int = 1
 
+    @property
+    def name(self) -> str:
+        """``policy`` or ``<segment>_v<i>``: the model name a backend loads this plan under."""
+        return POLICY_NAME if self.model == POLICY_NAME else segment_model_name(self.segment, self.variant)
+
     @classmethod
     def for_file(cls, bundle_dir: str | os.PathLike, file: str, **fields: Any) -> "TrtEngineEntry":
-        """Entry for an existing plan file, hashing it; ``fields`` are mask, tensorrt_version, ..."""
+        """Entry for an existing plan file, hashing it; ``fields`` are model, segment, variant, tensorrt_version, ..."""
         return cls(**cls._hash_fields(bundle_dir, file), **fields)
+
+    def check(self, backbone: "BackboneEntry", source: str) -> None:
+        """Refuse a model kind, segment or variant the backbone does not have."""
+        if self.model not in TRT_MODELS:
+            raise BundleError(f"{source}: trt engine {self.file} has model {self.model!r}; expected one of "
+                              f"{list(TRT_MODELS)}")
+        if self.model == POLICY_NAME:
+            return
+        segments = {seg.name: len(seg.variants) for seg in backbone.segments}
+        n = segments.get(self.segment)
+        if n is None or not isinstance(self.variant, int) or isinstance(self.variant, bool) or not 0 <= self.variant < n:
+            raise BundleError(f"{source}: trt engine {self.file} is for segment {self.segment!r} variant "
+                              f"{self.variant!r}, which the backbone does not have (segments: {segments}); "
+                              "rebuild the engines with `ada3d build-engines`")
 
 
 @dataclass
@@ -415,11 +446,8 @@ class Manifest:
         if not 0.0 <= float(self.threshold) <= 1.0:
             raise BundleError(f"{source}: 'threshold' must be in [0, 1], got {self.threshold}")
         self.backbone.validate(self.stages, source)
-        expected = all_masks(k)
         for entry in self.trt_engines:
-            if entry.mask not in expected and entry.mask != POLICY_NAME:
-                raise BundleError(f"{source}: trt engine {entry.file} has invalid mask {entry.mask!r}; "
-                                  f"expected one of {expected} or {POLICY_NAME!r} (the selection net)")
+            entry.check(self.backbone, source)
         for entry in self.all_files():
             _check_plain_name(entry.file, source)
 
@@ -530,8 +558,8 @@ def open_bundle(path: str | os.PathLike, verify: bool = True) -> "Bundle":
 def add_trt_engines(bundle_dir: str | os.PathLike, entries: Iterable[TrtEngineEntry]) -> Manifest:
     """Add TensorRT engines to the manifest atomically, verifying each new file.
 
-    An entry replaces an older one with the same file name, or with the same mask, GPU,
-    TensorRT version and precision.
+    An entry replaces an older one with the same file name, or with the same model (policy, or
+    segment and variant), GPU, TensorRT version and precision.
     """
     root = _manifest_path(bundle_dir).parent
     manifest = read_manifest(root)
@@ -540,7 +568,7 @@ def add_trt_engines(bundle_dir: str | os.PathLike, entries: Iterable[TrtEngineEn
         verify_file(root, entry)
 
     def key(e: TrtEngineEntry) -> tuple:
-        return (e.mask, e.gpu_name, e.tensorrt_version, e.precision)
+        return (e.name, e.gpu_name, e.tensorrt_version, e.precision)
 
     replaced_files = {e.file for e in new}
     replaced_keys = {key(e) for e in new}
@@ -606,11 +634,10 @@ class Bundle:
         index = int(mask, 2)
         return [(seg, seg.variants[seg.choice[index]]) for seg in self.manifest.backbone.segments]
 
-    def trt_engines(self, mask: str) -> list[TrtEngineEntry]:
-        """TensorRT plans built for ``mask`` or ``"policy"`` (possibly several GPUs); may be empty."""
-        if mask != POLICY_NAME:
-            self.engine(mask)  # validates the mask
-        return [e for e in self.manifest.trt_engines if e.mask == mask]
+    def trt_engines(self, name: str) -> list[TrtEngineEntry]:
+        """TensorRT plans built for ``"policy"`` or segment variant ``<segment>_v<i>`` (possibly several
+        GPUs); may be empty."""
+        return [e for e in self.manifest.trt_engines if e.name == name]
 
     def gflops(self, mask: str, num_kept_frames: int) -> float:
         """Backbone GFLOPs for ``mask`` on T' kept frames (``gflops_per_frame * T' + head_gflops``)."""

@@ -76,3 +76,36 @@ def engine_identity(device: str = "cuda") -> tuple[str, str]:
     trt = import_tensorrt("building engines")
     cudart = import_cudart()
     return str(trt.__version__), running_gpu_name(cudart, parse_cuda_device(device))
+
+
+# --- shared scratch memory (user-managed execution contexts) ------------------------------------
+# TensorRT 10.0 has ``engine.device_memory_size`` and the ``context.device_memory`` attribute;
+# 10.1 added ``device_memory_size_v2`` and ``context.set_device_memory(ptr, size)``; 10.14 and 11 can
+# also take the allocation strategy through ``engine.create_runtime_config()``.
+
+def user_managed_context(trt: Any, engine: Any) -> Any:
+    """An execution context that allocates no scratch memory: ``set_context_scratch`` gives it some."""
+    strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
+    if tensorrt_major(trt) >= 11 and hasattr(engine, "create_runtime_config"):
+        config = engine.create_runtime_config()
+        config.set_execution_context_allocation_strategy(strategy)
+        return engine.create_execution_context(config)
+    return engine.create_execution_context(strategy)
+
+
+def engine_scratch_bytes(engine: Any) -> int:
+    """Scratch (activation) memory one context of ``engine`` needs, in bytes."""
+    size = getattr(engine, "device_memory_size_v2", None)
+    return int(engine.device_memory_size if size is None else size)
+
+
+def set_context_scratch(context: Any, ptr: int, size: int) -> None:
+    """Point a user-managed context at ``size`` bytes of device memory at ``ptr``."""
+    setter = getattr(context, "set_device_memory", None)
+    if setter is not None:
+        try:
+            setter(int(ptr), int(size))
+            return
+        except TypeError:  # a binding whose set_device_memory takes the pointer only
+            pass
+    context.device_memory = int(ptr)  # TensorRT 10.0

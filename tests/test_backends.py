@@ -7,6 +7,7 @@ memory on the host) its buffer handling, through the predictor.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 import types
@@ -21,7 +22,7 @@ from ada3d_edge.runtime.backends import trt as trt_backend
 from ada3d_edge.runtime.backends.ort import OrtBackend, ort_providers
 from ada3d_edge.runtime.predictor import AdaptivePredictor
 from ada3d_edge.runtime.backends.trt import EngineMismatchError, TrtBackend, check_engine_compat
-from fake_bundle import fake_modules, make_clip, make_fake_bundle
+from fake_bundle import make_clip, make_fake_bundle
 
 
 @pytest.fixture(scope="module")
@@ -139,119 +140,64 @@ class _FakeCudart:
         return 0, types.SimpleNamespace(name=b"Fake GPU\x00\x00")
 
 
-def _fake_tensorrt(max_batch: int) -> types.ModuleType:
-    """A ``tensorrt`` whose plans name a fake-bundle module; execution runs it in torch."""
-    import torch
+def _add_policy_plan(bundle_dir: Path, gpu_name: str = "Fake GPU", version: str = "10.8.0") -> None:
+    import json
 
-    modules = fake_modules()
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.0.0"
-    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
-    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=2: None})
-    trt.nptype = lambda dtype: np.float32
-
-    class Context:
-        def __init__(self, engine):
-            self.engine, self.shapes, self.addr = engine, {}, {}
-
-        def set_input_shape(self, name, shape):
-            self.shapes[name] = tuple(shape)
-            return shape[0] <= max_batch
-
-        def set_tensor_address(self, name, ptr):
-            self.addr[name] = ptr
-
-        def get_tensor_shape(self, name):
-            return self.shapes[name] if name in self.shapes else self._outputs()[name].shape
-
-        def _outputs(self):
-            (name,) = self.engine.inputs
-            shape = self.shapes[name]
-            x = np.zeros(shape, np.float32) if name not in self.addr else np.ctypeslib.as_array(
-                (ctypes.c_float * int(np.prod(shape))).from_address(self.addr[name])).reshape(shape)
-            with torch.no_grad():
-                out = modules[self.engine.model](torch.from_numpy(x.copy()))
-            out = out if isinstance(out, tuple) else (out,)
-            return dict(zip(self.engine.outputs, (o.numpy() for o in out)))
-
-        def execute_async_v3(self, stream):
-            for name, arr in self._outputs().items():
-                ctypes.memmove(self.addr[name], arr.ctypes.data, arr.nbytes)
-            return True
-
-    class Engine:
-        def __init__(self, model):
-            self.model = model
-            self.inputs = ["frames"] if model == "policy" else ["clip"]
-            self.outputs = ["frame_probs", "stage_probs"] if model == "policy" else ["logits"]
-            self.num_io_tensors = len(self.inputs) + len(self.outputs)
-
-        def get_tensor_name(self, i):
-            return (self.inputs + self.outputs)[i]
-
-        def get_tensor_mode(self, name):
-            return "in" if name in self.inputs else "out"
-
-        def get_tensor_dtype(self, name):
-            return "float32"
-
-        def get_tensor_shape(self, name):
-            return (-1, 3, 4, 8, 8) if self.model == "policy" else (-1, 3, -1, 16, 16)
-
-        def get_tensor_profile_shape(self, name, profile):
-            t_min = 4 if self.model == "policy" else 1
-            size = 8 if self.model == "policy" else 16
-            return (1, 3, t_min, size, size), (1, 3, 4, size, size), (max_batch, 3, 4, size, size)
-
-        def create_execution_context(self):
-            return Context(self)
-
-    trt.Runtime = lambda logger: types.SimpleNamespace(
-        deserialize_cuda_engine=lambda data: Engine(data.decode()))
-    return trt
+    (bundle_dir / "policy.plan").write_text(json.dumps({"onnx": str(bundle_dir / "policy.onnx")}))
+    add_trt_engines(bundle_dir, [TrtEngineEntry.for_file(bundle_dir, "policy.plan", model="policy",
+                                                         tensorrt_version=version, gpu_name=gpu_name, max_batch=2)])
 
 
-def _add_fake_plans(bundle_dir: Path, gpu_name: str = "Fake GPU") -> None:
-    entries = []
-    for name in ["policy", "backbone_00", "backbone_01", "backbone_10", "backbone_11"]:
-        (bundle_dir / f"{name}.plan").write_bytes(name.encode())
-        entries.append(TrtEngineEntry.for_file(bundle_dir, f"{name}.plan", mask=name.replace("backbone_", ""),
-                                               tensorrt_version="10.0.0", gpu_name=gpu_name, max_batch=2))
-    add_trt_engines(bundle_dir, entries)
+@pytest.fixture(scope="module")
+def segment_bundle_dir(tmp_path_factory) -> Path:
+    from segment_bundle import make_segment_bundle
+
+    return make_segment_bundle(tmp_path_factory.mktemp("seg") / "bundle")[0]
 
 
-def test_trt_backend_with_fake_tensorrt(tmp_path: Path, monkeypatch) -> None:
-    cudart = _FakeCudart()
-    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(max_batch=2))
+def test_trt_backend_with_fake_tensorrt(segment_bundle_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """The predictor on TensorRT (policy plan + chained segment plans) predicts what it does on ONNX Runtime."""
+    import shutil
+
+    log, cudart = _ChainLog(), _FakeCudart()
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt_segments("10.8.0", 2, 8, log))
     monkeypatch.setattr(trt_backend, "import_cudart", lambda: cudart)
-    bundle_dir = make_fake_bundle(tmp_path / "bundle")
-    _add_fake_plans(bundle_dir)
-    clips = [make_clip(keep, mask, seed=i) for i, (keep, mask) in enumerate([
-        ([True, True, False, False], "11"), ([True, False, True, False], "11"),
-        ([False, True, True, False], "11"), ([True, True, True, True], "01")])]
+    bundle_dir = Path(shutil.copytree(segment_bundle_dir, tmp_path / "bundle"))
+    _add_policy_plan(bundle_dir)
+    _add_segment_plans(bundle_dir)
+    keeps = [[True] * 4 + [False] * 4, [True, False] * 4, [False, True] * 4, [True] * 8]
+    clips = [make_clip(keep, mask, seed=i) for i, (keep, mask) in enumerate(zip(keeps, ["11", "11", "11", "01"]))]
     with AdaptivePredictor(bundle_dir, intra_op_threads=1) as ort_pred:
         expected = ort_pred.predict_batch(clips)
     with AdaptivePredictor(bundle_dir, backend="trt") as trt_pred:
         assert trt_pred.max_batch == 2  # from the plans' max_batch: 3 clips of one group run as 2 + 1
-        assert "TensorRT 10.0.0 on Fake GPU" in trt_pred.backend.describe()
+        assert "TensorRT 10.8.0 on Fake GPU" in trt_pred.backend.describe()
+        assert trt_pred.backend.names == ["policy", "backbone"]
         got = trt_pred.predict_batch(clips)
         for a, b in zip(got, expected):
             assert a.stage_mask == b.stage_mask and a.frame_mask.tolist() == b.frame_mask.tolist()
-            np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
-        with pytest.raises(ValueError, match=r"\(3, 3, 4, 16, 16\) \(36864 bytes\) but its buffer holds 24576 bytes"):
-            trt_pred.backend.run("backbone_11", {"clip": np.zeros((3, 3, 4, 16, 16), np.float32)})
+            np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4, atol=1e-5)
+        assert len({c.scratch[0] for c in log.contexts}) == 1  # the policy shares the segments' scratch
+        with pytest.raises(ValueError, match=r"\(3, 3, 8, 16, 16\) \(73728 bytes\) but its buffer holds 49152 bytes"):
+            trt_pred.backend.run("backbone", {"clip": np.zeros((3, 3, 8, 16, 16), np.float32),
+                                              "stage_mask": np.array([1, 1])})
         assert trt_pred.backend.peak_memory_mb() == pytest.approx(1024.0)
     assert cudart.mem == {}  # every host and device buffer freed on close
 
 
-def test_trt_predictor_refuses_plans_from_another_gpu(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(max_batch=2))
+def test_trt_predictor_refuses_plans_from_another_gpu(segment_bundle_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt_segments("10.8.0", 2, 8, _ChainLog()))
     monkeypatch.setattr(trt_backend, "import_cudart", _FakeCudart)
-    bundle_dir = make_fake_bundle(tmp_path / "bundle")
+    bundle_dir = Path(shutil.copytree(segment_bundle_dir, tmp_path / "bundle"))
     with pytest.raises(Exception, match=r"no TensorRT plan for 'policy'.*build-engines"):
         AdaptivePredictor(bundle_dir, backend="trt")
-    _add_fake_plans(bundle_dir, gpu_name="Orin")
-    assert open_bundle(bundle_dir).trt_engines("policy")[0].gpu_name == "Orin"
+    _add_policy_plan(bundle_dir)
+    with pytest.raises(Exception, match=r"no TensorRT plan for segment 'stem_v0'.*build-engines"):
+        AdaptivePredictor(bundle_dir, backend="trt")
+    _add_segment_plans(bundle_dir, gpu_name="Orin")
+    assert open_bundle(bundle_dir).trt_engines("res4_v1")[0].gpu_name == "Orin"
     with pytest.raises(EngineMismatchError, match="built on GPU 'Orin', this GPU is 'Fake GPU'"):
         AdaptivePredictor(bundle_dir, backend="trt")
 
@@ -290,3 +236,346 @@ def test_run_threads_reach_the_sessions(bundle_dir: Path, tmp_path: Path, monkey
                                         *extra])
         assert res.exit_code == 0, res.output
         assert seen[-1] == expected
+
+
+# --- TensorRT: segment chains (bundle format 2) against fakes of TensorRT 10.0, 10.x and 11 ----
+
+def _segment_fn(spec: dict):
+    """The numpy function a fake segment engine computes: a seeded channel mix, a spatial average
+    pool, a tanh; the head averages over (T, H, W) and applies a seeded matrix. A spec naming an
+    ``onnx`` file runs that segment file in ONNX Runtime instead (what the real engine was built from)."""
+    rng = np.random.default_rng(spec["seed"])
+    w = rng.standard_normal((spec["cout"], spec["cin"])).astype(np.float32)
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        if spec.get("head"):
+            return x.mean(axis=(2, 3, 4)) @ w.T
+        y = np.tanh(np.einsum("oc,bcthw->bothw", w, x))
+        p = spec["pool"]
+        b, c, t, h, wd = y.shape
+        return y.reshape(b, c, t, h // p, p, wd // p, p).mean(axis=(4, 6)).astype(np.float32)
+    return fn
+
+
+def _run_spec(spec: dict, feeds: dict) -> dict:
+    """Outputs of a fake engine by name: its ONNX file in ONNX Runtime, or ``_segment_fn``."""
+    if "onnx" not in spec:
+        return {"y": _segment_fn(spec)(feeds["x"])}
+    sess = _ort_session(spec["onnx"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+@functools.lru_cache(maxsize=None)
+def _ort_session(path: str):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def _segment_out_shape(spec: dict, shape: tuple) -> tuple:
+    if spec.get("head"):
+        return (shape[0], spec["cout"])
+    return (shape[0], spec["cout"], shape[2], shape[3] // spec["pool"], shape[4] // spec["pool"])
+
+
+class _ChainLog:
+    def __init__(self) -> None:
+        self.executed: list = []  # (plan name, input address, output address, input shape)
+        self.contexts: list = []
+
+
+def _fake_tensorrt_segments(version: str, max_batch: int, num_frames: int, log: _ChainLog) -> types.ModuleType:
+    """A ``tensorrt`` whose plans are JSON specs of ``_segment_fn``; execution reads and writes the
+    addresses bound with ``set_tensor_address``. The scratch API is the one of ``version``: 10.0 has
+    ``device_memory_size`` and the ``device_memory`` attribute; later 10.x ``device_memory_size_v2`` and
+    ``set_device_memory``; 11 also the runtime config. A spec ``{"onnx": path}`` runs that file in ONNX
+    Runtime (I/O names and dims from the file, dynamic axes spanning 1..max_batch and 1..num_frames)."""
+    import json
+
+    major, minor = (int(v) for v in version.split(".")[:2])
+    v2 = (major, minor) >= (10, 1)
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=2: None})
+    trt.nptype = lambda dtype: np.float32
+    trt.ExecutionContextAllocationStrategy = types.SimpleNamespace(STATIC=0, USER_MANAGED=2)
+
+    class Context:
+        def __init__(self, engine):
+            self.engine, self.shapes, self.addr, self.scratch = engine, {}, {}, None
+            log.contexts.append(self)
+
+        if v2:
+            def set_device_memory(self, ptr, size):
+                self.scratch = (ptr, size)
+        else:
+            @property
+            def device_memory(self):
+                return None if self.scratch is None else self.scratch[0]
+
+            @device_memory.setter
+            def device_memory(self, ptr):
+                self.scratch = (ptr, None)
+
+        def set_input_shape(self, name, shape):
+            self.shapes[name] = tuple(shape)
+            return shape[0] <= max_batch and (len(shape) < 3 or 1 <= shape[2] <= num_frames)
+
+        def set_tensor_address(self, name, ptr):
+            self.addr[name] = ptr
+
+        def _feeds(self, zeros: bool) -> dict:
+            return {n: np.zeros(self.shapes[n], np.float32) if zeros else np.ctypeslib.as_array(
+                (ctypes.c_float * int(np.prod(self.shapes[n]))).from_address(self.addr[n])).reshape(
+                    self.shapes[n]).copy() for n in self.engine.inputs}
+
+        def get_tensor_shape(self, name):
+            if name in self.engine.inputs:
+                return self.shapes[name]
+            if "onnx" not in self.engine.spec:
+                return _segment_out_shape(self.engine.spec, self.shapes["x"])
+            return _run_spec(self.engine.spec, self._feeds(zeros=True))[name].shape
+
+        def execute_async_v3(self, stream):
+            assert self.scratch is not None and self.scratch[0]  # user-managed: scratch set first
+            outs = _run_spec(self.engine.spec, self._feeds(zeros=False))
+            assert not set(self.addr[n] for n in outs) & set(self.addr[n] for n in self.engine.inputs)
+            for n, y in outs.items():
+                y = np.ascontiguousarray(y, np.float32)
+                ctypes.memmove(self.addr[n], y.ctypes.data, y.nbytes)
+            x = self.engine.inputs[0]
+            log.executed.append((self.engine.spec["name"], self.addr[x], self.addr[self.engine.outputs[0]],
+                                 self.shapes[x]))
+            return True
+
+    class RuntimeConfig:
+        def __init__(self):
+            self.strategy = 0
+
+        def set_execution_context_allocation_strategy(self, strategy):
+            self.strategy = strategy
+
+    class Engine:
+        def __init__(self, spec):
+            self.inputs, self.outputs, self.dims = ["x"], ["y"], {}
+            if "onnx" in spec:  # I/O names and dims (-1 where dynamic) from the ONNX file
+                sess = _ort_session(spec["onnx"])
+                self.inputs = [i.name for i in sess.get_inputs()]
+                self.outputs = [o.name for o in sess.get_outputs()]
+                self.dims = {i.name: tuple(d if isinstance(d, int) else -1 for d in i.shape) for i in sess.get_inputs()}
+                spec = {"name": Path(spec["onnx"]).stem, **spec}
+            else:
+                c, s = spec["cin"], spec["size"]
+                self.dims = {"x": (-1, c, -1, s, s)}
+            self.spec = spec
+            self.num_io_tensors = len(self.inputs) + len(self.outputs)
+            setattr(self, "device_memory_size_v2" if v2 else "device_memory_size", spec.get("scratch", 100))
+
+        def get_tensor_name(self, i):
+            return (self.inputs + self.outputs)[i]
+
+        def get_tensor_mode(self, name):
+            return "in" if name in self.inputs else "out"
+
+        def get_tensor_dtype(self, name):
+            return "float32"
+
+        def get_tensor_shape(self, name):
+            return self.dims[name]
+
+        def get_tensor_profile_shape(self, name, profile):
+            d = self.dims[name]
+            lo = tuple(1 if x < 0 else x for x in d)
+            hi = tuple(max_batch if i == 0 else num_frames if x < 0 else x for i, x in enumerate(d))
+            return lo, hi, hi
+
+        def create_execution_context(self, arg=0):
+            if major >= 11:  # the strategy comes through a runtime config
+                assert isinstance(arg, RuntimeConfig) and arg.strategy == 2
+            else:
+                assert arg == trt.ExecutionContextAllocationStrategy.USER_MANAGED
+            return Context(self)
+
+        if major >= 11:
+            def create_runtime_config(self):
+                return RuntimeConfig()
+
+    trt.Runtime = lambda logger: types.SimpleNamespace(
+        deserialize_cuda_engine=lambda data: Engine(json.loads(data.decode())))
+    return trt
+
+
+# slow_r50-like: stem, res2 fixed-ish (2 variants each, as --fold auto), two degradable stages, head
+_CHAIN = [  # (segment, cin, cout, input size, pool, variants, choice over 4 configurations)
+    ("stem", 3, 4, 16, 2, 2, [1, 0, 0, 0]),
+    ("res4", 4, 6, 8, 1, 2, [1, 1, 0, 0]),
+    ("res5", 6, 8, 8, 2, 2, [1, 0, 1, 0]),
+    ("head", 8, 5, 4, 1, 1, [0, 0, 0, 0]),
+]
+
+
+def _write_chain_plans(tmp_path: Path) -> list:
+    import json
+
+    segments = []
+    for s, (seg, cin, cout, size, pool, n, choice) in enumerate(_CHAIN):
+        names = []
+        for v in range(n):
+            spec = {"name": f"{seg}_v{v}", "seed": 10 * s + v, "cin": cin, "cout": cout, "size": size,
+                    "pool": pool, "head": seg == "head", "scratch": 1000 * (s + 1) + 7 * v}
+            (tmp_path / f"{seg}_v{v}.plan").write_text(json.dumps(spec))
+            names.append((f"{seg}_v{v}", spec))
+        segments.append((seg, choice, names))
+    return segments
+
+
+@pytest.mark.parametrize("version", ["10.0.0", "10.8.0", "11.3.0"])
+def test_trt_segment_chain(tmp_path: Path, monkeypatch, version: str) -> None:
+    log, cudart = _ChainLog(), _FakeCudart()
+    copies = []
+    memcpy = cudart.cudaMemcpyAsync
+
+    def spy(dst, src, nbytes, kind, stream):
+        copies.append((kind, dst, src, nbytes))
+        return memcpy(dst, src, nbytes, kind, stream)
+
+    cudart.cudaMemcpyAsync = spy
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt_segments(version, 2, 4, log))
+    monkeypatch.setattr(trt_backend, "import_cudart", lambda: cudart)
+    segments = _write_chain_plans(tmp_path)
+    with TrtBackend() as backend:
+        for _, _, names in segments:
+            for name, _ in names:
+                backend.load(name, tmp_path / f"{name}.plan", {"model": "segment", "tensorrt_version": version,
+                                                               "gpu_name": "Fake GPU"})
+        chain = backend.add_chain("backbone", [(seg, choice, [n for n, _ in names]) for seg, choice, names in segments])
+        assert backend.names == ["backbone"] and backend.input_names("backbone") == ["clip", "stage_mask"]
+        # one scratch buffer, the largest engine's need, set on every context
+        specs = [spec for _, _, names in segments for _, spec in names]
+        assert backend.scratch_bytes == max(s["scratch"] for s in specs)
+        assert len(log.contexts) == len(specs)
+        ptrs = {c.scratch[0] for c in log.contexts}
+        assert len(ptrs) == 1 and ptrs != {0}
+        if version != "10.0.0":
+            assert {c.scratch[1] for c in log.contexts} == {backend.scratch_bytes}
+        # two ping-pong buffers sized for the largest boundary tensor at (max_batch, T)
+        assert backend._ping_bytes == max(2 * cin * 4 * size * size * 4 for _, cin, _, size, *_ in _CHAIN)
+        rng = np.random.default_rng(0)
+        for mask in ("11", "10", "01", "00"):
+            for batch, t in ((1, 4), (2, 3), (1, 1)):
+                clip = rng.standard_normal((batch, 3, t, 16, 16)).astype(np.float32)
+                log.executed.clear()
+                copies.clear()
+                got = backend.run("backbone", {"clip": clip, "stage_mask": np.array([int(c) for c in mask])})
+                expected = clip
+                pieces = chain.pieces(int(mask, 2))
+                for seg, choice, names in segments:
+                    expected = _segment_fn(names[choice[int(mask, 2)]][1])(expected)
+                np.testing.assert_allclose(got["logits"], expected, rtol=1e-5, atol=1e-6)
+                assert [e[0] for e in log.executed] == pieces
+                ping = backend._ping
+                assert [(e[1], e[2]) for e in log.executed] == [(ping[i % 2], ping[(i + 1) % 2])
+                                                                for i in range(len(pieces))]
+                assert log.executed[0][3] == clip.shape and log.executed[1][3] == (batch, 4, t, 8, 8)
+                # host <-> device only at the chain's ends: the clip in, the logits out
+                assert [(k, d in ping, s in ping) for k, d, s, _ in copies] == [(1, True, False), (2, False, True)]
+        same = backend.run("backbone_10", {"clip": clip})["logits"]
+        np.testing.assert_array_equal(same, backend.run("backbone", {"clip": clip, "stage_mask": [1, 0]})["logits"])
+        with pytest.raises(ValueError, match="outside its engine's optimization profile"):
+            backend.run("backbone", {"clip": np.zeros((1, 3, 5, 16, 16), np.float32), "stage_mask": [1, 1]})
+        with pytest.raises(ValueError, match="buffer holds"):
+            backend.run("backbone", {"clip": np.zeros((3, 3, 4, 16, 16), np.float32), "stage_mask": [1, 1]})
+        with pytest.raises(ValueError, match="expected 2 values of 0/1"):
+            backend.run("backbone", {"clip": clip, "stage_mask": [1, 0, 1]})
+        with pytest.raises(KeyError, match="'stem_v0' is not loaded"):
+            backend.run("stem_v0", {"x": clip})
+    assert cudart.mem == {}  # scratch, ping-pong and staging buffers freed on close
+
+
+def test_trt_segment_refuses_foreign_plan(tmp_path: Path, monkeypatch) -> None:
+    log = _ChainLog()
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt_segments("10.8.0", 2, 4, log))
+    monkeypatch.setattr(trt_backend, "import_cudart", _FakeCudart)
+    _write_chain_plans(tmp_path)
+    with TrtBackend() as backend:
+        with pytest.raises(EngineMismatchError, match=r"stem_v0\.plan: built with TensorRT 10\.3\.0, this is "
+                                                      r"TensorRT 10\.8\.0"):
+            backend.load("stem_v0", tmp_path / "stem_v0.plan", {"model": "segment", "tensorrt_version": "10.3.0"})
+        with pytest.raises(EngineMismatchError, match="built on GPU 'Orin'"):
+            backend.load("stem_v0", tmp_path / "stem_v0.plan", {"model": "segment", "gpu_name": "Orin"})
+        assert log.contexts == []  # refused before deserializing
+
+
+def _add_segment_plans(bundle_dir: Path, gpu_name: str = "Fake GPU", version: str = "10.8.0") -> None:
+    """A fake plan per segment variant of the bundle, running that variant's ONNX file."""
+    import json
+
+    bundle = open_bundle(bundle_dir)
+    entries = []
+    for seg in bundle.manifest.backbone.segments:
+        for v, variant in enumerate(seg.variants):
+            plan = f"{seg.name}_v{v}.plan"
+            (bundle_dir / plan).write_text(json.dumps({"onnx": str(bundle_dir / variant.file), "scratch": 100 + v}))
+            entries.append(TrtEngineEntry.for_file(bundle_dir, plan, model="segment", segment=seg.name, variant=v,
+                                                   tensorrt_version=version, gpu_name=gpu_name, max_batch=2))
+    add_trt_engines(bundle_dir, entries)
+
+
+@pytest.mark.parametrize("version", ["10.0.0", "11.3.0"])
+def test_trt_bundle_backbone_chain_equals_pytorch(tmp_path: Path, monkeypatch, version: str) -> None:
+    """The chained segment engines of a real tiny backbone compute its PyTorch forward, per configuration."""
+    from segment_bundle import make_segment_bundle, reference_logits
+
+    bundle_dir, backbone = make_segment_bundle(tmp_path / "b")
+    log, cudart = _ChainLog(), _FakeCudart()
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt_segments(version, 2, 8, log))
+    monkeypatch.setattr(trt_backend, "import_cudart", lambda: cudart)
+    with TrtBackend() as backend:
+        with pytest.raises(Exception, match=r"no TensorRT plan for segment 'stem_v0'.*build-engines"):
+            backend.load_bundle_backbone(open_bundle(bundle_dir))
+        _add_segment_plans(bundle_dir, gpu_name="Orin", version=version)
+        with pytest.raises(EngineMismatchError, match=r"stem_v0.*built on GPU 'Orin', this GPU is 'Fake GPU'"):
+            backend.load_bundle_backbone(open_bundle(bundle_dir))
+        _add_segment_plans(bundle_dir, version=version)  # rebuilt here: the same files, their entries replaced
+        bundle = open_bundle(bundle_dir)
+        assert len(bundle.manifest.trt_engines) == 11
+        entry = backend.load_bundle_backbone(bundle)
+        assert entry.max_batch == 2 and backend.names == ["backbone"]
+        assert len({c.scratch[0] for c in log.contexts if c.scratch}) == 1
+        rng = np.random.default_rng(0)
+        for mask in bundle.masks:
+            for batch, t in ((1, 8), (2, 4), (1, 1)):
+                clip = rng.standard_normal((batch, 3, t, 16, 16)).astype(np.float32)
+                log.executed.clear()
+                got = backend.run("backbone", {"clip": clip, "stage_mask": np.array([int(c) for c in mask])})
+                np.testing.assert_allclose(got["logits"], reference_logits(backbone, mask, clip), rtol=1e-4, atol=1e-4)
+                index = int(mask, 2)
+                assert [e[0] for e in log.executed] == [f"{seg.name}_v{seg.choice[index]}"
+                                                        for seg in bundle.manifest.backbone.segments]
+    assert cudart.mem == {}
+
+
+def test_set_context_scratch_api_generations() -> None:
+    from ada3d_edge.trt_api import engine_scratch_bytes, set_context_scratch
+
+    class V2:  # TensorRT >= 10.1: set_device_memory(ptr, size)
+        def set_device_memory(self, ptr, size):
+            self.got = (ptr, size)
+
+    class OneArg:  # a binding whose set_device_memory takes the pointer only
+        device_memory = None
+
+        def set_device_memory(self, ptr):  # called with (ptr, size): TypeError, then the attribute
+            raise AssertionError("unreachable")
+
+    class V10_0:  # TensorRT 10.0: the attribute
+        device_memory = None
+
+    v2, one, old = V2(), OneArg(), V10_0()
+    set_context_scratch(v2, 4096, 512)
+    set_context_scratch(one, 4096, 512)
+    set_context_scratch(old, 4096, 512)
+    assert (v2.got, one.device_memory, old.device_memory) == ((4096, 512), 4096, 4096)
+    assert engine_scratch_bytes(types.SimpleNamespace(device_memory_size_v2=7, device_memory_size=3)) == 7
+    assert engine_scratch_bytes(types.SimpleNamespace(device_memory_size=3)) == 3

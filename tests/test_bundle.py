@@ -135,23 +135,40 @@ def test_manifest_content_checks(bundle_dir: Path) -> None:
 
 
 def test_add_trt_engines_atomic_and_replacing(bundle_dir: Path) -> None:
-    plan = bundle_dir / "backbone_11.plan"
+    plan = bundle_dir / "net_v3.plan"
     plan.write_bytes(b"plan-v1")
-    entry = TrtEngineEntry.for_file(bundle_dir, plan.name, mask="11", tensorrt_version="10.3.0",
-                                    gpu_name="Orin", precision="fp16", max_batch=4)
+    entry = TrtEngineEntry.for_file(bundle_dir, plan.name, model="segment", segment="net", variant=3,
+                                    tensorrt_version="10.3.0", gpu_name="Orin", precision="fp16", max_batch=4)
     manifest = add_trt_engines(bundle_dir, [entry])
-    assert [e.file for e in manifest.trt_engines] == ["backbone_11.plan"]
+    assert [e.file for e in manifest.trt_engines] == ["net_v3.plan"] and entry.name == "net_v3"
     plan.write_bytes(b"plan-v2")
-    newer = TrtEngineEntry.for_file(bundle_dir, plan.name, mask="11", tensorrt_version="10.3.0",
-                                    gpu_name="Orin", precision="fp16", max_batch=4)
+    newer = TrtEngineEntry.for_file(bundle_dir, plan.name, model="segment", segment="net", variant=3,
+                                    tensorrt_version="10.3.0", gpu_name="Orin", precision="fp16", max_batch=4)
     add_trt_engines(bundle_dir, [newer])
     bundle = open_bundle(bundle_dir)  # verifies the plan's new hash
-    assert bundle.trt_engines("11") == [newer] and bundle.trt_engines("00") == []
+    assert bundle.trt_engines("net_v3") == [newer] and bundle.trt_engines("net_v0") == []
     assert not [p for p in os.listdir(bundle_dir) if p.endswith(".tmp")]  # no temp file left behind
-    bad = TrtEngineEntry(file="backbone_00.plan", sha256="0" * 64, mask="00")
-    with pytest.raises(BundleError, match=r"backbone_00\.plan: missing"):
+    bad = TrtEngineEntry(file="net_v0.plan", sha256="0" * 64, segment="net", variant=0)
+    with pytest.raises(BundleError, match=r"net_v0\.plan: missing"):
         add_trt_engines(bundle_dir, [bad])
     assert read_manifest(bundle_dir).trt_engines == [newer]  # manifest unchanged by the failed call
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"model": "backbone"}, r"has model 'backbone'; expected one of \['policy', 'segment'\]"),
+    ({"segment": "res9", "variant": 0}, r"segment 'res9' variant 0, which the backbone does not have"),
+    ({"segment": "net", "variant": 4}, r"segment 'net' variant 4"),
+])
+def test_trt_engine_entry_names_a_real_model(bundle_dir: Path, tmp_path: Path, fields, message) -> None:
+    """Issue 12 item 7: what a plan holds is explicit (model, segment, variant), and checked."""
+    import shutil
+
+    out = Path(shutil.copytree(bundle_dir, tmp_path / "b"))
+    (out / "x.plan").write_bytes(b"plan")
+    with pytest.raises(BundleError, match=message):
+        add_trt_engines(out, [TrtEngineEntry.for_file(out, "x.plan", **fields)])
+    policy = TrtEngineEntry.for_file(out, "x.plan", model="policy")
+    assert add_trt_engines(out, [policy]).trt_engines == [policy] and policy.name == "policy"
 
 
 def test_one_masks_module_one_order():

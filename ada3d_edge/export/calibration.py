@@ -49,6 +49,26 @@ def calibration_batches(list_file: PathLike, manifest: Manifest, kind: str = "ba
             batch = []
 
 
+def segment_calibration_batches(bundle: Any, segment: int, variant: int, list_file: PathLike,
+                                max_clips: int = 64) -> Iterator[np.ndarray]:
+    """INT8 calibration inputs of one segment variant: the calibration clips run through the segments
+    before it (in ONNX Runtime, CPU), as the first configuration that uses this variant chains them."""
+    segments = bundle.manifest.backbone.segments
+    index = segments[segment].choice.index(variant)
+    clips = calibration_batches(list_file, bundle.manifest, "backbone", max_clips=max_clips)
+    if segment == 0:
+        yield from clips
+        return
+    import onnxruntime as ort
+
+    sessions = [ort.InferenceSession(str(bundle.root / seg.variants[seg.choice[index]].file),
+                                     providers=["CPUExecutionProvider"]) for seg in segments[:segment]]
+    for x in clips:
+        for sess in sessions:
+            x = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        yield np.ascontiguousarray(x, dtype=np.float32)
+
+
 def make_calibrator(trt: Any, cudart: Any, batches: Iterator[np.ndarray], batch_size: int,
                     cache_file: PathLike) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding ``batches`` (device memory via cuda-python)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -80,10 +80,32 @@ def shape_profiles(manifest: Manifest, max_batch: int,
     """TensorRT (min, opt, max) input shapes per model kind, from the manifest.
 
     Backbones: ``clip`` from (1, 3, 1, S, S) to (B, 3, T, S, S), tuned at (opt_batch, 3, T, S, S).
-    Policy: ``frames`` at fixed T, batch 1..B.
+    Policy: ``frames`` at fixed T, batch 1..B. (Segment engines: ``segment_shape_profile``.)
     """
     t, s, p = manifest.num_frames, manifest.crop_size, manifest.policy_size
     return {
         "backbone": {BACKBONE_INPUT: ((1, 3, 1, s, s), (opt_batch, 3, t, s, s), (max_batch, 3, t, s, s))},
         "policy": {POLICY_INPUT: ((1, 3, t, p, p), (opt_batch, 3, t, p, p), (max_batch, 3, t, p, p))},
     }
+
+
+Dim = Union[int, str, None]  # an ONNX input dimension: a size, or a symbolic / unknown one
+
+
+def segment_shape_profile(name: str, dims: Sequence[Dim], num_frames: int, max_batch: int, opt_batch: int = 1,
+                          source: str = "segment") -> Tuple[Shape, Shape, Shape]:
+    """TensorRT (min, opt, max) shape of a segment engine's input from its ONNX dimensions.
+
+    A segment's boundary tensor is ``(B, C, T', H, W)``: axis 0 (batch) spans 1..max_batch, axis 2
+    (kept frames) 1..T (the exported archs never stride in time), tuned at (opt_batch, T); every
+    other axis must be a fixed size. Anything else is a ValueError naming the file.
+    """
+    dims = list(dims)
+    if len(dims) != 5:
+        raise ValueError(f"{source}: input {name!r} has {len(dims)} dims {dims}; a segment takes (B, C, T', H, W)")
+    fixed = [d for i, d in enumerate(dims) if i not in (0, 2)]
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in fixed):
+        raise ValueError(f"{source}: input {name!r} dims {dims}: only batch (axis 0) and frames (axis 2) may be "
+                         "dynamic; re-export the bundle with `ada3d export`")
+    c, h, w = fixed
+    return (1, c, 1, h, w), (opt_batch, c, num_frames, h, w), (max_batch, c, num_frames, h, w)
