@@ -9,6 +9,7 @@ TensorRT version and GPU; its backbone is a chain of segment plans, loaded by th
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from ..bundle import (BACKBONE_NAME, POLICY_FEATURES_NAME, POLICY_HEADS_NAME, POLICY_NAME, Bundle, BundleError,
                       FileEntry)
@@ -38,18 +39,30 @@ def load_bundle_model(backend: Backend, bundle: Bundle, name: str) -> FileEntry:
             raise BundleError(f"the {backend.kind} backend cannot chain the backbone's segment plans; "
                               "use the 'ort' backend")
         return load(bundle)
-    candidates = bundle.trt_engines(POLICY_NAME)
+    return load_first_usable_plan(backend, bundle, POLICY_NAME, name)
+
+
+def load_first_usable_plan(backend: Backend, bundle: Bundle, plan_name: str, model_name: str,
+                           what: str = "") -> Any:
+    """Load into ``backend`` (as ``model_name``) the first TensorRT plan recorded for ``plan_name``
+    that runs on this TensorRT version and GPU, in manifest order; returns its manifest entry.
+
+    The one place plans are chosen: the selection net here, each backbone segment in the TensorRT
+    backend's chain (``what="segment"`` names it so in the errors).
+    """
+    label = f"{what} {plan_name!r}" if what else repr(plan_name)
+    candidates = bundle.trt_engines(plan_name)
     if not candidates:
-        raise BundleError(f"{bundle.root}: no TensorRT plan for {name!r}; run "
+        raise BundleError(f"{bundle.root}: no TensorRT plan for {label}; run "
                           f"`ada3d build-engines {bundle.root}` on this device")
     reasons = []
     for entry in candidates:
         try:
-            backend.load(name, bundle.root / entry.file, dataclasses.asdict(entry))
+            backend.load(model_name, bundle.root / entry.file, dataclasses.asdict(entry))
             return entry
         except EngineMismatchError as exc:
             reasons.append(str(exc))
-    raise EngineMismatchError(f"no usable TensorRT plan for {name!r}: " + " | ".join(reasons))
+    raise EngineMismatchError(f"no usable TensorRT plan for {label}: " + " | ".join(reasons))
 
 
 def load_policy_split(backend: Backend, bundle: Bundle) -> bool:

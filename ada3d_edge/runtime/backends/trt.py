@@ -18,17 +18,17 @@ at the same time. Unverified on a GPU (none lent); tested against fakes of Tenso
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ...bundle import (BACKBONE_INPUT, BACKBONE_MASK_INPUT, BACKBONE_NAME, BACKBONE_OUTPUT, Bundle, BundleError,
+from ...bundle import (BACKBONE_INPUT, BACKBONE_MASK_INPUT, BACKBONE_NAME, BACKBONE_OUTPUT, Bundle,
                        TrtEngineEntry, segment_model_name)
 from ...trt_api import (cuda_call as _cuda_call, engine_scratch_bytes, import_cudart, import_tensorrt,
                         parse_cuda_device, running_gpu_name, set_context_scratch, user_managed_context)
+from ..loading import load_first_usable_plan
 from .base import Backend, EngineMismatchError, check_inputs
 
 SEGMENT_MODEL = "segment"  # TrtEngineEntry.model of a segment variant's plan
@@ -208,24 +208,10 @@ class TrtBackend(Backend):
         table, loaded = [], []
         for seg in bundle.manifest.backbone.segments:
             names = [segment_model_name(seg.name, v) for v in range(len(seg.variants))]
-            loaded += [self._load_first_usable(bundle, name) for name in names]
+            loaded += [load_first_usable_plan(self, bundle, name, name, "segment") for name in names]
             table.append((seg.name, seg.choice, names))
         self.add_chain(BACKBONE_NAME, table)
         return min(loaded, key=lambda e: e.max_batch)
-
-    def _load_first_usable(self, bundle: Bundle, name: str) -> TrtEngineEntry:
-        candidates = bundle.trt_engines(name)
-        if not candidates:
-            raise BundleError(f"{bundle.root}: no TensorRT plan for segment {name!r}; run "
-                              f"`ada3d build-engines {bundle.root}` on this device")
-        reasons = []
-        for entry in candidates:
-            try:
-                self.load(name, bundle.root / entry.file, dataclasses.asdict(entry))
-                return entry
-            except EngineMismatchError as exc:
-                reasons.append(str(exc))
-        raise EngineMismatchError(f"no usable TensorRT plan for segment {name!r}: " + " | ".join(reasons))
 
     def add_chain(self, name: str, segments: Sequence[tuple[str, Sequence[int], Sequence[str]]]) -> SegmentChain:
         """Register the segment engines already loaded as one model ``name`` (see ``SegmentChain``)."""
