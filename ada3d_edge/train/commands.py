@@ -4,6 +4,7 @@ Only click is imported here; torch and the training code load when a command run
 """
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 from typing import Optional, Sequence
@@ -15,6 +16,20 @@ from .run_dir import check_stage_dir
 from .stage_specs import PIPELINE, STAGE_REGISTRY, get_stage
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)  # TypeError is a bug, not a user error
+
+
+@contextlib.contextmanager
+def _click_errors():
+    """Bad input -> one usage line (exit 2); a run that cannot go on (RuntimeError: too many unreadable
+    videos and the like) -> one error line (exit 1). click's own Exit (a RuntimeError) passes through."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        raise click.UsageError(str(e)) from None
+    except click.exceptions.Exit:
+        raise
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
 
 
 def _load(recipe: str, sets: Sequence[str], random_policy: Optional[str], init_from: Optional[str],
@@ -40,6 +55,15 @@ def _end_distributed() -> None:
         from .dist import end_distributed
 
         end_distributed()
+
+
+@contextlib.contextmanager
+def _distributed_teardown():
+    """Leave the process group (if one was joined) however the command ends."""
+    try:
+        yield
+    finally:
+        _end_distributed()
 
 
 def _interrupted(recipe, stage: str, later: Sequence[str], ctx: click.Context) -> str:
@@ -97,7 +121,7 @@ def train_cmd(stage: str, recipe: str, sets, resume: bool, overwrite: bool, rand
     Works under torchrun (DDP)."""
     require("torch", "train", "train")
     key = None if stage == "all" else get_stage(stage).name
-    try:
+    with _click_errors(), _distributed_teardown():
         extra = [f"data.max_bad_fraction={max_bad_fraction}"] if max_bad_fraction is not None else []
         r = _load(recipe, [*sets, *extra], random_policy, init_from, output_dir, key)
         stages = list(PIPELINE) if key is None else [key]
@@ -116,14 +140,6 @@ def train_cmd(stage: str, recipe: str, sets, resume: bool, overwrite: bool, rand
                 click.echo(_interrupted(r, s, stages[i + 1:], click.get_current_context()), err=True)
                 raise click.exceptions.Exit(130) from None
             click.echo(f"{s}: {path}")
-    except USER_ERRORS as e:
-        raise click.UsageError(str(e)) from None
-    except click.exceptions.Exit:  # a RuntimeError too
-        raise
-    except RuntimeError as e:  # too many unreadable videos and the like
-        raise click.ClickException(str(e)) from None
-    finally:
-        _end_distributed()
 
 
 @click.command("eval")
@@ -183,16 +199,12 @@ def eval_cmd(checkpoint: str, data_list: str, root, classes_file, clips, json_ou
         require("matplotlib", "train", "eval --plot")
         if not plot_out.lower().endswith((".png", ".svg", ".pdf")):
             raise click.UsageError(f"--plot {plot_out}: the file must end in .png, .svg or .pdf")
-    try:
+    with _click_errors():
         from .evaluate import evaluate, format_table, write_json
 
         res = evaluate(checkpoint, data_list, root=root, classes_file=classes_file, num_clips=clips,
                        random_ft=random_ft, upper=upper, threshold=threshold, batch_size=batch_size, workers=workers,
                        device=device, seed=seed, progress=not quiet, max_bad_fraction=max_bad_fraction)
-    except USER_ERRORS as e:
-        raise click.UsageError(str(e)) from None
-    except RuntimeError as e:
-        raise click.ClickException(str(e)) from None
     click.echo(format_table(res))
     if json_out:
         click.echo(f"wrote {write_json(res, json_out)}")
@@ -207,15 +219,11 @@ def eval_cmd(checkpoint: str, data_list: str, root, classes_file, clips, json_ou
 
 
 def _eval_paper_table(table: str, checkpoint: str, data_list: str, json_out, quiet: bool, **kw) -> None:
-    try:
+    with _click_errors():
         from .evaluate import write_json
         from .paper_tables import evaluate_table, format_paper_table
 
         res = evaluate_table(table, checkpoint, data_list, progress=not quiet, **kw)
-    except USER_ERRORS as e:
-        raise click.UsageError(str(e)) from None
-    except RuntimeError as e:
-        raise click.ClickException(str(e)) from None
     click.echo(format_paper_table(res))
     if json_out:
         click.echo(f"wrote {write_json(res, json_out)}")
@@ -252,7 +260,7 @@ def sweep_cmd(recipe: str, gammas, sets, output_dir, no_random_ft: bool, resume:
     accuracy vs GFLOPs (PNG) with the points as CSV and JSON. Trains `upper` first when missing."""
     require("torch", "train", "sweep")
     require("matplotlib", "train", "sweep")
-    try:
+    with _click_errors(), _distributed_teardown():
         r = _load(recipe, sets, None, None, output_dir, None)
         values = _gammas(gammas) if gammas else list(r.gammas)
         if not values:
@@ -261,12 +269,6 @@ def sweep_cmd(recipe: str, gammas, sets, output_dir, no_random_ft: bool, resume:
 
         out = run_sweep(r, values, random_ft=not no_random_ft, num_clips=clips, progress=not quiet,
                         resume=resume, overwrite=overwrite)
-    except USER_ERRORS as e:
-        raise click.UsageError(str(e)) from None
-    except RuntimeError as e:
-        raise click.ClickException(str(e)) from None
-    finally:
-        _end_distributed()
     click.echo(f"sweep: {out['png']}, {out['csv']}, {out['json']}")
 
 
