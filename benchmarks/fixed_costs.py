@@ -36,7 +36,7 @@ from ada3d_edge import preprocess
 from ada3d_edge.bundle import POLICY_FEATURES, POLICY_FEATURES_NAME, POLICY_HEADS_NAME, open_bundle
 from ada3d_edge.runtime.bench_report import machine_info
 from ada3d_edge.runtime.feature_cache import FeatureCache, StreamFrames
-from ada3d_edge.runtime.predictor import AdaptivePredictor, logits_to_scores
+from ada3d_edge.runtime.predictor import AdaptivePredictor, logits_to_scores, stage_mask_feed
 from ada3d_edge.runtime.sources import ClipBuffer
 
 DEMO_BUNDLE = Path("runs/demo/bundle")
@@ -65,7 +65,8 @@ def old_run(session, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     expected = [i.name for i in session.get_inputs()]
     if set(inputs) != set(expected):
         raise ValueError("bad inputs")
-    feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
+    feeds = {k: np.ascontiguousarray(v, dtype=np.float32 if v.dtype.kind == "f" else v.dtype)  # stage_mask: int64
+             for k, v in inputs.items()}
     outputs = session.run(None, feeds)
     return {o.name: arr for o, arr in zip(session.get_outputs(), outputs)}
 
@@ -136,6 +137,7 @@ def per_step(bundle: Path, clips: List[np.ndarray], rounds: int, warmup: int) ->
     sessions = pred.backend._sessions  # the same sessions for both paths
     t = m.num_frames
     upper = np.ones(t, bool)
+    upper_mask = stage_mask_feed(pred.bundle.upper_mask)  # format 2: one backbone graph, the configuration is a feed
 
     def old(r: int) -> Dict[str, float]:
         frames = clips[r % len(clips)]
@@ -148,7 +150,7 @@ def per_step(bundle: Path, clips: List[np.ndarray], rounds: int, warmup: int) ->
         tm.lap("selection net")
         xc = np.stack([old_to_clip_tensor(crops[upper], m.mean, m.std)])
         tm.lap("backbone input")
-        logits = old_run(sessions["backbone_11"], {"clip": xc})["logits"]
+        logits = old_run(sessions["backbone"], {"clip": xc, "stage_mask": upper_mask})["logits"]
         tm.lap("backbone")
         logits_to_scores(logits)
         tm.lap("scores")
@@ -166,7 +168,7 @@ def per_step(bundle: Path, clips: List[np.ndarray], rounds: int, warmup: int) ->
         tm.lap("selection net")
         xc = preprocess.to_clip_tensor(crops[upper], m.mean, m.std)[None]
         tm.lap("backbone input")
-        logits = pred.backend.run("backbone_11", {"clip": xc})["logits"]
+        logits = pred.backend.run("backbone", {"clip": xc, "stage_mask": upper_mask})["logits"]
         tm.lap("backbone")
         logits_to_scores(logits)
         tm.lap("scores")
@@ -183,7 +185,7 @@ def per_step(bundle: Path, clips: List[np.ndarray], rounds: int, warmup: int) ->
         tm.lap("selection net")
         xc = preprocess.to_clip_tensor(crops[upper], m.mean, m.std)[None]
         tm.lap("backbone input")
-        logits = pred.backend.run("backbone_11", {"clip": xc})["logits"]
+        logits = pred.backend.run("backbone", {"clip": xc, "stage_mask": upper_mask})["logits"]
         tm.lap("backbone")
         logits_to_scores(logits)
         tm.lap("scores")
@@ -292,32 +294,33 @@ def per_call(bundle: Path, rounds: int, warmup: int) -> Dict[str, Dict[str, floa
     variants = {}
     cases = {"policy features (8 frames)": (b.root / m.policy_split.features.file,
                                             np.random.rand(m.num_frames, 3, m.policy_size, m.policy_size)),
-             "backbone 11 (T=8)": (b.engine_path(b.upper_mask),
+             "backbone 11 (T=8)": (b.backbone_path,
                                    np.random.rand(1, 3, m.num_frames, m.crop_size, m.crop_size))}
     for case, (path, x) in cases.items():
         x = np.ascontiguousarray(x, dtype=np.float32)
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        iname, onames = sess.get_inputs()[0].name, [o.name for o in sess.get_outputs()]
-        outs = {o: np.empty(a.shape, np.float32) for o, a in zip(onames, sess.run(None, {iname: x}))}
+        feeds = _feeds(sess, x, b.upper_mask)
+        onames = [o.name for o in sess.get_outputs()]
+        outs = {o: np.empty(a.shape, np.float32) for o, a in zip(onames, sess.run(None, feeds))}
         binding = sess.io_binding()
 
-        def run(r, sess=sess, iname=iname, x=x):
-            t0 = time.perf_counter()
-            sess.run(None, {iname: x})
-            return {"ms": (time.perf_counter() - t0) * 1e3}
+        def run(r, sess=sess, feeds=feeds):
+            return _timed(sess, feeds)
 
-        def iob_alloc(r, sess=sess, iname=iname, x=x, onames=onames, binding=binding):
+        def iob_alloc(r, sess=sess, feeds=feeds, onames=onames, binding=binding):
             t0 = time.perf_counter()
-            binding.bind_cpu_input(iname, x)
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
             for o in onames:
                 binding.bind_output(o, "cpu")
             sess.run_with_iobinding(binding)
             binding.copy_outputs_to_cpu()
             return {"ms": (time.perf_counter() - t0) * 1e3}
 
-        def iob_prebound(r, sess=sess, iname=iname, x=x, outs=outs, binding=binding):
+        def iob_prebound(r, sess=sess, feeds=feeds, outs=outs, binding=binding):
             t0 = time.perf_counter()
-            binding.bind_cpu_input(iname, x)
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
             for o, a in outs.items():
                 binding.bind_output(o, "cpu", 0, np.float32, a.shape, a.ctypes.data)
             sess.run_with_iobinding(binding)
@@ -423,9 +426,10 @@ def candidates(bundle: Path, tmp: Path, rounds: int, warmup: int):
     overrides.setdefault("num_frames", t)
     bspec = build_backbone(cfg.arch, num_classes=len(m.classes), **overrides).spec
     upper_gmacs = backbone_macs(bspec, b.upper_mask, t, m.crop_size) / 1e9
-    backbone = ort.InferenceSession(str(b.engine_path(b.upper_mask)), so, providers=["CPUExecutionProvider"])
+    backbone = ort.InferenceSession(str(b.backbone_path), so, providers=["CPUExecutionProvider"])
     xb = np.random.rand(1, 3, t, m.crop_size, m.crop_size).astype(np.float32)
-    variants = {"backbone 11 (T=8), Upper": lambda r: _timed(backbone, "clip", xb)}
+    upper_feeds = _feeds(backbone, xb, b.upper_mask)
+    variants = {"backbone 11 (T=8), Upper": lambda r: _timed(backbone, upper_feeds)}
     info = {}
     for width, size, shallow in CANDIDATES:
         spec = SelectionSpec(width_mult=width, policy_size=size)
@@ -437,7 +441,7 @@ def candidates(bundle: Path, tmp: Path, rounds: int, warmup: int):
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         x = np.random.rand(1, 3, t, size, size).astype(np.float32)
         name = f"width {width}, {size} px" + (", shallow (1 block per group)" if shallow else "")
-        variants[name] = (lambda r, sess=sess, x=x: _timed(sess, "frames", x))
+        variants[name] = (lambda r, sess=sess, x=x: _timed(sess, {"frames": x}))
         info[name] = {"gmacs": selection_macs(spec, frames=t, size=size, num_stages=k, num_frames_out=t) / 1e9}
     res = round_robin(variants, rounds, warmup)
     up = res["backbone 11 (T=8), Upper"]["ms"]
@@ -446,9 +450,18 @@ def candidates(bundle: Path, tmp: Path, rounds: int, warmup: int):
     return {"upper_ms": up, "upper_gmacs": upper_gmacs, "candidates": info}
 
 
-def _timed(sess, name, x):
+def _feeds(sess, x: np.ndarray, mask: str) -> Dict[str, np.ndarray]:
+    """``x`` as the session's first input, plus the configuration feed where the graph takes one."""
+    names = [i.name for i in sess.get_inputs()]
+    feeds = {names[0]: x}
+    if "stage_mask" in names:
+        feeds["stage_mask"] = stage_mask_feed(mask)
+    return feeds
+
+
+def _timed(sess, feeds: Dict[str, np.ndarray]) -> Dict[str, float]:
     t0 = time.perf_counter()
-    sess.run(None, {name: x})
+    sess.run(None, feeds)
     return {"ms": (time.perf_counter() - t0) * 1e3}
 
 
