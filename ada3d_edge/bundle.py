@@ -378,6 +378,9 @@ class Manifest:
     trt_engines: list[TrtEngineEntry] = field(default_factory=list)
     policy_split: PolicySplit | None = None  # absent in bundles exported before the split
     versions: dict[str, Any] = field(default_factory=dict)
+    # how the 2D layout of each configuration was chosen: {"method": "fixed", "mode": ...} or the
+    # export machine's measurement ({"method": "measured", "modes": {mask: mode}, "ms": ...}; fold_choice.py)
+    layout_choice: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     format: str = FORMAT
     format_version: int = FORMAT_VERSION

@@ -88,14 +88,19 @@ for _cmd in _TRAIN_COMMANDS:  # ada3d train | eval | sweep
 @click.option("--out", "-o", "out", type=click.Path(file_okay=False), required=True, help="Bundle directory to write.")
 @click.option("--opset", type=click.IntRange(17), default=17, show_default=True, help="ONNX opset.")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check of every file.")
-@click.option("--fold", "fold", type=click.Choice(["auto", "all", "degraded"]), default="auto", show_default=True,
-              help="Which temporal-kernel-1 convs become Conv2d over folded frames: the 2D tail of each "
-                   "configuration (auto), all of them, or only degraded stages (always folded).")
+@click.option("--fold", "fold", type=click.Choice(["measure", "auto", "all", "degraded", "none"]), default="measure",
+              show_default=True,
+              help="Which temporal-kernel-1 convs become Conv2d over folded frames: per configuration the "
+                   "faster of auto and none, timed on this machine (measure); the 2D tail of each "
+                   "configuration and degraded stages (auto); all of them; only degraded stages (degraded); "
+                   "none (degraded stages as Conv3d(1,k,k)).")
 @click.option("--no-fold", is_flag=True, help="Same as --fold degraded.")
+@click.option("--measure-seconds", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="Time budget of --fold measure (at least two rounds of every configuration at T' 1, T/2, T).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def export_cmd(checkpoint: str, out: str, opset: int, no_verify: bool, fold: str, no_fold: bool,
-               overwrite: bool, quiet: bool) -> None:
+               measure_seconds: float, overwrite: bool, quiet: bool) -> None:
     """Export CHECKPOINT to a bundle: policy.onnx + one backbone ONNX per stage mask + manifest.json."""
     from .extras import require
 
@@ -107,7 +112,7 @@ def export_cmd(checkpoint: str, out: str, opset: int, no_verify: bool, fold: str
     try:
         path = export_bundle(checkpoint, out, opset=opset, verify=not no_verify,
                              fold_frames="degraded" if no_fold else fold,
-                             overwrite=overwrite, progress=not quiet)
+                             overwrite=overwrite, progress=not quiet, measure_seconds=measure_seconds)
     except FileExistsError as e:
         raise click.UsageError(str(e)) from None
     except (ValueError, VerificationError) as e:  # bad checkpoint or option, failed check
@@ -157,6 +162,12 @@ def build_engines_cmd(bundle: str, profile_path, fp16: bool, int8: bool, calib, 
 
 # --- runtime: run ------------------------------------------------------------------------------
 from .runtime import backends as _backends  # noqa: E402  (the backend table only: no numpy, no onnxruntime)
+_ORT_LAYOUT_OPTION = click.option(
+    "--ort-layout", "ort_layout", type=click.Choice(list(_backends.ORT_LAYOUTS)), default="graph", show_default=True,
+    help="ONNX Runtime only: run the backbone as the one graph (memory about Upper's) or as the bundle's "
+         "segment files chained (degraded configurations as fast as per-configuration graphs on CPU, "
+         "1.5-1.7x the memory; docs/shared-weights.md).")
+
 
 @main.command("run")
 @click.argument("bundle", type=click.Path(exists=True), required=False)
@@ -196,6 +207,7 @@ from .runtime import backends as _backends  # noqa: E402  (the backend table onl
               help="ONNX Runtime intra-op threads (benchmarks/results/run_threads.md).")
 @click.option("--spin/--no-spin", "spinning", default=_backends.ORT_RUN_SPINNING, show_default=True,
               help="Let ONNX Runtime's idle intra-op threads spin (costs p95 latency under load).")
+@_ORT_LAYOUT_OPTION
 def run_cmd(bundle, sources: tuple[str, ...], config_path, **params) -> None:
     """Classify streams from one or more sources with the bundle; prints a summary at the end.
 
@@ -286,6 +298,7 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--frames", callback=_int_list, default=None, help="T' subset, e.g. 1,4,8 (default: 1..T).")
 @click.option("--masks", callback=_str_list, default=None, help="Stage masks subset, e.g. 11,00 (default: all).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="ORT intra-op (or torch) threads.")
+@_ORT_LAYOUT_OPTION
 @click.option("--no-memory", is_flag=True, help="Skip the memory probes (two subprocesses).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None, help="Write latency vs GFLOPs PNG.")
@@ -293,8 +306,8 @@ def _command_line(ctx: click.Context) -> str:
               help="Write the latency table of every (mask, T') normalised to Upper, for policy.cost=latency.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, repeats: int, warmup: int,
-              passes: int, batch: int, frames, masks, threads, no_memory: bool, json_out, plot_out,
-              lut_out, quiet: bool) -> None:
+              passes: int, batch: int, frames, masks, threads, ort_layout: str, no_memory: bool, json_out,
+              plot_out, lut_out, quiet: bool) -> None:
     """Latency of every configuration and of adaptive inference against Upper, in one process."""
     from .runtime.backends import BACKENDS
     from .runtime.backends.base import USER_ERRORS
@@ -317,6 +330,8 @@ def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, 
             raise click.UsageError("--lut needs every mask at every T': leave out --frames and --masks")
         if os.path.exists(lut_out) and not is_lut_file(lut_out):
             raise click.UsageError(f"--lut {lut_out} exists and is not a latency table: choose another file")
+    if ort_layout != "graph" and backend != "ort":
+        raise click.UsageError(f"--ort-layout {ort_layout} is an option of --backend ort, not {backend}")
     runner = backend
     if BACKENDS[backend].file_kind == "module":  # PyTorch modules rebuilt from a checkpoint
         if not checkpoint:
@@ -325,6 +340,12 @@ def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, 
         from .bench_torch import torch_backend_factory
 
         runner = torch_backend_factory(checkpoint, device, threads)
+    elif ort_layout != "graph":
+        import functools
+
+        from .runtime.backends import make_backend
+
+        runner = functools.partial(make_backend, "ort", device, intra_op_threads=threads, layout=ort_layout)
     try:
         options = BenchOptions(data=data, root=root, clips=clips, repeats=repeats, warmup=warmup, batch=batch,
                                frames=frames, masks=masks, passes=passes, memory=not no_memory,

@@ -36,7 +36,7 @@ class DemoPlan:
     bench_clips: int = 24
 
 
-FULL = DemoPlan(videos_per_class=200, val_per_class=25, size=64, frames=40)
+FULL = DemoPlan(videos_per_class=200, val_per_class=25, size=64, frames=40, bench_clips=200)  # all val clips
 QUICK = DemoPlan(videos_per_class=3, val_per_class=2, size=32, frames=24, eval_clips=1, stream_windows=3,
                  bench_repeats=2, bench_clips=4, recipe_overrides=[
                      "optim.epochs=1", "policy.epochs=1", "joint.epochs=1", "data.crop=32",
@@ -120,7 +120,7 @@ def _export(ckpt: Path, bundle: Path, steps: _Steps, progress: bool) -> Path:
                 return bundle
         except BundleError:
             pass
-    return export_bundle(ckpt, bundle, overwrite=True, progress=progress)
+    return export_bundle(ckpt, bundle, overwrite=True, progress=progress, fold_frames="measure")
 
 
 def _stream(plan: DemoPlan, bundle: Path, data: Path, work: Path, steps: _Steps,
@@ -206,11 +206,26 @@ def run_demo(workdir: str | Path = "runs/demo", quick: bool = False, recipe: Opt
     _evaluate(plan, ckpt, data, work / "eval.json", steps, progress, echo)
     _export(ckpt, bundle, steps, progress)
     summary = _stream(plan, bundle, data, work, steps, echo)
-    _bench(plan, bundle, data, work, steps, echo)
+    bench = _bench(plan, bundle, data, work, steps, echo)
+    evaluation = json.loads((work / "eval.json").read_text())
     outputs = {"workdir": work, "data": data, "checkpoint": ckpt, "eval": work / "eval.json",
                "bundle": bundle, "stream_jsonl": work / "run.jsonl", "overlay": work / "overlay.mp4",
                "bench": work / "bench.json", "bench_plot": work / "bench.png"}
     echo(f"\ndone in {time.time() - steps.t0:.0f} s; stream: {summary.get('windows', 0)} windows. Outputs in {work}:")
     for name, path in outputs.items():
         echo(f"  {name:13s} {path}")
+    echo("\n" + demo_line(evaluation, bench))
     return outputs
+
+
+def demo_line(evaluation: Dict[str, Any], bench: Dict[str, Any]) -> str:
+    """The demo's result in one line: accuracy and GFLOPs (eval), latency end to end (bench)."""
+    rows = {r["method"]: r for r in evaluation["rows"]}
+    ada, up = rows["Ada3D"], rows["Upper"]
+    a, u = bench["adaptive"], bench["upper"]
+    am, um = a["latency_ms"], u["latency_ms"]
+    return (f"demo: Ada3D {ada['metric']:.1f}% top-1 vs Upper {up['metric']:.1f}% at "
+            f"{100 * (1 - ada['gflops'] / up['gflops']):.1f}% fewer GFLOPs (selection net included); "
+            f"end to end on {bench['clips']}: adaptive {am['mean']:.2f} ms mean / {am['p95']:.2f} p95 vs Upper "
+            f"{um['mean']:.2f} / {um['p95']:.2f} ms ({am['mean'] / um['mean']:.2f}x); selection net "
+            f"{100 * bench['policy']['fraction_of_upper']:.0f}% of Upper's engine")

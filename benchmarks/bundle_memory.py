@@ -29,8 +29,10 @@ from _common import RESULTS, command_line
 CROP, T, POLICY = 224, 8, 112
 
 
-def export_full_bundle(arch: str, out: Path, calibrated: bool) -> dict:
-    """Random-init ``arch`` bundle (format 2) at ``out`` + today's Upper file beside it; sizes and times."""
+def export_full_bundle(arch: str, out: Path, calibrated: bool, fold: str = "auto") -> dict:
+    """Random-init ``arch`` bundle (format 2) at ``out`` + today's Upper file beside it; sizes and times.
+    ``fold``: the exporter's fold mode, or "measure" (each configuration's layout timed here, as
+    ``ada3d export`` does by default)."""
     import torch
 
     from ada3d_edge.bundle import Manifest, PolicyEntry, write_manifest
@@ -57,7 +59,14 @@ def export_full_bundle(arch: str, out: Path, calibrated: bool) -> dict:
             head.bias.zero_()
     export_policy(sel, out / "policy.onnx", T, POLICY)
     t0 = time.time()
-    graph, segments = build_shared_backbone(backbone, CROP, 17, "auto", num_frames=T)
+    layout_choice = {"method": "fixed", "mode": fold}
+    folds = fold
+    if fold == "measure":
+        from ada3d_edge.export.fold_choice import measure_fold_choice, threads_from_env
+
+        choice = measure_fold_choice(backbone, CROP, 17, T, threads=threads_from_env())
+        folds, layout_choice = choice.modes, choice.to_dict()
+    graph, segments = build_shared_backbone(backbone, CROP, 17, folds, num_frames=T)
     info = save_backbone_files(graph, segments, out)
     export_s = time.time() - t0
     del graph, segments
@@ -67,7 +76,8 @@ def export_full_bundle(arch: str, out: Path, calibrated: bool) -> dict:
         mean=[0.45] * 3, std=[0.225] * 3, classes=[f"class_{i}" for i in range(400)],
         policy=PolicyEntry.for_file(out, "policy.onnx", pol),
         backbone=backbone_entry(out, info, all_masks(k), backbone.spec, CROP),
-        versions={"note": "random init, benchmarks/bundle_memory.py"}, created="benchmark"))
+        versions={"note": "random init, benchmarks/bundle_memory.py"}, layout_choice=layout_choice,
+        created="benchmark"))
     t0 = time.time()
     upper = export_backbone(backbone, "1" * k, out.parent / f"{arch}_upper_format1.onnx", CROP, num_frames=T)
     upper_s = time.time() - t0

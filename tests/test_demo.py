@@ -25,6 +25,9 @@ def test_quick_demo_runs_everything_then_reuses_it(tmp_path):
     bench = json.loads((work / "bench.json").read_text())
     assert bench["upper"]["latency_ms"]["p50"] > 0 and bench["adaptive"]["latency_ms"]["p50"] > 0
     assert (work / "bench.png").stat().st_size > 0
+    line = res.output.strip().splitlines()[-1]  # the demo's result in one line, last
+    assert line.startswith("demo: Ada3D ") and "fewer GFLOPs" in line and "x); selection net" in line
+    assert bundle.manifest.layout_choice["method"] == "measured"  # the demo exports with --fold measure
 
     again = CliRunner().invoke(main, ["demo", "--quick", "--quiet", "--workdir", str(work)])
     assert again.exit_code == 0, again.output

@@ -124,6 +124,7 @@ RANK3 = {
     "auto": {"11": 17, "10": 13, "01": 13, "00": 0},  # 2D tail folded; 3D blocks and what precedes them not
     "all": {"11": 2, "10": 1, "01": 1, "00": 0},  # only the 3x1x1 convs stay 3D
     "degraded": {"11": 17, "10": 13, "01": 13, "00": 9},  # only degraded stages folded
+    "none": {"11": 17, "10": 17, "01": 17, "00": 17},  # nothing folded: degraded stages as Conv3d(1, k, k)
 }
 
 
@@ -136,7 +137,7 @@ def test_degraded_stages_are_2d_convs_in_graph(slow_bundle, slow_ckpt):
         assert ranks == {r: n for r, n in expected_conv_ranks(model.backbone, mask).items() if n}, mask
 
 
-@pytest.mark.parametrize("mode", ["all", "degraded"])
+@pytest.mark.parametrize("mode", ["all", "degraded", "none"])
 def test_fold_modes_in_graph(slow_ckpt, tmp_path, mode):
     model, _ = load_model(slow_ckpt)
     for mask in ("10", "00"):

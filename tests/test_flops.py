@@ -88,10 +88,13 @@ def test_fvcore_agrees_on_small_models(arch, fold):
         assert _fvcore_conv_linear(_Masked(model, mask), x) == backbone_macs(spec, mask, frames, 48), (mask, frames)
 
 
-def test_fvcore_agrees_on_selection_network():
-    spec = SelectionSpec(width_mult=0.5)
+@pytest.mark.parametrize("depth,groups,size", [(None, None, 112), (1, None, 32), (1, 4, 32)])
+def test_fvcore_agrees_on_selection_network(depth, groups, size):
+    from ada3d_edge.models.specs import selection_spec
+
+    spec = selection_spec(0.5, size, depth, groups)
     net = SelectionNet(num_frames=4, num_stages=2, spec=spec).eval()
-    x = torch.randn(1, 3, 4, 112, 112)
+    x = torch.randn(1, 3, 4, size, size)
     assert _fvcore_conv_linear(net, x) == selection_macs(spec, frames=4, num_stages=2, num_frames_out=4)
 
 

@@ -80,3 +80,39 @@ def test_heads_see_standardised_clip_features():
     m, n = sel(one)
     assert m.shape == (1, 4) and n.shape == (1, 2)
     assert torch.allclose(n1, n, atol=1e-5) and torch.allclose(m1, m, atol=1e-5)
+
+
+def test_selection_depth_and_groups_make_a_lighter_network_with_matching_flops():
+    from ada3d_edge.flops import selection_macs
+    from ada3d_edge.models.specs import selection_spec, selection_spec_from_config
+
+    full, shallow, short = selection_spec(0.35, 32), selection_spec(0.35, 32, depth=1), selection_spec(0.35, 32, 1, 4)
+    assert [n for _, _, n, _ in full.settings] == [1, 2, 3, 4, 3, 3, 1]
+    assert [n for _, _, n, _ in shallow.settings] == [1] * 7 and len(short.settings) == 4
+    convs = lambda spec: sum(isinstance(m, torch.nn.Conv2d) for m in SelectionNet(8, 2, spec=spec).modules())
+    assert convs(full) > convs(shallow) > convs(short)
+    for spec in (shallow, short):  # fvcore checks the analytic counts in test_flops
+        net = SelectionNet(8, 2, spec=spec).eval()
+        m, n = net(torch.randn(2, 3, 8, 32, 32))
+        assert m.shape == (2, 8) and n.shape == (2, 2)
+        assert selection_macs(spec, frames=8, size=32) < selection_macs(full, frames=8, size=32)
+    cfg = {"selection_width": 0.35, "policy_size": 32}
+    assert selection_spec_from_config(cfg) == full  # checkpoints from before the knobs
+    assert selection_spec_from_config({**cfg, "selection_depth": 1, "selection_groups": 4}) == short
+    with pytest.raises(ValueError, match="groups must be in 1..7"):
+        selection_spec(0.35, 32, groups=8)
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        selection_spec(0.35, 32, depth=0)
+
+
+def test_recipe_selection_knobs_reach_the_model_and_are_checked(tmp_path):
+    from ada3d_edge.train.config import load_recipe
+
+    r = load_recipe("train/demo.yaml", ["data.root=/tmp", "model.selection_groups=4"])
+    assert r.model.selection_depth == 1 and r.model.selection_groups == 4
+    model = build_ada3d(Ada3DConfig(selection_width=0.35, policy_size=32, selection_depth=1, selection_groups=4))
+    assert len(model.selection.spec.settings) == 4 and model.config["selection_groups"] == 4
+    with pytest.raises(ValueError, match="selection_groups must be in 1..7"):
+        load_recipe("train/demo.yaml", ["data.root=/tmp", "model.selection_groups=9"])
+    with pytest.raises(ValueError, match="selection_depth must be > 0"):
+        load_recipe("train/demo.yaml", ["data.root=/tmp", "model.selection_depth=0"])

@@ -20,6 +20,7 @@ from ..bundle import (BackboneEntry, ConfigEntry, Manifest, PolicyEntry, PolicyS
 from ..flops import backbone_macs, selection_macs
 from ..masks import all_masks
 from ..models.specs import BackboneSpec
+from .fold_choice import BUDGET_S, MEASURE, measure_fold_choice, threads_from_env
 from .onnx_export import check_opset, export_policy, export_policy_split, fold_mode
 from .staging import check_target, clear_stale_temp_dirs, make_temp_dir, move_into_place
 from .verify import verify_policy, verify_policy_split, verify_shared_backbone
@@ -90,7 +91,8 @@ def backbone_entry(root: Path, info: Mapping[str, Any], masks: List[str], spec: 
 
 
 def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, verify: bool = True,
-                  fold_frames: Union[bool, str] = True, overwrite: bool = False, progress: bool = True) -> Path:
+                  fold_frames: Union[bool, str] = True, overwrite: bool = False, progress: bool = True,
+                  measure_seconds: float = BUDGET_S) -> Path:
     """Export a checkpoint to a bundle directory and return its path.
 
     Args:
@@ -99,8 +101,12 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
         opset: ONNX opset (>= 17).
         verify: check every file in ONNX Runtime against PyTorch (``verify.py``).
         fold_frames: which temporal-kernel-1 convs run as Conv2d over frames folded into the batch:
-            True / "auto" (the 2D tail of each configuration), "all", or False / "degraded" (only
-            degraded stages, which are always folded); see ``onnx_export.fold_plan``.
+            True / "auto" (the 2D tail of each configuration), "all", False / "degraded" (only
+            degraded stages), "none" (nothing; degraded stages as Conv3d(1, k, k)); see
+            ``onnx_export.fold_plan``. "measure": per configuration, the faster of "auto" and "none"
+            timed on this machine (``fold_choice``; what ``ada3d export`` does by default), recorded
+            in the manifest's ``layout_choice``.
+        measure_seconds: wall-time budget of that measurement (at least two rounds are timed).
         overwrite: replace an existing non-empty ``out_dir`` if it is an ada3d bundle.
         progress: show a tqdm bar over the configurations verified.
 
@@ -111,7 +117,7 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
     from .shared_graph import build_shared_backbone, save_backbone_files
 
     opset = check_opset(opset)
-    fold_frames = fold_mode(fold_frames)
+    fold_frames = MEASURE if fold_frames == MEASURE else fold_mode(fold_frames)
     out_dir = Path(out_dir)
     clear_stale_temp_dirs(out_dir)  # left by killed exports of this target
     check_target(out_dir, overwrite)
@@ -135,7 +141,13 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
         if verify:
             verify_policy_split(*(tmp / f for f in split_files), model.selection, t, p)
         policy_split = PolicySplit.for_files(tmp, *split_files, model.selection.num_features)
-        graph, segments = build_shared_backbone(backbone, crop, opset, fold_frames, num_frames=t)
+        layout_choice: Dict[str, Any] = {"method": "fixed", "mode": fold_frames}
+        folds: Any = fold_frames
+        if fold_frames == MEASURE:
+            choice = measure_fold_choice(backbone, crop, opset, t, threads=threads_from_env(),
+                                         budget_s=measure_seconds)
+            folds, layout_choice = choice.modes, choice.to_dict()
+        graph, segments = build_shared_backbone(backbone, crop, opset, folds, num_frames=t)
         info = save_backbone_files(graph, segments, tmp)
         del graph, segments
         if verify:
@@ -145,7 +157,7 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
             arch=str(model.config.get("arch", spec.name)), stages=list(backbone.stage_names),
             policy=PolicyEntry.for_file(tmp, "policy.onnx", policy_gflops_per_frame(model, t, p)),
             backbone=backbone_entry(tmp, info, masks, spec, crop), policy_split=policy_split,
-            versions=_versions(opset, fold_frames),
+            versions=_versions(opset, fold_frames), layout_choice=layout_choice,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **fields)
         write_manifest(tmp, manifest)
         check_target(out_dir, overwrite)  # again: the target may have changed during the export

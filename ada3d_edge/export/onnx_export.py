@@ -49,7 +49,7 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-FOLD_MODES = ("auto", "all", "degraded")
+FOLD_MODES = ("auto", "all", "degraded", "none")
 
 
 def fold_mode(fold_frames: Union[bool, str]) -> str:
@@ -81,13 +81,17 @@ def fold_plan(backbone: Backbone, mask: str,
               fold_frames: Union[bool, str] = True) -> List[Tuple[TemporalConv, bool, int]]:
     """(conv, folded?, effective temporal kernel) for every conv when exporting ``mask``.
 
-    A unit is the stem or one bottleneck block (with its shortcut). Degraded stages are always folded
-    (their convs are 2D by definition; ARCHITECTURE.md). Elsewhere, for convs of temporal kernel 1:
+    A unit is the stem or one bottleneck block (with its shortcut). Degraded stages are folded (their
+    convs are 2D by definition; ARCHITECTURE.md) in every mode but "none". For convs of temporal
+    kernel 1 elsewhere:
     - "all": every one is folded;
     - "auto" (default): a unit is folded when it has no temporal conv and no unit after it has one
       (the 2D tail of the network runs folded end to end; a 3D block, and the 2D stages in front
       of one, stay Conv3d(1, k, k) and pay no Transpose/Reshape round trips);
-    - "degraded": nothing else is folded.
+    - "degraded": nothing else is folded;
+    - "none": nothing is folded, degraded stages included: they run as Conv3d(1, k, k) with the centre
+      tap (the same function). At the demo's scale inside the shared graph's ``If`` branches this was
+      the faster 2D layout for every configuration (``fold_choice``, which picks per configuration).
     Measured (ONNX Runtime CPU, slow_r50 @112, T=8, 1 thread, CPU-time medians, ratio to mask 11
     with nothing folded): 11: all 1.117 / auto 1.000; 10: all 1.058 / auto 1.007; 00: all = auto 0.853
     / degraded 0.921. Folding the convs inside 3D blocks never paid off.
@@ -102,7 +106,8 @@ def fold_plan(backbone: Backbone, mask: str,
     for i, (name, convs, kts) in enumerate(units):
         tail_2d = i > last_3d
         for c, kt in zip(convs, kts):
-            fold = kt == 1 and (degraded.get(name, False) or mode == "all" or (mode == "auto" and tail_2d))
+            fold = kt == 1 and mode != "none" and (degraded.get(name, False) or mode == "all"
+                                                   or (mode == "auto" and tail_2d))
             plan.append((c, fold, kt))
     return plan
 

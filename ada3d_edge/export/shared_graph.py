@@ -35,7 +35,7 @@ import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -222,16 +222,30 @@ def config_index(mask: str) -> int:
     return int(mask, 2) if mask else 0
 
 
-def segment_plan(backbone: Backbone, fold_frames: Union[bool, str] = True) -> List[Segment]:
-    """Per segment, its distinct variants over all 2^K masks and which one each mask runs."""
-    mode = fold_mode(fold_frames)
+FoldSpec = Union[bool, str, Mapping[str, str]]  # one fold mode, or a mode per stage mask (``fold_choice``)
+
+
+def mode_for(fold_frames: FoldSpec, mask: str) -> str:
+    """The fold mode ``mask`` is exported with."""
+    if isinstance(fold_frames, Mapping):
+        if mask not in fold_frames:
+            raise ValueError(f"the per-configuration fold modes name no mode for stage mask {mask}")
+        return fold_mode(fold_frames[mask])
+    return fold_mode(fold_frames)
+
+
+def segment_plan(backbone: Backbone, fold_frames: FoldSpec = True) -> List[Segment]:
+    """Per segment, its distinct variants over all 2^K masks and which one each mask runs.
+
+    ``fold_frames`` may name a mode per mask: variants of different modes that fold the same convs
+    are one variant, and every variant reads the same weights, so mixing modes costs no memory."""
     parts = _parts(backbone)
     k = backbone.num_stages_3d
     segments = [Segment(name) for name, _ in parts]
     for seg in segments:
         seg.choice = [-1] * (2 ** k)
     for mask in all_masks(k):
-        folds = {id(c): f for c, f, _ in fold_plan(backbone, mask, mode)}
+        folds = {id(c): f for c, f, _ in fold_plan(backbone, mask, mode_for(fold_frames, mask))}
         bits = dict(zip(backbone.stage_names, mask))
         for seg, (name, part) in zip(segments, parts):
             convs = [m for m in part.modules() if isinstance(m, TemporalConv)]
@@ -274,7 +288,7 @@ def _content_name(tensor) -> str:
     return f"w.{hashlib.sha1(key).hexdigest()[:20]}"
 
 
-def segment_models(backbone: Backbone, crop: int, opset: int = 17, fold_frames: Union[bool, str] = True,
+def segment_models(backbone: Backbone, crop: int, opset: int = 17, fold_frames: FoldSpec = True,
                    num_frames: int | None = None) -> List[Segment]:
     """``segment_plan`` with every variant traced to ONNX (input ``x``, output ``y``).
 
@@ -439,7 +453,7 @@ def stitch(segments: Sequence[Segment], num_stages: int, num_classes: int, crop:
     return model
 
 
-def build_shared_backbone(backbone: Backbone, crop: int, opset: int = 17, fold_frames: Union[bool, str] = True,
+def build_shared_backbone(backbone: Backbone, crop: int, opset: int = 17, fold_frames: FoldSpec = True,
                           num_frames: int | None = None):
     """``(model, segments)``: the stitched ``onnx.ModelProto`` and the traced segment variants."""
     segments = segment_models(backbone, crop, opset, fold_frames, num_frames)
@@ -581,7 +595,7 @@ def save_backbone_files(model, segments: Sequence[Segment], out_dir: PathLike,
 
 
 def export_shared_backbone(backbone: Backbone, path: PathLike, crop: int, opset: int = 17,
-                           fold_frames: Union[bool, str] = True, num_frames: int | None = None) -> Path:
+                           fold_frames: FoldSpec = True, num_frames: int | None = None) -> Path:
     """Write the one-graph backbone (``clip``, ``stage_mask`` -> ``logits``) to ``path``.
 
     Its weights go to ``<path stem>.weights`` beside it (external data, each weight once, page

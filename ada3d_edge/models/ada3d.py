@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from .backbone import Backbone, build_backbone, is_config_bn_key
 from .selection import Actions, SelectionNet, greedy_actions, sample_actions
-from .specs import SelectionSpec
+from .specs import selection_spec
 
 
 def pack_frames(clip: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -89,6 +89,8 @@ class Ada3DConfig:
     backbone_overrides: Dict[str, Any] = field(default_factory=dict)
     selection_width: float = 1.0
     policy_size: int = 112
+    selection_depth: Optional[int] = None
+    selection_groups: Optional[int] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -99,5 +101,6 @@ def build_ada3d(cfg: Ada3DConfig) -> Ada3D:
     overrides.setdefault("num_frames", cfg.num_frames)
     backbone = build_backbone(cfg.arch, num_classes=cfg.num_classes, **overrides)
     selection = SelectionNet(cfg.num_frames, backbone.num_stages_3d, num_classes=cfg.num_classes,
-                             spec=SelectionSpec(width_mult=cfg.selection_width, policy_size=cfg.policy_size))
+                             spec=selection_spec(cfg.selection_width, cfg.policy_size, cfg.selection_depth,
+                                                 cfg.selection_groups))
     return Ada3D(backbone, selection, config=cfg.to_dict())

@@ -6,7 +6,7 @@ never disagree about the network they describe.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..masks import all_masks, mask_to_str, str_to_mask  # noqa: F401  (re-exported: models' mask API)
 
@@ -156,6 +156,32 @@ class SelectionSpec:
         (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)))  # (expand t, channels c, repeats n, stride s)
     stem_channels: int = 32
     last_channels: int = 1280
+
+
+def selection_spec(width_mult: float = 1.0, policy_size: int = 112, depth: Optional[int] = None,
+                   groups: Optional[int] = None) -> SelectionSpec:
+    """The recipe's selection network. `depth` caps the inverted residuals per MobileNetV2 group
+    (None: MobileNetV2's 1-2-3-4-3-3-1; 1: one block per group); `groups` keeps the first groups of
+    the seven (None: all). At the demo's scale the network's cost is mostly per-layer overhead, so
+    depth, not width, is what makes it light (benchmarks/results/selection_candidates_cpu.md)."""
+    spec = SelectionSpec(width_mult=float(width_mult), policy_size=int(policy_size))
+    settings = spec.settings
+    if groups is not None:
+        if not 1 <= int(groups) <= len(settings):
+            raise ValueError(f"selection groups must be in 1..{len(settings)} or null, got {groups}")
+        settings = settings[:int(groups)]
+    if depth is not None:
+        if int(depth) < 1:
+            raise ValueError(f"selection depth must be >= 1 block per group or null, got {depth}")
+        settings = tuple((e, c, min(n, int(depth)), s) for e, c, n, s in settings)
+    return replace(spec, settings=settings)
+
+
+def selection_spec_from_config(model_config: Dict[str, Any]) -> SelectionSpec:
+    """The selection network of a checkpoint's `model_config` (older ones have neither
+    `selection_depth` nor `selection_groups`)."""
+    return selection_spec(model_config["selection_width"], model_config["policy_size"],
+                          model_config.get("selection_depth"), model_config.get("selection_groups"))
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:

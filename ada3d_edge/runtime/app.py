@@ -23,7 +23,8 @@ class RunOptions:
     """How `run_streams` runs: backend, batching, sinks, stop conditions, and every source's options.
 
     ``hop`` is in sampled frames (None: T, back-to-back windows). ``threads``/``spinning`` set
-    ONNX Runtime's intra-op pool (ort only; None: its defaults). ``source`` applies to every source
+    ONNX Runtime's intra-op pool (ort only; None: its defaults); ``ort_layout`` which backbone
+    files it runs (``backends.ort.ORT_LAYOUTS``). ``source`` applies to every source
     that does not bring options of its own (``StreamSource``).
     """
 
@@ -32,6 +33,7 @@ class RunOptions:
     threshold: float | None = None
     threads: int | None = None
     spinning: bool | None = None
+    ort_layout: str = "graph"
     hop: int | None = None
     max_batch: int = 4
     queue_size: int = 4
@@ -115,10 +117,13 @@ def run_streams(bundle_path: str | os.PathLike | None, sources: Sequence[SourceL
     if o.overlay is not None:
         check_overlay_path(o.overlay)
     owned = predictor is None
+    if o.ort_layout != "graph" and o.backend != "ort":
+        raise ValueError(f"ort_layout {o.ort_layout!r} is an option of the ort backend, not {o.backend!r}")
     if owned:
         from .predictor import AdaptivePredictor
 
-        pool = {"intra_op_threads": o.threads, "allow_spinning": o.spinning} if o.backend == "ort" else {}
+        pool = ({"intra_op_threads": o.threads, "allow_spinning": o.spinning, "layout": o.ort_layout}
+                if o.backend == "ort" else {})
         predictor = AdaptivePredictor(bundle_path, backend=o.backend, device=o.device,
                                       threshold=o.threshold, max_batch=o.max_batch, **pool)
     geometry = getattr(predictor, "manifest", predictor)

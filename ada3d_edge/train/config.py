@@ -3,7 +3,9 @@
 A recipe has these sections (every key optional unless marked; unknown keys are errors)::
 
     model:     arch, backbone (spec overrides: depths, widths, stem_width, dropout, ...),
-               num_classes (null = from the classes file), selection_width, policy_size
+               num_classes (null = from the classes file), selection_width, policy_size,
+               selection_depth (MobileNetV2 blocks per group at most; null = all), selection_groups
+               (the first groups of MobileNetV2's 7; null = all)
     data:      root, train_list, val_list, classes (all required), num_frames, stride, crop,
                short_side_range, test_crop, num_clips (eval), val_clips (per-epoch validation),
                val_every (epochs; 0 = only after the last), flip, multi_label, mean, std, workers,
@@ -64,6 +66,8 @@ class ModelCfg:
     num_classes: Optional[int] = None
     selection_width: float = 1.0
     policy_size: int = 112
+    selection_depth: Optional[int] = None   # inverted residuals per MobileNetV2 group at most (null: all)
+    selection_groups: Optional[int] = None  # the first MobileNetV2 groups of 7 (null: all)
 
 
 @dataclass
@@ -406,6 +410,11 @@ def validate(r: Recipe, check_required: bool = True) -> None:
                 "data.workers", "data.val_every"):
         sec, name = key.split(".")
         _positive(getattr(getattr(r, sec), name), key, allow_zero=True)
+    for key in ("selection_depth", "selection_groups"):
+        if getattr(r.model, key) is not None:
+            _positive(getattr(r.model, key), f"model.{key}")
+    if r.model.selection_groups is not None and r.model.selection_groups > 7:
+        raise ValueError(f"model.selection_groups must be in 1..7 (MobileNetV2 has 7), got {r.model.selection_groups}")
     if not 0.0 <= r.data.max_bad_fraction <= 1.0:
         raise ValueError(f"data.max_bad_fraction must be in [0, 1], got {r.data.max_bad_fraction}")
     if not 0.0 <= r.policy.baseline_momentum < 1.0:

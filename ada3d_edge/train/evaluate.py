@@ -119,7 +119,9 @@ class EvalSetup:
                 "metric": "mAP" if self.multi else "top1", "multi_label": self.multi, "arch": m.config["arch"],
                 "stages": list(m.backbone.stage_names), "num_frames": self.cost.t, "num_stages": self.cost.k,
                 "crop": d["test_crop_size"], "policy_size": d["policy_size"],
-                "selection_width": m.config["selection_width"], "threshold": self.threshold,
+                "selection_width": m.config["selection_width"],
+                "selection_depth": m.config.get("selection_depth"), "selection_groups": m.config.get("selection_groups"),
+                "threshold": self.threshold,
                 "selection_gflops_per_clip": self.cost.selection_gflops}
 
 
@@ -268,7 +270,10 @@ def format_table(res: Dict[str, Any]) -> str:
                      f"{r['gflops_backbone']:.4g} | {r['gflops_selection']:.4g} | "
                      f"{r['mean_3d']:.2f} | {r['mean_frames']:.2f} |")
     lines.append(f"\n\\* includes the selection network ({res['selection_gflops_per_clip']:.4g} GFLOPs/clip: "
-                 f"MobileNetV2 x{res['selection_width']} on {res['num_frames']} frames at "
+                 f"MobileNetV2 x{res['selection_width']}"
+                 + (f", {res['selection_depth']} block(s) per group" if res.get("selection_depth") else "")
+                 + (f", first {res['selection_groups']} groups" if res.get("selection_groups") else "")
+                 + f" on {res['num_frames']} frames at "
                  f"{res['policy_size']}px). Random: frame p={res['random_policy']['frame_prob']:.3f}, "
                  f"stage p={res['random_policy']['stage_prob']:.3f}. {saving_text(res['gflops_saving_vs_upper'])}")
     if res["per_class"]:

@@ -15,7 +15,7 @@ import torch
 from ..flops import backbone_macs, selection_macs
 from ..models.ada3d import Ada3D
 from ..models.selection import Actions, greedy_actions
-from ..models.specs import BackboneSpec, SelectionSpec, get_spec, mask_to_str
+from ..models.specs import BackboneSpec, get_spec, mask_to_str, selection_spec_from_config
 from .metrics import video_metric
 from .rewards import random_actions
 
@@ -35,7 +35,7 @@ class CostModel:
         self.crop = int(crop)
         self.t = int(model_config["num_frames"])
         self.k = self.spec.num_stages_3d
-        sel = SelectionSpec(width_mult=model_config["selection_width"], policy_size=model_config["policy_size"])
+        sel = selection_spec_from_config(model_config)
         self.selection_gflops = selection_macs(sel, frames=self.t, num_stages=self.k,
                                                num_frames_out=self.t) / 1e9
         self._cache = lru_cache(maxsize=None)(self._backbone)

@@ -49,6 +49,10 @@ BACKEND_KINDS = tuple(BACKENDS)
 # (one per core, spinning), and spinning workers had the worse p95 with 2 threads, idle and loaded.
 ORT_RUN_THREADS = 1
 ORT_RUN_SPINNING = False
+# What the ort backend runs as the backbone (`--ort-layout`): the one graph with an `If` per segment
+# (memory: about Upper's), or the segment files chained (the speed of per-configuration graphs on
+# CPU, 1.5-1.7x the memory; docs/shared-weights.md section 5).
+ORT_LAYOUTS = ("graph", "segments")
 
 
 def backend_kinds(runs_bundle: bool = False) -> list[str]:

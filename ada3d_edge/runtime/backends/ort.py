@@ -3,15 +3,29 @@
 A bundle's backbone is one model for every stage configuration (format 2): the configuration is a
 feed (``stage_mask`` int64 (K,)), not a session. Its manifest entry carries the session settings the
 exporter measured (``ort_session``: optimisation level, memory pattern off); they are applied here.
+
+``layout="segments"`` runs the bundle's segment files instead (one session per segment variant,
+chained on the host, the layout TensorRT uses): ONNX Runtime's NCHWc rewrite, which does not run
+inside the one graph's ``If`` branches, then applies to every 2D piece, so degraded configurations
+keep the speed of a per-configuration graph; the price is a blocked copy of the 2D weights per
+session (1.5-1.7x Upper's memory against about 1.1x, docs/shared-weights.md section 5). Every session
+shares one CPU arena (``session.use_env_allocators``).
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ...bundle import (BACKBONE_INPUT, BACKBONE_MASK_INPUT, BACKBONE_NAME, BACKBONE_OUTPUT, SEGMENT_INPUT,
+                       Bundle)
+from ...masks import mask_to_str
+from . import ORT_LAYOUTS
 from .base import Backend, BackendUnavailableError, check_inputs, process_peak_rss_mb
+
+_ENV_ARENA: list = []  # the process-wide CPU arena the segment sessions share (registered once)
 
 _ORT_DEVICE_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -61,20 +75,29 @@ class OrtBackend(Backend):
         providers: Sequence[str] | None = None,
         intra_op_threads: int | None = None,
         allow_spinning: bool | None = None,
+        layout: str = "graph",
     ) -> None:
         super().__init__()
+        if layout not in ORT_LAYOUTS:
+            raise ValueError(f"unknown ONNX Runtime layout {layout!r}; valid: {list(ORT_LAYOUTS)}")
         import onnxruntime
 
         self._ort = onnxruntime
+        self.layout = layout
+        self._chain: list[tuple[list[int], list[tuple[Any, bool]]]] = []  # per segment: choice, (session, takes mask)
         self.device = device
         self.providers = list(providers) if providers else ort_providers(device)
         self.intra_op_threads, self.allow_spinning = intra_op_threads, allow_spinning
         self._sessions: dict[str, Any] = {}
         self._io: dict[str, tuple[list[str], list[str]]] = {}  # input and output names, read at load
 
-    def _load(self, name: str, path: Path, meta: dict[str, Any]) -> None:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: ONNX file for {name!r} not found")
+    @property
+    def chains_segments(self) -> bool:
+        """True when the backbone is the bundle's segment files chained (``load_bundle_backbone``)."""
+        return self.layout == "segments"
+
+    def _options(self, meta: dict[str, Any]):
+        """SessionOptions from the manifest entry's ``ort_session`` and this backend's thread pool."""
         options = self._ort.SessionOptions()
         settings = meta.get("ort_session") or {}
         level = settings.get("graph_optimization_level", "ORT_ENABLE_ALL")
@@ -85,7 +108,12 @@ class OrtBackend(Backend):
             options.intra_op_num_threads = int(self.intra_op_threads)
         if self.allow_spinning is not None:
             options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
-        session = self._ort.InferenceSession(str(path), options, providers=self.providers)
+        return options
+
+    def _load(self, name: str, path: Path, meta: dict[str, Any]) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: ONNX file for {name!r} not found")
+        session = self._ort.InferenceSession(str(path), self._options(meta), providers=self.providers)
         self._sessions[name] = session
         self._io[name] = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
 
@@ -95,7 +123,50 @@ class OrtBackend(Backend):
         except KeyError:
             self._require(name)
 
+    def load_bundle_backbone(self, bundle: Bundle) -> Any:
+        """Open every segment variant file of ``bundle`` (same session settings as the one graph, one
+        shared CPU arena) and serve them as the backbone, ``BACKBONE_NAME``; returns its manifest entry."""
+        entry = bundle.manifest.backbone
+        options_meta = {"ort_session": dataclasses.asdict(entry.ort_session)} if entry.ort_session else {}
+        if self.providers == ["CPUExecutionProvider"] and not _ENV_ARENA:
+            info = self._ort.OrtMemoryInfo("Cpu", self._ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                                           self._ort.OrtMemType.DEFAULT)
+            self._ort.create_and_register_allocator(info, self._ort.OrtArenaCfg(0, -1, -1, -1))
+            _ENV_ARENA.append(info)
+        chain = []
+        for seg in entry.segments:
+            sessions = []
+            for variant in seg.variants:
+                path = bundle.root / variant.file
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path}: segment file of {seg.name!r} not found")
+                options = self._options(options_meta)
+                if _ENV_ARENA:
+                    options.add_session_config_entry("session.use_env_allocators", "1")
+                sessions.append((self._ort.InferenceSession(str(path), options, providers=self.providers),
+                                 BACKBONE_MASK_INPUT in variant.inputs))
+            chain.append((list(seg.choice), sessions))
+        self._chain = chain
+        self._sessions[BACKBONE_NAME] = chain
+        self._io[BACKBONE_NAME] = ([BACKBONE_INPUT, BACKBONE_MASK_INPUT], [BACKBONE_OUTPUT])
+        return entry
+
+    def _run_chain(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The configuration ``stage_mask`` names, segment by segment: one host hand-off per boundary."""
+        mask = _feed(inputs[BACKBONE_MASK_INPUT]).reshape(-1)
+        index = int(mask_to_str(mask), 2)
+        x = _feed(inputs[BACKBONE_INPUT])
+        for choice, sessions in self._chain:
+            session, takes_mask = sessions[choice[index]]
+            feeds = {SEGMENT_INPUT: x, BACKBONE_MASK_INPUT: mask} if takes_mask else {SEGMENT_INPUT: x}
+            x = session.run(None, feeds)[0]
+        return {BACKBONE_OUTPUT: x}
+
     def run(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if name == BACKBONE_NAME and self._chain:
+            self._session(name)
+            check_inputs(name, self._io[name][0], inputs)
+            return self._run_chain(inputs)
         session = self._session(name)
         in_names, out_names = self._io[name]
         check_inputs(name, in_names, inputs)
@@ -111,12 +182,14 @@ class OrtBackend(Backend):
         return list(self._sessions)
 
     def close(self) -> None:
+        self._chain = []
         self._sessions.clear()
         self._io.clear()
         super().close()
 
     def describe(self) -> str:
-        return f"onnxruntime {self._ort.__version__} ({', '.join(self.providers)})"
+        layout = ", segment files chained" if self.chains_segments else ""
+        return f"onnxruntime {self._ort.__version__} ({', '.join(self.providers)}{layout})"
 
     def peak_memory_mb(self) -> float | None:
         """Process peak RSS on CPU (includes everything else in the process); None on GPU."""
