@@ -401,7 +401,7 @@ def graph_normalisation(bundle: Path, tmp: Path, clips: List[np.ndarray], rounds
 
 CANDIDATES = [(0.35, 32, False), (0.35, 48, False), (0.35, 24, False), (0.25, 32, False), (0.25, 48, False),
               (0.25, 24, False), (0.35, 32, True), (0.25, 24, True)]  # (width, px, shallow)
-# shallow: one inverted residual per MobileNetV2 group (7 instead of 17): no recipe knob sets it yet
+# shallow: one inverted residual per MobileNetV2 group (7 instead of 17): model.selection_depth: 1
 
 
 def candidates(bundle: Path, tmp: Path, rounds: int, warmup: int):
@@ -499,7 +499,7 @@ def report(r: dict) -> str:
     ps = r["per_step"]
     lines = ["# Fixed costs of the demo pipeline (ONNX Runtime CPU, 1 intra-op thread)", "",
              f"Command: `{r['command']}`", "", *machine_lines(r["machine"]),
-             "- **the 2-core CPU is shared with other agents while this ran**: absolute ms move between runs; "
+             "- the 2-core CPU may be shared with other processes (load average above): absolute ms move between runs; "
              "quote the ratios (old and new run round-robin in the same process)",
              f"- bundle: {r['bundle']}; clips: {r['clips']}; {r['rounds']} rounds after {r['warmup']} warm-up, "
              "medians", "",
@@ -555,9 +555,10 @@ def report(r: dict) -> str:
               "| selection net | GMACs | GMACs / Upper | ms | latency / Upper |", "|---|---|---|---|---|"]
     for k, v in cd["candidates"].items():
         lines.append(f"| {k} | {v['gmacs']:.4f} | {v['gmacs_vs_upper']:.3f} | {v['ms']:.3f} | {v['latency_vs_upper']:.3f} |")
-    lines += ["", "The demo recipe sets width and size with `model.selection_width` and `model.policy_size` "
-              "(train/demo.yaml); depth (shallow) has no recipe knob. None was retrained here, so their "
-              "accuracy is not measured.", ""]
+    lines += ["", "The recipe sets width, size and depth with `model.selection_width`, `model.policy_size`, "
+              "`model.selection_depth` and `model.selection_groups`; `benchmarks/selection_candidates.py` times "
+              "the split network for more of them. These rows are latency only (random weights); the demo's own "
+              "choice (train/demo.yaml) and its accuracy are in README's demo section.", ""]
     return "\n".join(lines)
 
 

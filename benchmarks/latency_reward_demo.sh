@@ -84,6 +84,7 @@ fi
 
 ENV_SHOWN="CLIPS=$CLIPS REPEATS=$REPEATS${GAMMA:+ GAMMA=$GAMMA}"
 [ "$TOY" = 1 ] && ENV_SHOWN="TOY=1 UPPER_EPOCHS=${UPPER_EPOCHS:-6} POLICY_EPOCHS=${POLICY_EPOCHS:-3} $ENV_SHOWN"
+[ "$TOY" = 1 ] || ENV_SHOWN="UPPER=$UPPER DATA=$DATA $ENV_SHOWN"
 "$PY" - "$WORK" "$OUT_MD" "$LOAD_START" "$ENV_SHOWN" "$RECIPE" "$UPPER" "$DATA" "$TOY" "${SETS[*]}" <<'EOF'
 import json, os, platform, sys, time
 from pathlib import Path
@@ -122,7 +123,17 @@ table = "\n".join(
 acc_gap = l_ada["metric"] - u_ada["metric"]
 ratio_u, ratio_l = u_a["mean"] / u_u["mean"], l_a["mean"] / l_u["mean"]
 equal_acc = abs(acc_gap) <= 0.5
-if not equal_acc:
+lat_gap = ratio_l - ratio_u
+if not equal_acc and abs(lat_gap) <= 0.01:  # same measured latency (within 1% of Upper): accuracy decides
+    better = "latency" if acc_gap > 0 else "usage"
+    verdict = (f"The two policies run at the same measured latency ({ratio_l:.3f} and {ratio_u:.3f} of Upper's mean, "
+               f"within 1%), and the {better}-trained one is {abs(acc_gap):.1f} points more accurate: "
+               f"**{better} wins** (at equal latency, not at the issue's equal accuracy).")
+elif not equal_acc and (acc_gap > 0) == (lat_gap < 0):  # one is both more accurate and faster
+    better = "latency" if acc_gap > 0 else "usage"
+    verdict = (f"The {better}-trained policy is both more accurate ({abs(acc_gap):.1f} points) and faster "
+               f"({min(ratio_l, ratio_u):.3f} against {max(ratio_l, ratio_u):.3f} of Upper's mean): **{better} wins**.")
+elif not equal_acc:
     verdict = (f"The two policies are **not at equal accuracy** (latency minus usage: {acc_gap:+.1f} points; the "
                "comparison asks for 0.5): the latency numbers below compare different trade-offs, not a win.")
 elif ratio_l < ratio_u:
@@ -145,7 +156,7 @@ Written by `benchmarks/latency_reward_demo.sh` (`{cmd}`; recipe `{recipe}` with 
 `{work}`. Upper: `{upper}`{upper_note}; data `{data}`. No number is typed by hand.
 
 Machine: {cpu}, {os.cpu_count()} cores, no GPU, ONNX Runtime with 1 thread, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}.
-The CPU was **shared with other agents** (load average {load_text}), so
+Other processes may share the 2 cores (load average {load_text}), so
 latencies are noisy; the ratios to Upper are measured within each bench run (interleaved clip by clip).
 Wall time of the script's last full run: {wall} s, Upper not included when it existed before.
 

@@ -11,7 +11,7 @@
 #                                       # and Upper, no demo needed; writes paper_table{5,6,3}_toy_smoke.*
 #   SKIP_TRAIN=1 benchmarks/paper_tables.sh   # re-evaluate and re-report the checkpoints already in WORK
 #
-# Budget (idle 2-core CPU, OMP_NUM_THREADS=2, demo timings of benchmarks/results/demo_full.log:
+# Budget (idle 2-core CPU, OMP_NUM_THREADS=2, demo timings of an earlier benchmarks/results/demo_full.log:
 # ~47 s per policy epoch and ~70 s per joint epoch over the demo's 1600 videos): policy 4 epochs,
 # joint 2, joint-from-upper 2, random-ft 2 (train/demo.yaml's), Table-3 set b of 8 x 60 videos with
 # its Upper 10 epochs and transfer 4, three evals at 3 clips: ~15 min, under 30.
