@@ -160,8 +160,9 @@ def write_md(res: dict, path: Path) -> None:
                   f"{ad['latency_ms']['p50']:.1f} | {ad['latency_ms']['p95']:.1f} |", "",
                   f"Chosen (mask/T': clips): {ad['chosen']}. Saving: latency **{ad['latency_saving']:.1%}** vs "
                   f"GFLOPs {ad['gflops_saving']:.1%} (efficiency {_s(ad['saving_efficiency'], '.2f')}).", ""]
-    lines += [f"Memory (RSS MiB, fresh processes, batch 1): all 4 engines + policy {_s(mem.get('all_engines'), '.0f')}, "
-              f"Upper alone {_s(mem.get('upper_only'), '.0f')} (ratio {_s(mem.get('ratio'), '.2f')}).", ""]
+    lines += [f"Memory ({mem.get('unit', 'RSS')} MiB, fresh processes, batch 1): every configuration of the one "
+              f"backbone graph + policy {_s(mem.get('all_engines'), '.0f')}, Upper alone "
+              f"{_s(mem.get('upper_only'), '.0f')} (ratio {_s(mem.get('ratio'), '.2f')}).", ""]
     lines += ["Targets: " + "; ".join(f"{k} {_s(v['value'], '.3f')} ({v['target']}): "
                                       f"{'n/a' if v['met'] is None else ('met' if v['met'] else 'MISSED')}"
                                       for k, v in s["targets"].items()), ""]
