@@ -39,7 +39,7 @@ def test_measured_export_runs_each_configuration_in_its_chosen_mode(ckpt, tmp_pa
     the others as "auto"; every configuration still verifies against PyTorch (export_bundle checks)."""
     wins = {"00", "10"}
 
-    def fake_time_graphs(graphs, num_stages, num_frames, crop, threads, budget_s, timer=None):
+    def fake_time_graphs(graphs, num_stages, num_frames, crop, threads, budget_s, timer=None, progress=False):
         frames = [1, 2, 4]
         ms = {mode: {m: [1.0 if (mode == "none") == (m in wins) else 2.0 for _ in frames]
                      for m in all_masks(num_stages)} for mode in graphs}

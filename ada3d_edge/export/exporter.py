@@ -145,7 +145,7 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
         folds: Any = fold_frames
         if fold_frames == MEASURE:
             choice = measure_fold_choice(backbone, crop, opset, t, threads=threads_from_env(),
-                                         budget_s=measure_seconds)
+                                         budget_s=measure_seconds, progress=progress)
             folds, layout_choice = choice.modes, choice.to_dict()
         graph, segments = build_shared_backbone(backbone, crop, opset, folds, num_frames=t)
         info = save_backbone_files(graph, segments, tmp)

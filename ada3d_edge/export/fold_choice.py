@@ -77,9 +77,12 @@ def _session(path: Path, threads: int):
 
 def time_graphs(graphs: Mapping[str, Path], num_stages: int, num_frames: int, crop: int, threads: int = 1,
                 budget_s: float = BUDGET_S, min_rounds: int = MIN_ROUNDS, max_rounds: int = MAX_ROUNDS,
-                timer: Optional[Callable[[], float]] = None, seed: int = 0):
+                timer: Optional[Callable[[], float]] = None, seed: int = 0, progress: bool = False):
     """Median ms of every (graph, mask, T') at batch 1, shuffled round-robin after one warm-up round;
-    rounds continue until ``budget_s`` of wall time or ``max_rounds``. Returns (ms, frames, rounds)."""
+    rounds continue until ``budget_s`` of wall time or ``max_rounds``. Returns (ms, frames, rounds).
+    ``progress``: a tqdm bar over the rounds (full-size archs take minutes)."""
+    from tqdm import tqdm
+
     from .shared_graph import MASK_INPUT, mask_array
 
     clock = timer or (time.thread_time if threads == 1 else time.perf_counter)
@@ -92,6 +95,7 @@ def time_graphs(graphs: Mapping[str, Path], num_stages: int, num_frames: int, cr
     samples: Dict[tuple, List[float]] = {j: [] for j in jobs}
     order = random.Random(seed)
     start, rounds = time.perf_counter(), 0
+    bar = tqdm(total=min_rounds + 1, desc="measure 2D layouts", unit="round", disable=not progress, leave=False)
     for r in range(max_rounds + 1):
         order.shuffle(jobs)
         for mode, m, t in jobs:
@@ -101,15 +105,19 @@ def time_graphs(graphs: Mapping[str, Path], num_stages: int, num_frames: int, cr
             if r:  # round 0 warms every (mode, mask, T')
                 samples[(mode, m, t)].append((clock() - t0) * 1e3)
         rounds = r
+        if bar.n >= bar.total:
+            bar.total += 1  # rounds past the minimum run while the budget lasts
+        bar.update(1)
         if r >= min_rounds and time.perf_counter() - start > budget_s:
             break
+    bar.close()
     ms = {mode: {m: [statistics.median(samples[(mode, m, t)]) for t in frames] for m in masks} for mode in graphs}
     return ms, frames, rounds
 
 
 def measure_fold_choice(backbone, crop: int, opset: int, num_frames: int, candidates: Sequence[str] = CANDIDATES,
-                        threads: int = 1, budget_s: float = BUDGET_S, timer: Optional[Callable[[], float]] = None
-                        ) -> FoldChoice:
+                        threads: int = 1, budget_s: float = BUDGET_S, timer: Optional[Callable[[], float]] = None,
+                        progress: bool = False) -> FoldChoice:
     """Build the shared backbone graph in each candidate mode in a temporary folder, time them here,
     and choose a mode per configuration (``choose_modes``)."""
     import onnxruntime as ort
@@ -123,7 +131,7 @@ def measure_fold_choice(backbone, crop: int, opset: int, num_frames: int, candid
             graphs[mode] = save_shared(graph, Path(tmp) / f"backbone_{mode}.onnx")[0]
             del graph
         ms, frames, rounds = time_graphs(graphs, backbone.num_stages_3d, num_frames, crop, threads, budget_s,
-                                         timer=timer)
+                                         timer=timer, progress=progress)
     return FoldChoice(choose_modes(ms, prefer=candidates[0]), frames, ms, rounds, threads,
                       "thread CPU time" if timer is None and threads == 1 else "wall clock",
                       onnxruntime=ort.__version__)
