@@ -203,11 +203,10 @@ def run_demo(workdir: str | Path = "runs/demo", quick: bool = False, recipe: Opt
     echo(f"ada3d demo{' --quick' if quick else ''}: everything goes to {work}")
     _synth(plan, data, steps, progress)
     ckpt = _train(plan, recipe_path, data, work / "train", steps, progress)
-    _evaluate(plan, ckpt, data, work / "eval.json", steps, progress, echo)
+    evaluation = _evaluate(plan, ckpt, data, work / "eval.json", steps, progress, echo)
     _export(ckpt, bundle, steps, progress)
     summary = _stream(plan, bundle, data, work, steps, echo)
     bench = _bench(plan, bundle, data, work, steps, echo)
-    evaluation = json.loads((work / "eval.json").read_text())
     outputs = {"workdir": work, "data": data, "checkpoint": ckpt, "eval": work / "eval.json",
                "bundle": bundle, "stream_jsonl": work / "run.jsonl", "overlay": work / "overlay.mp4",
                "bench": work / "bench.json", "bench_plot": work / "bench.png"}

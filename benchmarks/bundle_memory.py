@@ -59,13 +59,9 @@ def export_full_bundle(arch: str, out: Path, calibrated: bool, fold: str = "auto
             head.bias.zero_()
     export_policy(sel, out / "policy.onnx", T, POLICY)
     t0 = time.time()
-    layout_choice = {"method": "fixed", "mode": fold}
-    folds = fold
-    if fold == "measure":
-        from ada3d_edge.export.fold_choice import measure_fold_choice, threads_from_env
+    from ada3d_edge.export.fold_choice import resolve_folds
 
-        choice = measure_fold_choice(backbone, CROP, 17, T, threads=threads_from_env())
-        folds, layout_choice = choice.modes, choice.to_dict()
+    folds, layout_choice = resolve_folds(backbone, CROP, 17, T, fold)
     graph, segments = build_shared_backbone(backbone, CROP, 17, folds, num_frames=T)
     info = save_backbone_files(graph, segments, out)
     export_s = time.time() - t0

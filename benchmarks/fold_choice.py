@@ -30,12 +30,9 @@ DEMO_WIDTHS = [16, 32, 64, 128]  # train/demo.yaml's slow_tiny
 
 
 def _session(path: Path, mem_pattern: bool):
-    import onnxruntime as ort
+    from ada3d_edge.export.verify import ort_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
-    so.enable_mem_pattern = mem_pattern
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort_session(path, enable_mem_pattern=mem_pattern, threads=1)
 
 
 def main() -> None:

@@ -30,12 +30,9 @@ CANDIDATES = [(0.35, 32, None, None), (0.35, 32, 1, None), (0.35, 32, 1, 5), (0.
 
 
 def _session(path: Path):
-    import onnxruntime as ort
+    from ada3d_edge.export.verify import ort_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
-    so.enable_mem_pattern = False
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort_session(path, enable_mem_pattern=False, threads=1)
 
 
 def name_of(width, size, depth, groups) -> str:

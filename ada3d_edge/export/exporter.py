@@ -20,7 +20,7 @@ from ..bundle import (BackboneEntry, ConfigEntry, Manifest, PolicyEntry, PolicyS
 from ..flops import backbone_macs, selection_macs
 from ..masks import all_masks
 from ..models.specs import BackboneSpec
-from .fold_choice import BUDGET_S, MEASURE, measure_fold_choice, threads_from_env
+from .fold_choice import BUDGET_S, MEASURE, resolve_folds
 from .onnx_export import check_opset, export_policy, export_policy_split, fold_mode
 from .staging import check_target, clear_stale_temp_dirs, make_temp_dir, move_into_place
 from .verify import verify_policy, verify_policy_split, verify_shared_backbone
@@ -141,12 +141,7 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
         if verify:
             verify_policy_split(*(tmp / f for f in split_files), model.selection, t, p)
         policy_split = PolicySplit.for_files(tmp, *split_files, model.selection.num_features)
-        layout_choice: Dict[str, Any] = {"method": "fixed", "mode": fold_frames}
-        folds: Any = fold_frames
-        if fold_frames == MEASURE:
-            choice = measure_fold_choice(backbone, crop, opset, t, threads=threads_from_env(),
-                                         budget_s=measure_seconds, progress=progress)
-            folds, layout_choice = choice.modes, choice.to_dict()
+        folds, layout_choice = resolve_folds(backbone, crop, opset, t, fold_frames, measure_seconds, progress)
         graph, segments = build_shared_backbone(backbone, crop, opset, folds, num_frames=t)
         info = save_backbone_files(graph, segments, tmp)
         del graph, segments

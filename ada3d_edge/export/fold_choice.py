@@ -13,7 +13,6 @@ into the manifest (``layout_choice``).
 """
 from __future__ import annotations
 
-import os
 import platform
 import random
 import statistics
@@ -26,7 +25,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from ..masks import all_masks
-from .verify import frame_counts
+from .verify import env_threads, frame_counts, ort_session
 
 MEASURE = "measure"  # the ``--fold`` value that asks for this
 CANDIDATES = ("auto", "none")  # today's rule (fold the 2D tail and degraded stages) and nothing folded
@@ -64,15 +63,12 @@ def choose_modes(ms: Mapping[str, Mapping[str, Sequence[float]]], prefer: str = 
     return out
 
 
-def _session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_mem_pattern = False  # the bundle's ort_session settings (bundle.OrtSessionSettings)
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def _clock(threads: int, timer: Optional[Callable[[], float]]) -> tuple:
+    """(clock, its name): the calling thread's CPU time with one intra-op thread (ORT then runs every
+    op on it, so waiting for a core under load is not counted), else wall clock."""
+    if timer is not None:
+        return timer, "wall clock"
+    return (time.thread_time, "thread CPU time") if threads == 1 else (time.perf_counter, "wall clock")
 
 
 def time_graphs(graphs: Mapping[str, Path], num_stages: int, num_frames: int, crop: int, threads: int = 1,
@@ -85,11 +81,12 @@ def time_graphs(graphs: Mapping[str, Path], num_stages: int, num_frames: int, cr
 
     from .shared_graph import MASK_INPUT, mask_array
 
-    clock = timer or (time.thread_time if threads == 1 else time.perf_counter)
+    clock = _clock(threads, timer)[0]
     frames = frame_counts(num_frames)
     rng = np.random.default_rng(seed)
     clips = {t: rng.standard_normal((1, 3, t, crop, crop)).astype(np.float32) for t in frames}
-    sessions = {mode: _session(p, threads) for mode, p in graphs.items()}
+    # the bundle's ort_session settings (ORT_ENABLE_ALL, memory pattern off)
+    sessions = {mode: ort_session(p, enable_mem_pattern=False, threads=threads) for mode, p in graphs.items()}
     masks = all_masks(num_stages)
     jobs = [(mode, m, t) for mode in graphs for m in masks for t in frames]
     samples: Dict[tuple, List[float]] = {j: [] for j in jobs}
@@ -133,11 +130,20 @@ def measure_fold_choice(backbone, crop: int, opset: int, num_frames: int, candid
         ms, frames, rounds = time_graphs(graphs, backbone.num_stages_3d, num_frames, crop, threads, budget_s,
                                          timer=timer, progress=progress)
     return FoldChoice(choose_modes(ms, prefer=candidates[0]), frames, ms, rounds, threads,
-                      "thread CPU time" if timer is None and threads == 1 else "wall clock",
-                      onnxruntime=ort.__version__)
+                      _clock(threads, timer)[1], onnxruntime=ort.__version__)
 
 
 def threads_from_env() -> int:
     """The runtime's default (``ada3d run --threads 1``) unless OMP_NUM_THREADS says otherwise."""
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else 1
+    return env_threads() or 1
+
+
+def resolve_folds(backbone, crop: int, opset: int, num_frames: int, fold_frames: str,
+                  budget_s: float = BUDGET_S, progress: bool = False) -> tuple:
+    """``(folds, layout_choice)`` for an export: ``fold_frames`` itself and ``{"method": "fixed"}``, or
+    for ``"measure"`` the per-mask modes timed here and the measurement (the manifest's entry)."""
+    if fold_frames != MEASURE:
+        return fold_frames, {"method": "fixed", "mode": fold_frames}
+    choice = measure_fold_choice(backbone, crop, opset, num_frames, threads=threads_from_env(),
+                                 budget_s=budget_s, progress=progress)
+    return choice.modes, choice.to_dict()

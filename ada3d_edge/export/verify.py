@@ -33,15 +33,24 @@ def frame_counts(num_frames: int) -> List[int]:
     return sorted({1, (t + 1) // 2, t})
 
 
-def ort_session(path: PathLike, enable_mem_pattern: bool = True):
-    """A CPU InferenceSession; honours ``OMP_NUM_THREADS`` for its intra-op threads."""
+def env_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as a positive int, or None when it is unset or not one."""
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    return int(threads) if threads.isdigit() and int(threads) > 0 else None
+
+
+def ort_session(path: PathLike, enable_mem_pattern: bool = True, threads: int | None = None):
+    """A CPU InferenceSession with ``threads`` intra-op threads (None: ``OMP_NUM_THREADS`` if set,
+    else ONNX Runtime's default); one inter-op thread when ``threads`` is given."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.enable_mem_pattern = bool(enable_mem_pattern)
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    if threads.isdigit() and int(threads) > 0:
+    if threads:
         options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    elif env_threads():
+        options.intra_op_num_threads = env_threads()
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

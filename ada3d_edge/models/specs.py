@@ -158,6 +158,9 @@ class SelectionSpec:
     last_channels: int = 1280
 
 
+SELECTION_GROUPS = len(SelectionSpec().settings)  # MobileNetV2's 7 groups of inverted residuals
+
+
 def selection_spec(width_mult: float = 1.0, policy_size: int = 112, depth: Optional[int] = None,
                    groups: Optional[int] = None) -> SelectionSpec:
     """The recipe's selection network. `depth` caps the inverted residuals per MobileNetV2 group

@@ -49,6 +49,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from ..models.specs import SELECTION_GROUPS
+
 BASELINES = ("batch_mean", "moving_average", "self_critical")  # policy.baseline (rewards.Baseline)
 COSTS = ("usage", "flops", "latency")  # policy.cost (costs.COST_SPECS)
 SELECTION_OPTIMIZERS = ("sgd", "adamw")  # optim.selection_optimizer (build.make_optimizer)
@@ -413,8 +415,9 @@ def validate(r: Recipe, check_required: bool = True) -> None:
     for key in ("selection_depth", "selection_groups"):
         if getattr(r.model, key) is not None:
             _positive(getattr(r.model, key), f"model.{key}")
-    if r.model.selection_groups is not None and r.model.selection_groups > 7:
-        raise ValueError(f"model.selection_groups must be in 1..7 (MobileNetV2 has 7), got {r.model.selection_groups}")
+    if r.model.selection_groups is not None and r.model.selection_groups > SELECTION_GROUPS:
+        raise ValueError(f"model.selection_groups must be in 1..{SELECTION_GROUPS} (MobileNetV2 has "
+                         f"{SELECTION_GROUPS}), got {r.model.selection_groups}")
     if not 0.0 <= r.data.max_bad_fraction <= 1.0:
         raise ValueError(f"data.max_bad_fraction must be in [0, 1], got {r.data.max_bad_fraction}")
     if not 0.0 <= r.policy.baseline_momentum < 1.0:

@@ -27,6 +27,25 @@ from .base import Backend, BackendUnavailableError, check_inputs, process_peak_r
 
 _ENV_ARENA: list = []  # the process-wide CPU arena the segment sessions share (registered once)
 
+
+class _SegmentChain:
+    """The backbone as the bundle's segment sessions: per segment, its ``choice`` table and its
+    variants as (session, takes ``stage_mask``)."""
+
+    def __init__(self, steps: list[tuple[list[int], list[tuple[Any, bool]]]]) -> None:
+        self.steps = steps
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The configuration ``stage_mask`` names, segment by segment: one host hand-off per boundary."""
+        mask = _feed(inputs[BACKBONE_MASK_INPUT]).reshape(-1)
+        index = int(mask_to_str(mask), 2)
+        x = _feed(inputs[BACKBONE_INPUT])
+        for choice, sessions in self.steps:
+            session, takes_mask = sessions[choice[index]]
+            feeds = {SEGMENT_INPUT: x, BACKBONE_MASK_INPUT: mask} if takes_mask else {SEGMENT_INPUT: x}
+            x = session.run(None, feeds)[0]
+        return {BACKBONE_OUTPUT: x}
+
 _ORT_DEVICE_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -84,11 +103,10 @@ class OrtBackend(Backend):
 
         self._ort = onnxruntime
         self.layout = layout
-        self._chain: list[tuple[list[int], list[tuple[Any, bool]]]] = []  # per segment: choice, (session, takes mask)
         self.device = device
         self.providers = list(providers) if providers else ort_providers(device)
         self.intra_op_threads, self.allow_spinning = intra_op_threads, allow_spinning
-        self._sessions: dict[str, Any] = {}
+        self._sessions: dict[str, Any] = {}  # name -> InferenceSession, or the _SegmentChain backbone
         self._io: dict[str, tuple[list[str], list[str]]] = {}  # input and output names, read at load
 
     @property
@@ -146,30 +164,16 @@ class OrtBackend(Backend):
                 sessions.append((self._ort.InferenceSession(str(path), options, providers=self.providers),
                                  BACKBONE_MASK_INPUT in variant.inputs))
             chain.append((list(seg.choice), sessions))
-        self._chain = chain
-        self._sessions[BACKBONE_NAME] = chain
+        self._sessions[BACKBONE_NAME] = _SegmentChain(chain)
         self._io[BACKBONE_NAME] = ([BACKBONE_INPUT, BACKBONE_MASK_INPUT], [BACKBONE_OUTPUT])
         return entry
 
-    def _run_chain(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The configuration ``stage_mask`` names, segment by segment: one host hand-off per boundary."""
-        mask = _feed(inputs[BACKBONE_MASK_INPUT]).reshape(-1)
-        index = int(mask_to_str(mask), 2)
-        x = _feed(inputs[BACKBONE_INPUT])
-        for choice, sessions in self._chain:
-            session, takes_mask = sessions[choice[index]]
-            feeds = {SEGMENT_INPUT: x, BACKBONE_MASK_INPUT: mask} if takes_mask else {SEGMENT_INPUT: x}
-            x = session.run(None, feeds)[0]
-        return {BACKBONE_OUTPUT: x}
-
     def run(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if name == BACKBONE_NAME and self._chain:
-            self._session(name)
-            check_inputs(name, self._io[name][0], inputs)
-            return self._run_chain(inputs)
         session = self._session(name)
         in_names, out_names = self._io[name]
         check_inputs(name, in_names, inputs)
+        if isinstance(session, _SegmentChain):
+            return session.run(inputs)
         feeds = {k: _feed(v) for k, v in inputs.items()}  # no copy if already so
         return dict(zip(out_names, session.run(None, feeds)))
 
@@ -182,7 +186,6 @@ class OrtBackend(Backend):
         return list(self._sessions)
 
     def close(self) -> None:
-        self._chain = []
         self._sessions.clear()
         self._io.clear()
         super().close()
