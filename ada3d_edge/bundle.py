@@ -128,6 +128,9 @@ class PolicySplit:
     ``features`` (``policy_features.onnx``): frames ``(N, 3, P, P)`` -> ``features`` ``(N, F)``;
     ``heads`` (``policy_heads.onnx``): the mean of a clip's T frame features ``(B, F)`` ->
     ``frame_probs`` ``(B, T)``, ``stage_probs`` ``(B, K)``. Together they compute ``policy.onnx``.
+    Since this release the per-frame "features" are the frame's T+K terms of the heads' logits
+    (``SelectionNet.head_terms``; F = T + K) and the heads are a bias and sigmoids; older bundles
+    (F = the MobileNetV2 width, full heads) compose the same way and still run.
     """
 
     features: FileEntry

@@ -176,10 +176,18 @@ def to_clip_tensor(crops: np.ndarray, mean: Sequence[float] = KINETICS_MEAN,
 
 
 def _resize_square(crops: np.ndarray, p: int) -> np.ndarray:
-    """Each crop resized to ``p x p`` (cv2.INTER_AREA); the crops themselves when already that size."""
+    """Each crop resized to ``p x p`` (cv2.INTER_AREA); the crops themselves when already that size.
+
+    When ``p`` divides both sides (the demo's 64 -> 32, 224 -> 112), INTER_AREA averages whole
+    blocks that never cross a frame, so the T frames stacked as one tall image give the same pixels
+    in one call instead of T (tests/test_preprocess.py).
+    """
     t, h, w, _ = crops.shape
     if (h, w) == (p, p):
         return crops
+    if h % p == 0 and w % p == 0:
+        tall = np.ascontiguousarray(crops).reshape(t * h, w, 3)
+        return cv2.resize(tall, (p, t * p), interpolation=cv2.INTER_AREA).reshape(t, p, p, 3)
     small = np.empty((t, p, p, 3), dtype=np.uint8)
     for i in range(t):
         small[i] = cv2.resize(crops[i], (p, p), interpolation=cv2.INTER_AREA)

@@ -257,7 +257,7 @@ def streams_paper_size(tmp: Path, rounds: int, warmup: int, t: int = 8, k: int =
     T/2 new frames + heads vs features of all T + heads, where per-call overhead no longer dominates."""
     import onnxruntime as ort
 
-    from ada3d_edge.export.onnx_export import export_policy_split
+    from ada3d_edge.export.onnx_export import export_policy_split, split_width
     from ada3d_edge.models.selection import SelectionNet
     from ada3d_edge.models.specs import SelectionSpec
 
@@ -268,7 +268,7 @@ def streams_paper_size(tmp: Path, rounds: int, warmup: int, t: int = 8, k: int =
     feats = ort.InferenceSession(str(fpath), so, providers=["CPUExecutionProvider"])
     heads = ort.InferenceSession(str(hpath), so, providers=["CPUExecutionProvider"])
     x = np.random.rand(t, 3, 112, 112).astype(np.float32)
-    f = np.zeros((1, net.num_features), np.float32)
+    f = np.zeros((1, split_width(net)), np.float32)
 
     def run(n):
         def go(r):

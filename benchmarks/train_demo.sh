@@ -106,7 +106,7 @@ jobs (load average at start: {load}; at the end: {load_end}), so wall times are 
 
 Data: `ada3d synth {synth}` ({joint['num_videos']} validation videos, {joint['num_clips']} clips each).
 Model: {joint['arch']} (K={joint['num_stages']}: {', '.join(joint['stages'])}), T={joint['num_frames']},
-{joint['crop']} px; selection net MobileNetV2 x{joint['selection_width']}{', ' + str(joint['selection_depth']) + ' block(s) per group' if joint.get('selection_depth') else ''}{', first ' + str(joint['selection_groups']) + ' groups' if joint.get('selection_groups') else ''} at {joint['policy_size']} px. Recipe `{recipe}`.
+{joint['crop']} px; selection net MobileNetV2 x{joint['selection_width']}{', ' + str(joint['selection_depth']) + ' block(s) per group' if joint.get('selection_depth') else ''}{', first ' + str(joint['selection_groups']) + ' groups' if joint.get('selection_groups') else ''}{', ' + str(joint['selection_last_channels']) + ' last channels' if joint.get('selection_last_channels') else ''} at {joint['policy_size']} px. Recipe `{recipe}`.
 
 Wall time: upper {times['upper']} s + policy {times['policy']} s + joint {times['joint']} s = **{train_s} s
 ({train_s / 60:.1f} min)**; Random FT {times['random-ft']} s; both evals {times['eval']} s.

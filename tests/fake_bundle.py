@@ -143,11 +143,11 @@ def make_fake_bundle(out_dir: str | Path, *, stages: Sequence[str] = STAGES, cla
             (out / name).write_bytes(data)
     split = None
     if selection is not None:
-        from ada3d_edge.export.onnx_export import export_policy, export_policy_split
+        from ada3d_edge.export.onnx_export import export_policy, export_policy_split, split_width
 
         export_policy(selection, out / "policy.onnx", num_frames, policy_size)
         export_policy_split(selection, out / "policy_features.onnx", out / "policy_heads.onnx", policy_size)
-        split = PolicySplit.for_files(out, "policy_features.onnx", "policy_heads.onnx", selection.num_features)
+        split = PolicySplit.for_files(out, "policy_features.onnx", "policy_heads.onnx", split_width(selection))
     manifest = Manifest(
         arch="fake_tiny", stages=list(stages), num_frames=num_frames, stride=2, crop_size=crop_size,
         policy_size=policy_size, mean=list(MEAN), std=list(STD), classes=list(classes),

@@ -108,7 +108,7 @@ def test_policy_split_files_in_bundle(slow_bundle, slow_ckpt):
     split = open_bundle(slow_bundle).manifest.policy_split
     model, _ = load_model(slow_ckpt)
     assert (split.features.file, split.heads.file) == ("policy_features.onnx", "policy_heads.onnx")
-    assert split.num_features == model.selection.num_features
+    assert split.num_features == model.selection.num_frames + model.selection.num_stages
     assert split.features.sha256 == sha256_file(slow_bundle / "policy_features.onnx")
     f = onnx.load(str(slow_bundle / "policy_features.onnx")).graph
     h = onnx.load(str(slow_bundle / "policy_heads.onnx")).graph

@@ -61,6 +61,11 @@ def test_split_equals_unsplit_network(selection, tmp_path, batch):
     with torch.no_grad():
         ref = [r.numpy() for r in selection(x)]
         split = selection.heads(selection.image_features(images).reshape(batch, NUM_FRAMES, -1).mean(1))
+        projection, bias = selection.head_terms()  # the heads as one affine map of the frame features
+        terms = (selection.image_features(images) @ projection).reshape(batch, NUM_FRAMES, -1).mean(1) + bias
+        folded = (torch.sigmoid(terms[:, :NUM_FRAMES]), torch.sigmoid(terms[:, NUM_FRAMES:]))
+    for g, r in zip(folded, ref):
+        np.testing.assert_allclose(g.numpy(), r, rtol=0, atol=1e-5)
     for g, r in zip(split, ref):  # the split computes the same function (PyTorch, float32)
         np.testing.assert_allclose(g.numpy(), r, rtol=0, atol=1e-5)
     # The ONNX pair composed as the runtime does (numpy mean): within float32 noise. This net's
@@ -68,7 +73,7 @@ def test_split_equals_unsplit_network(selection, tmp_path, batch):
     feats_path, heads_path = export_policy_split(selection, tmp_path / "f.onnx", tmp_path / "h.onnx", P)
     images = images.numpy()
     feats = ort_session(feats_path).run([POLICY_FEATURES], {POLICY_INPUT: images})[0]
-    assert feats.shape == (batch * NUM_FRAMES, selection.num_features)
+    assert feats.shape == (batch * NUM_FRAMES, NUM_FRAMES + selection.num_stages)  # the heads' terms per frame
     mean = feats.reshape(batch, NUM_FRAMES, -1).mean(axis=1, dtype=np.float32)
     got = ort_session(heads_path).run(list(POLICY_OUTPUTS), {POLICY_FEATURES: mean})
     for g, r in zip(got, ref):

@@ -81,6 +81,19 @@ def test_policy_frames_are_the_policy_tensor_frame_major():
     np.testing.assert_array_equal(to_policy_frames(crops[1:2], 32), to_clip_tensor(crops[1:2]).transpose(1, 0, 2, 3))
 
 
+@pytest.mark.parametrize("size,p", [(64, 32), (64, 16), (48, 24), (64, 24), (30, 32)])
+def test_policy_resize_in_one_call_gives_the_per_frame_pixels(size, p):
+    """Divisible sizes resize the T frames as one stacked image: the same pixels as frame by frame
+    (cv2.INTER_AREA); other sizes (64 -> 24, upscaling) take the per-frame path."""
+    import cv2
+
+    crops = np.random.default_rng(size + p).integers(0, 256, (5, size, size, 3), dtype=np.uint8)
+    ref = np.stack([cv2.resize(c, (p, p), interpolation=cv2.INTER_AREA) for c in crops])
+    want = np.stack([to_clip_tensor(r[None])[:, 0] for r in ref])
+    np.testing.assert_array_equal(to_policy_frames(crops, p), want)
+    np.testing.assert_array_equal(to_policy_frames(crops[::2], p), want[::2])  # a strided view of the frames
+
+
 def test_policy_tensor_and_preprocess_eval_agree():
     frames = _gradient_frames(t=2)
     clip, policy = preprocess_eval(frames, 32, 16, KINETICS_MEAN, KINETICS_STD)

@@ -103,15 +103,25 @@ def test_selection_depth_and_groups_make_a_lighter_network_with_matching_flops()
         selection_spec(0.35, 32, groups=8)
     with pytest.raises(ValueError, match="depth must be >= 1"):
         selection_spec(0.35, 32, depth=0)
+    narrow = selection_spec_from_config({**cfg, "selection_depth": 1, "selection_groups": 4,
+                                         "selection_last_channels": 256})
+    assert narrow.last_channels == 256 and SelectionNet(8, 2, spec=narrow).num_features == 256
+    assert selection_macs(narrow, frames=8, size=32) < selection_macs(short, frames=8, size=32)
+    with pytest.raises(ValueError, match="last_channels must be >= 8"):
+        selection_spec(0.35, 32, last_channels=4)
 
 
 def test_recipe_selection_knobs_reach_the_model_and_are_checked(tmp_path):
     from ada3d_edge.train.config import load_recipe
 
     r = load_recipe("train/demo.yaml", ["data.root=/tmp", "model.selection_groups=4"])
-    assert r.model.selection_depth == 1 and r.model.selection_groups == 4
-    model = build_ada3d(Ada3DConfig(selection_width=0.35, policy_size=32, selection_depth=1, selection_groups=4))
+    assert r.model.selection_depth == 1 and r.model.selection_groups == 4 and r.model.selection_last_channels == 256
+    model = build_ada3d(Ada3DConfig(selection_width=0.35, policy_size=32, selection_depth=1, selection_groups=4,
+                                    selection_last_channels=256))
     assert len(model.selection.spec.settings) == 4 and model.config["selection_groups"] == 4
+    assert model.selection.num_features == 256 and model.config["selection_last_channels"] == 256
+    with pytest.raises(ValueError, match="selection_last_channels must be > 0"):
+        load_recipe("train/demo.yaml", ["data.root=/tmp", "model.selection_last_channels=-1"])
     with pytest.raises(ValueError, match="selection_groups must be in 1..7"):
         load_recipe("train/demo.yaml", ["data.root=/tmp", "model.selection_groups=9"])
     with pytest.raises(ValueError, match="selection_depth must be > 0"):

@@ -201,40 +201,59 @@ def export_policy(model: nn.Module, path: PathLike, num_frames: int, policy_size
         selection.train(was_training)
 
 
-class _ImageFeatures(nn.Module):
+class _FrameHeadTerms(nn.Module):
+    """Frames (N, 3, P, P) -> each frame's T+K terms of the heads' logits (``SelectionNet.head_terms``)."""
+
     def __init__(self, selection: SelectionNet) -> None:
         super().__init__()
         self.selection = selection
+        with torch.no_grad():
+            projection, _ = selection.head_terms()
+        self.register_buffer("projection", projection.detach().clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.selection.image_features(images)
+        return self.selection.image_features(images) @ self.projection
 
 
-class _Heads(nn.Module):
+class _HeadsFromTerms(nn.Module):
+    """A clip's mean frame terms (B, T+K) -> (frame_probs (B, T), stage_probs (B, K)): bias, sigmoids."""
+
     def __init__(self, selection: SelectionNet) -> None:
         super().__init__()
-        self.selection = selection
+        self.num_frames = selection.num_frames
+        with torch.no_grad():
+            _, bias = selection.head_terms()
+        self.register_buffer("bias", bias.detach().clone())
 
-    def forward(self, clip_features: torch.Tensor):
-        return self.selection.heads(clip_features)
+    def forward(self, terms: torch.Tensor):
+        probs = torch.sigmoid(terms + self.bias)
+        return probs[:, :self.num_frames], probs[:, self.num_frames:]
+
+
+def split_width(selection: SelectionNet) -> int:
+    """Width of what ``policy_features.onnx`` gives per frame (``PolicySplit.num_features``): T + K."""
+    return selection.num_frames + selection.num_stages
 
 
 def export_policy_split(model: nn.Module, features_path: PathLike, heads_path: PathLike, policy_size: int,
                         opset: int = 17) -> Tuple[Path, Path]:
     """Write the selection network in two files (``bundle.PolicySplit``).
 
-    ``policy_features.onnx``: ``frames`` (N, 3, P, P) -> ``features`` (N, F), N dynamic;
-    ``policy_heads.onnx``: ``features`` (B, F) (a clip's mean frame features) -> ``frame_probs``
-    (B, T), ``stage_probs`` (B, K), B dynamic.
+    ``policy_features.onnx``: ``frames`` (N, 3, P, P) -> ``features`` (N, T+K), N dynamic: each
+    frame's terms of the heads' logits (``SelectionNet.head_terms``: the MobileNetV2 features
+    projected through the standardisation and both heads);
+    ``policy_heads.onnx``: ``features`` (B, T+K) (a clip's mean frame terms) -> ``frame_probs``
+    (B, T), ``stage_probs`` (B, K), B dynamic. Both use the running BatchNorm statistics, as every
+    export does.
     """
     selection = _selection(model, "export_policy_split")
     was_training = selection.training
     try:
         p = int(policy_size)
-        features = _export(_ImageFeatures(selection), (torch.zeros(2, 3, p, p),), Path(features_path),
+        features = _export(_FrameHeadTerms(selection.eval()), (torch.zeros(2, 3, p, p),), Path(features_path),
                            [POLICY_INPUT], [POLICY_FEATURES], {POLICY_INPUT: {0: "N"}, POLICY_FEATURES: {0: "N"}},
                            opset)
-        heads = _export(_Heads(selection), (torch.zeros(2, selection.num_features),), Path(heads_path),
+        heads = _export(_HeadsFromTerms(selection), (torch.zeros(2, split_width(selection)),), Path(heads_path),
                         [POLICY_FEATURES], list(POLICY_OUTPUTS),
                         {POLICY_FEATURES: {0: "B"}, **{o: {0: "B"} for o in POLICY_OUTPUTS}}, opset)
         return features, heads

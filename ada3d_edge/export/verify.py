@@ -131,9 +131,10 @@ def verify_policy_split(features_path: PathLike, heads_path: PathLike, selection
                         seed: int = 0) -> float:
     """Compare the split selection network with PyTorch; returns the largest difference.
 
-    Checks ``policy_features.onnx`` against ``selection.image_features`` on every frame, and the
-    runtime's composition (features per frame, mean over the T frames in numpy, ``policy_heads.onnx``)
-    against the unsplit ``selection(frames)``, at each batch size.
+    Checks ``policy_features.onnx`` against each frame's head terms in PyTorch
+    (``image_features @ head_terms()[0]``), and the runtime's composition (terms per frame, mean over
+    the T frames in numpy, ``policy_heads.onnx``) against the unsplit ``selection(frames)``, at each
+    batch size.
     """
     features, heads = ort_session(features_path), ort_session(heads_path)
     names = f"policy split ({Path(features_path).name}, {Path(heads_path).name})"
@@ -144,7 +145,7 @@ def verify_policy_split(features_path: PathLike, heads_path: PathLike, selection
         x = torch.randn(b, 3, num_frames, policy_size, policy_size, generator=gen)
         images = x.transpose(1, 2).reshape(b * num_frames, 3, policy_size, policy_size)
         with torch.no_grad():
-            ref_feat = selection.image_features(images).double().numpy()
+            ref_feat = (selection.image_features(images) @ selection.head_terms()[0]).double().numpy()
             refs: Tuple[torch.Tensor, ...] = selection(x)
         feat = features.run([POLICY_FEATURES], {POLICY_INPUT: images.numpy()})[0]
         worst = max(worst, _check(names, f"features, batch={b}", feat, ref_feat, rtol))

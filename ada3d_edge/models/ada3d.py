@@ -91,6 +91,7 @@ class Ada3DConfig:
     policy_size: int = 112
     selection_depth: Optional[int] = None
     selection_groups: Optional[int] = None
+    selection_last_channels: Optional[int] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -102,5 +103,5 @@ def build_ada3d(cfg: Ada3DConfig) -> Ada3D:
     backbone = build_backbone(cfg.arch, num_classes=cfg.num_classes, **overrides)
     selection = SelectionNet(cfg.num_frames, backbone.num_stages_3d, num_classes=cfg.num_classes,
                              spec=selection_spec(cfg.selection_width, cfg.policy_size, cfg.selection_depth,
-                                                 cfg.selection_groups))
+                                                 cfg.selection_groups, cfg.selection_last_channels))
     return Ada3D(backbone, selection, config=cfg.to_dict())

@@ -160,6 +160,21 @@ class SelectionNet(nn.Module):
         feat = self.standardise(clip_features)
         return torch.sigmoid(self.frame_head(feat)), torch.sigmoid(self.stage_head(feat))
 
+    def head_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inference heads as one affine map ``(P (F, T+K), c (T+K,))`` of the frame features.
+
+        Standardising (running statistics) and the two linear heads are affine in the clip features,
+        and those are the mean of the frame features, so the heads' logits are
+        ``mean_t(f_t @ P) + c``. The bundle's split network uses it: each frame's T+K terms
+        ``f_t @ P`` are what a stream caches (10 numbers for the demo instead of 1280 features),
+        and the heads left are a bias and sigmoids (benchmarks/results/fixed_costs_cpu.md).
+        """
+        hn = self.head_norm
+        scale = torch.rsqrt(hn.running_var + hn.eps)
+        weight = torch.cat([self.frame_head.weight, self.stage_head.weight])  # (T+K, F)
+        bias = torch.cat([self.frame_head.bias, self.stage_head.bias])
+        return (weight * scale).t(), bias - weight @ (scale * hn.running_mean)
+
     def classify(self, frames: torch.Tensor) -> torch.Tensor:
         if self.classifier is None:
             raise RuntimeError("this selection network has no classifier: build it with num_classes")

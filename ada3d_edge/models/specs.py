@@ -162,12 +162,18 @@ SELECTION_GROUPS = len(SelectionSpec().settings)  # MobileNetV2's 7 groups of in
 
 
 def selection_spec(width_mult: float = 1.0, policy_size: int = 112, depth: Optional[int] = None,
-                   groups: Optional[int] = None) -> SelectionSpec:
+                   groups: Optional[int] = None, last_channels: Optional[int] = None) -> SelectionSpec:
     """The recipe's selection network. `depth` caps the inverted residuals per MobileNetV2 group
     (None: MobileNetV2's 1-2-3-4-3-3-1; 1: one block per group); `groups` keeps the first groups of
     the seven (None: all). At the demo's scale the network's cost is mostly per-layer overhead, so
-    depth, not width, is what makes it light (benchmarks/results/selection_candidates_cpu.md)."""
+    depth, not width, is what makes it light (benchmarks/results/selection_candidates_cpu.md).
+    `last_channels` replaces the final 1x1 convolution's 1280 channels (None: MobileNetV2's); at
+    2x2 pixels that convolution is most of what is left of a 4-block net."""
     spec = SelectionSpec(width_mult=float(width_mult), policy_size=int(policy_size))
+    if last_channels is not None:
+        if int(last_channels) < 8:
+            raise ValueError(f"selection last_channels must be >= 8 or null, got {last_channels}")
+        spec = replace(spec, last_channels=int(last_channels))
     settings = spec.settings
     if groups is not None:
         if not 1 <= int(groups) <= len(settings):
@@ -182,9 +188,10 @@ def selection_spec(width_mult: float = 1.0, policy_size: int = 112, depth: Optio
 
 def selection_spec_from_config(model_config: Dict[str, Any]) -> SelectionSpec:
     """The selection network of a checkpoint's `model_config` (older ones have neither
-    `selection_depth` nor `selection_groups`)."""
+    `selection_depth`, `selection_groups` nor `selection_last_channels`)."""
     return selection_spec(model_config["selection_width"], model_config["policy_size"],
-                          model_config.get("selection_depth"), model_config.get("selection_groups"))
+                          model_config.get("selection_depth"), model_config.get("selection_groups"),
+                          model_config.get("selection_last_channels"))
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:

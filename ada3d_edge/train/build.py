@@ -18,7 +18,7 @@ from .stage_specs import OptimGroup, StageSpec, get_stage, recipe_value
 from .stages import part_modules
 
 MODEL_KEYS = ("arch", "num_classes", "num_frames", "selection_width", "policy_size", "selection_depth",
-              "selection_groups")
+              "selection_groups", "selection_last_channels")
 
 
 def check_data_paths(recipe: Recipe) -> None:
@@ -68,7 +68,7 @@ def model_config(recipe: Recipe, num_classes: int) -> Ada3DConfig:
     return Ada3DConfig(arch=m.arch, num_classes=num_classes, num_frames=d.num_frames,
                        backbone_overrides=overrides, selection_width=m.selection_width,
                        policy_size=m.policy_size, selection_depth=m.selection_depth,
-                       selection_groups=m.selection_groups)
+                       selection_groups=m.selection_groups, selection_last_channels=m.selection_last_channels)
 
 
 def data_info(recipe: Recipe, classes: List[str], multi_label: bool) -> Dict[str, Any]:
@@ -129,7 +129,8 @@ def load_init(model: Ada3D, path: Optional[str]) -> Dict[str, Any]:
     return {"init": path, "init_stage": "pretrained", **skipped}
 
 
-SELECTION_KEYS = ("num_frames", "selection_width", "policy_size", "selection_depth", "selection_groups")
+SELECTION_KEYS = ("num_frames", "selection_width", "policy_size", "selection_depth", "selection_groups",
+                  "selection_last_channels")
 
 
 def selection_init_path(recipe: Recipe, spec: StageSpec) -> Optional[str]:
@@ -165,7 +166,8 @@ def load_selection(model: Ada3D, path: str, option: str = "init_from.selection")
     if diff:
         raise ValueError(f"{option}={path} holds another selection network than this recipe builds ("
                          + "; ".join(diff) + "); train it with the same T, K, model.selection_width, "
-                         "model.selection_depth, model.selection_groups and model.policy_size")
+                         "model.selection_depth, model.selection_groups, model.selection_last_channels and "
+                         "model.policy_size")
     own = {k: v for k, v in model.selection.state_dict().items() if k.startswith("classifier.")}
     res = model.selection.load_state_dict({**state, **own}, strict=False)
     if res.missing_keys or res.unexpected_keys:

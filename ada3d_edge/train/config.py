@@ -70,6 +70,7 @@ class ModelCfg:
     policy_size: int = 112
     selection_depth: Optional[int] = None   # inverted residuals per MobileNetV2 group at most (null: all)
     selection_groups: Optional[int] = None  # the first MobileNetV2 groups of 7 (null: all)
+    selection_last_channels: Optional[int] = None  # the last 1x1 conv's channels (null: MobileNetV2's 1280)
 
 
 @dataclass
@@ -412,7 +413,7 @@ def validate(r: Recipe, check_required: bool = True) -> None:
                 "data.workers", "data.val_every"):
         sec, name = key.split(".")
         _positive(getattr(getattr(r, sec), name), key, allow_zero=True)
-    for key in ("selection_depth", "selection_groups"):
+    for key in ("selection_depth", "selection_groups", "selection_last_channels"):
         if getattr(r.model, key) is not None:
             _positive(getattr(r.model, key), f"model.{key}")
     if r.model.selection_groups is not None and r.model.selection_groups > SELECTION_GROUPS:

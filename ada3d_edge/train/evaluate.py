@@ -121,6 +121,7 @@ class EvalSetup:
                 "crop": d["test_crop_size"], "policy_size": d["policy_size"],
                 "selection_width": m.config["selection_width"],
                 "selection_depth": m.config.get("selection_depth"), "selection_groups": m.config.get("selection_groups"),
+                "selection_last_channels": m.config.get("selection_last_channels"),
                 "threshold": self.threshold,
                 "selection_gflops_per_clip": self.cost.selection_gflops}
 
@@ -273,6 +274,7 @@ def format_table(res: Dict[str, Any]) -> str:
                  f"MobileNetV2 x{res['selection_width']}"
                  + (f", {res['selection_depth']} block(s) per group" if res.get("selection_depth") else "")
                  + (f", first {res['selection_groups']} groups" if res.get("selection_groups") else "")
+                 + (f", {res['selection_last_channels']} last channels" if res.get("selection_last_channels") else "")
                  + f" on {res['num_frames']} frames at "
                  f"{res['policy_size']}px). Random: frame p={res['random_policy']['frame_prob']:.3f}, "
                  f"stage p={res['random_policy']['stage_prob']:.3f}. {saving_text(res['gflops_saving_vs_upper'])}")
