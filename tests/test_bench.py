@@ -251,3 +251,32 @@ def test_memory_is_pss_and_falls_back_to_labelled_rss(tmp_path: Path) -> None:
     assert mem["unit"] == "RSS" and mem["ratio"] == pytest.approx(1.5) and "no /proc/self/smaps_rollup" in mem["note"]
     mem = _memory({"all": {"pss_mb": 30.0, "rss_mb": 90.0}, "upper": {"pss_mb": 25.0, "rss_mb": 40.0}})
     assert mem["unit"] == "PSS" and mem["all_engines"] == 30.0 and mem["ratio"] == pytest.approx(1.2)
+
+
+def test_selection_net_is_timed_as_the_runtime_runs_it(tmp_path: Path) -> None:
+    """A bundle with the split selection net: the bench's selection row times the split path (frame
+    terms, mean, heads) the predictor runs, and says so; without a split, the whole policy.onnx."""
+    import torch
+
+    from ada3d_edge.models import SelectionNet
+    from ada3d_edge.models.specs import selection_spec
+    from ada3d_edge.runtime.bench import run_split_policy
+
+    torch.manual_seed(0)
+    net = SelectionNet(NUM_FRAMES, 2, spec=selection_spec(0.35, 16, 1, 2, 64)).eval()
+    split = make_fake_bundle(tmp_path / "split", policy_size=16, selection=net)
+    r = bench(split, memory=False, repeats=2, warmup=0, batch=2, clips=2)
+    assert r["settings"]["selection_net"].startswith("split")
+    assert r["policy"]["latency_ms"]["p50"] > 0 and "split (frame terms" in format_table(r)
+    calls = []
+
+    class Recorder:
+        def run(self, name, inputs):
+            calls.append((name, {k: v.shape for k, v in inputs.items()}))
+            return {"features": np.zeros((len(inputs["frames"]), NUM_FRAMES + 2), np.float32)} if name == "policy_features" else {}
+
+    run_split_policy(Recorder(), {"frames": np.zeros((2 * NUM_FRAMES, 3, 16, 16), np.float32), "clips": np.array([2])})
+    assert calls == [("policy_features", {"frames": (2 * NUM_FRAMES, 3, 16, 16)}),
+                     ("policy_heads", {"features": (2, NUM_FRAMES + 2)})]
+    assert bench(make_fake_bundle(tmp_path / "whole"), memory=False, repeats=1, warmup=0, clips=1)[
+        "settings"]["selection_net"] == "whole policy"

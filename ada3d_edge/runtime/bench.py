@@ -25,8 +25,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..bundle import (BACKBONE_INPUT, BACKBONE_MASK_INPUT, BACKBONE_NAME, POLICY_INPUT, POLICY_NAME, Bundle,
-                      BundleError, open_bundle, verify_file)
+from ..bundle import (BACKBONE_INPUT, BACKBONE_MASK_INPUT, BACKBONE_NAME, POLICY_FEATURES, POLICY_FEATURES_NAME,
+                      POLICY_HEADS_NAME, POLICY_INPUT, POLICY_NAME, Bundle, BundleError, open_bundle, verify_file)
 from .backends import make_backend
 from .backends.base import Backend, process_peak_rss_mb
 from .bench_report import BenchResult, Measurements, assemble, machine_info
@@ -89,13 +89,28 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:160] if text else ''}"
 
 
+Runner = Callable[[Backend, dict[str, np.ndarray]], Any]
+
+
+def run_split_policy(backend: Backend, inputs: dict[str, np.ndarray]) -> None:
+    """The selection net as the predictor runs a split bundle's: the frame terms of the B x T frames
+    ``(B*T, 3, P, P)`` in one call, their mean per clip, the heads."""
+    x = inputs[POLICY_INPUT]
+    terms = backend.run(POLICY_FEATURES_NAME, {POLICY_INPUT: x})[POLICY_FEATURES]
+    batch = int(inputs["clips"][0])
+    backend.run(POLICY_HEADS_NAME, {POLICY_FEATURES: terms.reshape(batch, len(x) // batch, -1).mean(axis=1, dtype=np.float32)})
+
+
 def time_round_robin(backend: Backend, jobs: Sequence[Job], make_input: Callable[[Job], dict[str, np.ndarray]],
-                     repeats: int, warmup: int, seed: int = 0, log: Log | None = None
-                     ) -> tuple[dict[Job, list[float]], dict[Job, str]]:
+                     repeats: int, warmup: int, seed: int = 0, log: Log | None = None,
+                     runners: dict[str, Runner] | None = None) -> tuple[dict[Job, list[float]], dict[Job, str]]:
     """Time every job ``repeats`` times, round-robin in shuffled order, after ``warmup`` rounds.
 
+    ``runners``: model name -> what runs one call of its jobs (default ``backend.run(model, inputs)``;
+    the split selection net is two calls, ``run_split_policy``).
     Returns ``(samples_ms, errors)``: a job that raises once gets its error and is not run again.
     """
+    runners = runners or {}
     inputs = {job: make_input(job) for job in jobs}
     samples: dict[Job, list[float]] = {job: [] for job in jobs}
     errors: dict[Job, str] = {}
@@ -105,9 +120,13 @@ def time_round_robin(backend: Backend, jobs: Sequence[Job], make_input: Callable
         for job in order:
             if job in errors:
                 continue
+            runner = runners.get(job.model)
             t0 = time.perf_counter()
             try:
-                backend.run(job.model, inputs[job])
+                if runner is None:
+                    backend.run(job.model, inputs[job])
+                else:
+                    runner(backend, inputs[job])
             except Exception as exc:  # noqa: BLE001 - a failing configuration becomes a status
                 errors[job] = _short(exc)
                 continue
@@ -118,8 +137,10 @@ def time_round_robin(backend: Backend, jobs: Sequence[Job], make_input: Callable
     return samples, errors
 
 
-def input_maker(bundle: Bundle, seed: int = 0) -> Callable[[Job], dict[str, np.ndarray]]:
-    """Random normalised inputs per job; arrays of the same shape are shared between jobs."""
+def input_maker(bundle: Bundle, seed: int = 0, split_policy: bool = False) -> Callable[[Job], dict[str, np.ndarray]]:
+    """Random normalised inputs per job; arrays of the same shape are shared between jobs. With
+    ``split_policy`` the selection net's input is frame-major, ``(B*T, 3, P, P)``, for
+    ``run_split_policy`` (``clips`` holds B)."""
     m = bundle.manifest
     cache: dict[tuple, np.ndarray] = {}
     rng = np.random.default_rng(seed)
@@ -129,6 +150,9 @@ def input_maker(bundle: Bundle, seed: int = 0) -> Callable[[Job], dict[str, np.n
         shape = (job.batch, 3, job.frames, size, size)
         if shape not in cache:
             cache[shape] = rng.standard_normal(shape, dtype=np.float32)
+        if job.is_policy and split_policy:
+            x = np.ascontiguousarray(cache[shape].transpose(0, 2, 1, 3, 4).reshape(-1, 3, size, size))
+            return {POLICY_INPUT: x, "clips": np.array([job.batch])}
         if job.is_policy:
             return {POLICY_INPUT: cache[shape]}
         return {BACKBONE_INPUT: cache[shape], BACKBONE_MASK_INPUT: stage_mask_feed(job.mask)}
@@ -397,8 +421,9 @@ def run_bench(bundle_path: str | os.PathLike, backend: str | Backend | BackendFa
         jobs += [Job(POLICY_NAME, t, b) for b in batches]
         runnable = [j for j in jobs if j.model not in load_errors]
         say(f"timing {len(runnable)} jobs round-robin: {o.warmup} warm-up + {o.repeats} rounds")
-        samples, errors = time_round_robin(be, runnable, input_maker(bundle, o.seed), o.repeats, o.warmup,
-                                           o.seed, say)
+        split = predictor is not None and predictor.split_policy  # time the selection net the runtime runs
+        samples, errors = time_round_robin(be, runnable, input_maker(bundle, o.seed, split), o.repeats, o.warmup,
+                                           o.seed, say, {POLICY_NAME: run_split_policy} if split else None)
         errors.update({j: load_errors[j.model] for j in jobs if j.model in load_errors})
         if predictor is not None:
             say(f"adaptive vs Upper end to end on {clip_set.description.split(':')[0]}, {o.passes} pass(es)")
@@ -414,7 +439,9 @@ def run_bench(bundle_path: str | os.PathLike, backend: str | Backend | BackendFa
             predictor.close()
         if not isinstance(backend, Backend):
             be.close()
-    settings = {"repeats": o.repeats, "warmup": o.warmup, "batches": batches, "passes": o.passes, "seed": o.seed}
+    settings = {"repeats": o.repeats, "warmup": o.warmup, "batches": batches, "passes": o.passes, "seed": o.seed,
+                "selection_net": "split (frame terms, mean, heads)" if predictor is not None and predictor.split_policy
+                else "whole policy"}
     return assemble(bundle, Measurements(jobs=jobs, samples=samples, errors=errors, end_to_end=e2e,
                                          clip_source=clip_set.description, adaptive_error=adaptive_error,
                                          memory=memory, machine=info, settings=settings, command=command))

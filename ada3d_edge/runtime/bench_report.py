@@ -272,7 +272,9 @@ def format_table(result: ResultLike) -> str:
                      f"{_f(s.get('p50')):>9} {_f(s.get('p95')):>9} {_f(c['latency_ratio'], '.3f'):>9} "
                      f"{_f(c['clips_per_s'], '.1f'):>8}  {c['status']}")
     pol = r["policy"]
-    lines += ["", f"selection net (T={r['num_frames']}, batch 1): {_f((pol['latency_ms'] or {}).get('p50'))} ms p50, "
+    kind = r["settings"].get("selection_net")
+    lines += ["", f"selection net (T={r['num_frames']}, batch 1{', ' + kind if kind else ''}): "
+                  f"{_f((pol['latency_ms'] or {}).get('p50'))} ms p50, "
                   f"{_f(pol['fraction_of_upper'], '.3f')} of Upper's engine latency (p50), "
                   f"{_f(pol['fraction_of_upper_mean'], '.3f')} (mean); {pol['gflops']:.3f} GFLOPs"]
     ad, up = r["adaptive"], r["upper"]
