@@ -227,28 +227,31 @@ class AdaptivePredictor:
         """Split policy: features of the frames no stream cache holds (each once), mean, heads."""
         m = self.manifest
         t = m.num_frames
-        feats: list[list[np.ndarray | None]] = [[None] * t for _ in crops]
+        terms = np.empty((len(crops), t, self.manifest.policy_split.num_features), np.float32)
         todo: dict[int, list[int]] = defaultdict(list)  # clip -> frames to compute
         shared: list[tuple[int, int, int, int]] = []  # (clip, frame) that reuse (clip, frame) of this batch
         first: dict[tuple[int, int], tuple[int, int]] = {}
         for i in range(len(crops)):
             stream = streams[i] if streams else None
-            if stream is not None and len(stream.ids) != t:
+            if stream is None:
+                todo[i] = list(range(t))
+                continue
+            if len(stream.ids) != t:
                 raise ValueError(f"streams[{i}] has {len(stream.ids)} frame ids for a clip of T={t} frames")
-            for j in range(t):
-                if stream is not None:
-                    cached = stream.cache.get(stream.ids[j])
-                    if cached is not None:
-                        feats[i][j] = cached
-                        stream.cache.reused += 1
-                        continue
-                    key = (id(stream.cache), stream.ids[j])
-                    if key in first:
-                        shared.append((i, j, *first[key]))
-                        stream.cache.reused += 1
-                        continue
-                    first[key] = (i, j)
-                    stream.cache.computed += 1
+            cache = stream.cache
+            for j, frame_id in enumerate(stream.ids):
+                cached = cache.get(frame_id)
+                if cached is not None:
+                    terms[i, j] = cached
+                    cache.reused += 1
+                    continue
+                key = (id(cache), frame_id)
+                if key in first:
+                    shared.append((i, j, *first[key]))
+                    cache.reused += 1
+                    continue
+                first[key] = (i, j)
+                cache.computed += 1
                 todo[i].append(j)
         t0 = time.perf_counter()
         x = None
@@ -263,15 +266,15 @@ class AdaptivePredictor:
                                   for k in range(0, len(x), step)])
             k = 0
             for i, js in todo.items():
+                terms[i, js] = out[k:k + len(js)]
                 stream = streams[i] if streams else None
-                for j in js:
-                    feats[i][j] = out[k]
-                    if stream is not None:
-                        stream.cache.put(stream.ids[j], out[k])
-                    k += 1
+                if stream is not None:
+                    for j in js:
+                        stream.cache.put(stream.ids[j], terms[i, j].copy())
+                k += len(js)
         for i, j, i0, j0 in shared:
-            feats[i][j] = feats[i0][j0]
-        clip_feats = np.stack([np.stack(f).mean(axis=0, dtype=np.float32) for f in feats])
+            terms[i, j] = terms[i0, j0]
+        clip_feats = terms.mean(axis=1, dtype=np.float32)
         outs = [self.backend.run(POLICY_HEADS_NAME, {POLICY_FEATURES: clip_feats[sl]})
                 for sl in self._batches(len(clip_feats))]
         fp = np.concatenate([o["frame_probs"] for o in outs])
