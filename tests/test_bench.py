@@ -275,7 +275,7 @@ def test_selection_net_is_timed_as_the_runtime_runs_it(tmp_path: Path) -> None:
             calls.append((name, {k: v.shape for k, v in inputs.items()}))
             return {"features": np.zeros((len(inputs["frames"]), NUM_FRAMES + 2), np.float32)} if name == "policy_features" else {}
 
-    run_split_policy(Recorder(), {"frames": np.zeros((2 * NUM_FRAMES, 3, 16, 16), np.float32), "clips": np.array([2])})
+    run_split_policy(Recorder(), {"frames": np.zeros((2, NUM_FRAMES, 3, 16, 16), np.float32)})
     assert calls == [("policy_features", {"frames": (2 * NUM_FRAMES, 3, 16, 16)}),
                      ("policy_heads", {"features": (2, NUM_FRAMES + 2)})]
     assert bench(make_fake_bundle(tmp_path / "whole"), memory=False, repeats=1, warmup=0, clips=1)[

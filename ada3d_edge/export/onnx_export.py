@@ -204,12 +204,10 @@ def export_policy(model: nn.Module, path: PathLike, num_frames: int, policy_size
 class _FrameHeadTerms(nn.Module):
     """Frames (N, 3, P, P) -> each frame's T+K terms of the heads' logits (``SelectionNet.head_terms``)."""
 
-    def __init__(self, selection: SelectionNet) -> None:
+    def __init__(self, selection: SelectionNet, projection: torch.Tensor) -> None:
         super().__init__()
         self.selection = selection
-        with torch.no_grad():
-            projection, _ = selection.head_terms()
-        self.register_buffer("projection", projection.detach().clone())
+        self.register_buffer("projection", projection)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.selection.image_features(images) @ self.projection
@@ -218,12 +216,10 @@ class _FrameHeadTerms(nn.Module):
 class _HeadsFromTerms(nn.Module):
     """A clip's mean frame terms (B, T+K) -> (frame_probs (B, T), stage_probs (B, K)): bias, sigmoids."""
 
-    def __init__(self, selection: SelectionNet) -> None:
+    def __init__(self, num_frames: int, bias: torch.Tensor) -> None:
         super().__init__()
-        self.num_frames = selection.num_frames
-        with torch.no_grad():
-            _, bias = selection.head_terms()
-        self.register_buffer("bias", bias.detach().clone())
+        self.num_frames = num_frames
+        self.register_buffer("bias", bias)
 
     def forward(self, terms: torch.Tensor):
         probs = torch.sigmoid(terms + self.bias)
@@ -250,10 +246,13 @@ def export_policy_split(model: nn.Module, features_path: PathLike, heads_path: P
     was_training = selection.training
     try:
         p = int(policy_size)
-        features = _export(_FrameHeadTerms(selection.eval()), (torch.zeros(2, 3, p, p),), Path(features_path),
+        with torch.no_grad():
+            projection, bias = selection.head_terms()
+        features = _export(_FrameHeadTerms(selection, projection), (torch.zeros(2, 3, p, p),), Path(features_path),
                            [POLICY_INPUT], [POLICY_FEATURES], {POLICY_INPUT: {0: "N"}, POLICY_FEATURES: {0: "N"}},
                            opset)
-        heads = _export(_HeadsFromTerms(selection), (torch.zeros(2, split_width(selection)),), Path(heads_path),
+        heads = _export(_HeadsFromTerms(selection.num_frames, bias), (torch.zeros(2, split_width(selection)),),
+                        Path(heads_path),
                         [POLICY_FEATURES], list(POLICY_OUTPUTS),
                         {POLICY_FEATURES: {0: "B"}, **{o: {0: "B"} for o in POLICY_OUTPUTS}}, opset)
         return features, heads

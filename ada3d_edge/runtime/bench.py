@@ -94,11 +94,11 @@ Runner = Callable[[Backend, dict[str, np.ndarray]], Any]
 
 def run_split_policy(backend: Backend, inputs: dict[str, np.ndarray]) -> None:
     """The selection net as the predictor runs a split bundle's: the frame terms of the B x T frames
-    ``(B*T, 3, P, P)`` in one call, their mean per clip, the heads."""
+    of ``(B, T, 3, P, P)`` in one call, their mean per clip, the heads."""
     x = inputs[POLICY_INPUT]
-    terms = backend.run(POLICY_FEATURES_NAME, {POLICY_INPUT: x})[POLICY_FEATURES]
-    batch = int(inputs["clips"][0])
-    backend.run(POLICY_HEADS_NAME, {POLICY_FEATURES: terms.reshape(batch, len(x) // batch, -1).mean(axis=1, dtype=np.float32)})
+    b, t = x.shape[:2]
+    terms = backend.run(POLICY_FEATURES_NAME, {POLICY_INPUT: x.reshape(b * t, *x.shape[2:])})[POLICY_FEATURES]
+    backend.run(POLICY_HEADS_NAME, {POLICY_FEATURES: terms.reshape(b, t, -1).mean(axis=1, dtype=np.float32)})
 
 
 def time_round_robin(backend: Backend, jobs: Sequence[Job], make_input: Callable[[Job], dict[str, np.ndarray]],
@@ -139,8 +139,8 @@ def time_round_robin(backend: Backend, jobs: Sequence[Job], make_input: Callable
 
 def input_maker(bundle: Bundle, seed: int = 0, split_policy: bool = False) -> Callable[[Job], dict[str, np.ndarray]]:
     """Random normalised inputs per job; arrays of the same shape are shared between jobs. With
-    ``split_policy`` the selection net's input is frame-major, ``(B*T, 3, P, P)``, for
-    ``run_split_policy`` (``clips`` holds B)."""
+    ``split_policy`` the selection net's input is frame-major, ``(B, T, 3, P, P)``, for
+    ``run_split_policy``."""
     m = bundle.manifest
     cache: dict[tuple, np.ndarray] = {}
     rng = np.random.default_rng(seed)
@@ -151,8 +151,7 @@ def input_maker(bundle: Bundle, seed: int = 0, split_policy: bool = False) -> Ca
         if shape not in cache:
             cache[shape] = rng.standard_normal(shape, dtype=np.float32)
         if job.is_policy and split_policy:
-            x = np.ascontiguousarray(cache[shape].transpose(0, 2, 1, 3, 4).reshape(-1, 3, size, size))
-            return {POLICY_INPUT: x, "clips": np.array([job.batch])}
+            return {POLICY_INPUT: np.ascontiguousarray(cache[shape].transpose(0, 2, 1, 3, 4))}
         if job.is_policy:
             return {POLICY_INPUT: cache[shape]}
         return {BACKBONE_INPUT: cache[shape], BACKBONE_MASK_INPUT: stage_mask_feed(job.mask)}
@@ -406,6 +405,7 @@ def run_bench(bundle_path: str | os.PathLike, backend: str | Backend | BackendFa
     factory = backend_factory(backend, device, threads)
     be = backend if isinstance(backend, Backend) else factory()
     predictor, adaptive_error, e2e = None, None, None
+    split = False  # whether the selection net is timed as the split the predictor runs
     try:
         if corrupt:
             adaptive_error = "bundle files failed verification: " + ", ".join(sorted(corrupt))
@@ -421,7 +421,7 @@ def run_bench(bundle_path: str | os.PathLike, backend: str | Backend | BackendFa
         jobs += [Job(POLICY_NAME, t, b) for b in batches]
         runnable = [j for j in jobs if j.model not in load_errors]
         say(f"timing {len(runnable)} jobs round-robin: {o.warmup} warm-up + {o.repeats} rounds")
-        split = predictor is not None and predictor.split_policy  # time the selection net the runtime runs
+        split = predictor is not None and predictor.split_policy
         samples, errors = time_round_robin(be, runnable, input_maker(bundle, o.seed, split), o.repeats, o.warmup,
                                            o.seed, say, {POLICY_NAME: run_split_policy} if split else None)
         errors.update({j: load_errors[j.model] for j in jobs if j.model in load_errors})
@@ -440,8 +440,7 @@ def run_bench(bundle_path: str | os.PathLike, backend: str | Backend | BackendFa
         if not isinstance(backend, Backend):
             be.close()
     settings = {"repeats": o.repeats, "warmup": o.warmup, "batches": batches, "passes": o.passes, "seed": o.seed,
-                "selection_net": "split (frame terms, mean, heads)" if predictor is not None and predictor.split_policy
-                else "whole policy"}
+                "selection_net": "split (frame terms, mean, heads)" if split else "whole policy"}
     return assemble(bundle, Measurements(jobs=jobs, samples=samples, errors=errors, end_to_end=e2e,
                                          clip_source=clip_set.description, adaptive_error=adaptive_error,
                                          memory=memory, machine=info, settings=settings, command=command))

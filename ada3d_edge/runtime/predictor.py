@@ -227,7 +227,7 @@ class AdaptivePredictor:
         """Split policy: features of the frames no stream cache holds (each once), mean, heads."""
         m = self.manifest
         t = m.num_frames
-        terms = np.empty((len(crops), t, self.manifest.policy_split.num_features), np.float32)
+        terms = np.empty((len(crops), t, m.policy_split.num_features), np.float32)
         todo: dict[int, list[int]] = defaultdict(list)  # clip -> frames to compute
         shared: list[tuple[int, int, int, int]] = []  # (clip, frame) that reuse (clip, frame) of this batch
         first: dict[tuple[int, int], tuple[int, int]] = {}
