@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -136,13 +137,18 @@ class PolicySplit:
     features: FileEntry
     heads: FileEntry
     num_features: int
+    # The heads' bias (F = T + K floats), when the heads are a bias and sigmoids: the runtime then
+    # computes them in numpy, ``sigmoid(mean_terms + head_bias)``, instead of a call of
+    # ``policy_heads.onnx`` (one engine call a clip less; absent in older bundles).
+    head_bias: tuple[float, ...] | None = None
 
     @classmethod
     def for_files(cls, bundle_dir: str | os.PathLike, features: str, heads: str,
-                  num_features: int) -> "PolicySplit":
+                  num_features: int, head_bias: Sequence[float] | None = None) -> "PolicySplit":
         """Entries for two existing files, hashing them."""
         return cls(FileEntry(**FileEntry._hash_fields(bundle_dir, features)),
-                   FileEntry(**FileEntry._hash_fields(bundle_dir, heads)), int(num_features))
+                   FileEntry(**FileEntry._hash_fields(bundle_dir, heads)), int(num_features),
+                   None if head_bias is None else tuple(float(v) for v in head_bias))
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> "PolicySplit":
@@ -152,8 +158,16 @@ class PolicySplit:
         num = data["num_features"]
         if not isinstance(num, int) or isinstance(num, bool) or num < 1:
             raise BundleError(f"{source}: policy_split 'num_features' must be a positive integer, got {num!r}")
+        bias = data.get("head_bias")
+        if bias is not None:
+            if (not isinstance(bias, list) or len(bias) != num
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                               for v in bias)):
+                raise BundleError(f"{source}: policy_split 'head_bias' must be a list of {num} finite numbers "
+                                  f"(one per feature), got {bias!r}; re-export the bundle with `ada3d export`")
+            bias = tuple(float(v) for v in bias)
         return cls(_entry(FileEntry, data["features"], source, "policy_split.features"),
-                   _entry(FileEntry, data["heads"], source, "policy_split.heads"), num)
+                   _entry(FileEntry, data["heads"], source, "policy_split.heads"), num, bias)
 
 
 @dataclass(frozen=True)
@@ -400,6 +414,10 @@ class Manifest:
             del out["short_side"]
         split = out.pop("policy_split")
         if split is not None:
+            if split["head_bias"] is None:
+                del split["head_bias"]
+            else:
+                split["head_bias"] = list(split["head_bias"])
             out["policy_split"] = split
         bb = out["backbone"]
         for entry in [out["policy"], bb, bb["weights"], *[v for seg in bb["segments"] for v in seg["variants"]],
@@ -451,6 +469,10 @@ class Manifest:
             raise BundleError(f"{source}: 'classes' is empty")
         if not 0.0 <= float(self.threshold) <= 1.0:
             raise BundleError(f"{source}: 'threshold' must be in [0, 1], got {self.threshold}")
+        split = self.policy_split
+        if split is not None and split.head_bias is not None and split.num_features != self.num_frames + k:
+            raise BundleError(f"{source}: policy_split 'head_bias' needs num_features = T + K = "
+                              f"{self.num_frames + k}, got {split.num_features}")
         self.backbone.validate(self.stages, source)
         for entry in self.trt_engines:
             entry.check(self.backbone, source)

@@ -10,10 +10,11 @@ thread; medians after warm-up rounds; ratios are what to quote on a shared machi
    size), the backbone fixed to Upper (mask 11 on all 8 frames) so both paths run the same backbone:
    the old path (the code before this change: float32 formula normalisation, whole ``policy.onnx``,
    the ORT wrapper reading output names on every call) against the new one (table-lookup
-   normalisation, the split selection network, frame-major policy input, names read at load).
+   normalisation (cv2.LUT), the split selection network with numpy heads where the manifest records
+   their bias, frame-major policy input, names read at load).
 2. Streams: the selection network per window with hop T/2, features cached per source vs not.
 3. Per-call overhead: ``InferenceSession.run`` vs IOBinding (ORT-allocated and pre-bound outputs).
-4. Normalisation inside the policy graph (uint8 NHWC input) vs the numpy lookup + float32 graph.
+4. Normalisation inside the policy graph (uint8 NHWC input) vs the table lookup (cv2.LUT) + float32 graph.
 5. Smaller selection networks (random weights: latency only) relative to the demo backbone's Upper.
 
 Without ``--bundle`` (or when it does not exist) a demo-size bundle with random weights is built from
@@ -33,7 +34,7 @@ import numpy as np
 from _common import RESULTS, command_line, machine_lines
 
 from ada3d_edge import preprocess
-from ada3d_edge.bundle import POLICY_FEATURES, POLICY_FEATURES_NAME, POLICY_HEADS_NAME, open_bundle
+from ada3d_edge.bundle import POLICY_FEATURES, POLICY_FEATURES_NAME, open_bundle
 from ada3d_edge.runtime.bench_report import machine_info
 from ada3d_edge.runtime.feature_cache import FeatureCache, StreamFrames
 from ada3d_edge.runtime.predictor import AdaptivePredictor, logits_to_scores, stage_mask_feed
@@ -164,7 +165,7 @@ def per_step(bundle: Path, clips: List[np.ndarray], rounds: int, warmup: int) ->
         x = preprocess.to_policy_frames(crops, m.policy_size, m.mean, m.std)
         tm.lap("policy input")
         feats = pred.backend.run(POLICY_FEATURES_NAME, {"frames": x})[POLICY_FEATURES]
-        pred.backend.run(POLICY_HEADS_NAME, {POLICY_FEATURES: feats.mean(axis=0, dtype=np.float32)[None]})
+        pred._heads(pred.backend, feats.mean(axis=0, dtype=np.float32)[None])  # numpy where the manifest allows
         tm.lap("selection net")
         xc = preprocess.to_clip_tensor(crops[upper], m.mean, m.std)[None]
         tm.lap("backbone input")
@@ -391,7 +392,7 @@ def graph_normalisation(bundle: Path, tmp: Path, clips: List[np.ndarray], rounds
         u8_sess.run(None, {"frames_u8": np.ascontiguousarray(s)})
         return {"ms": (time.perf_counter() - t0) * 1e3}
 
-    out = round_robin({"numpy lookup + float32 graph": numpy_lookup, "uint8 in, normalised in the graph": in_graph},
+    out = round_robin({"table lookup (cv2.LUT) + float32 graph": numpy_lookup, "uint8 in, normalised in the graph": in_graph},
                       rounds, warmup)
     out["check"] = {"max |features difference|": diff}
     return out
@@ -477,7 +478,7 @@ def summary_lines(r: dict) -> list[str]:
     paper = r["streams_paper_size"]["cached (4 new frames)"]["ms"] / r["streams_paper_size"]["uncached (8 frames)"]["ms"]
     iob = min(pc[f"backbone 11 (T=8): IOBinding, {k}"]["ms"] for k in ("ORT-allocated outputs", "pre-bound outputs")) \
         / pc["backbone 11 (T=8): run"]["ms"]
-    graph = gn["uint8 in, normalised in the graph"]["ms"] / gn["numpy lookup + float32 graph"]["ms"]
+    graph = gn["uint8 in, normalised in the graph"]["ms"] / gn["table lookup (cv2.LUT) + float32 graph"]["ms"]
     verdict = (lambda x: "faster: worth adopting" if x < 0.97 else "not faster: not adopted")
     return ["## Summary", "",
             f"- one clip end to end (Upper's backbone), median of per-round totals: new / old = "
@@ -491,7 +492,7 @@ def summary_lines(r: dict) -> list[str]:
             f"- streams, hop T/2: selection per window {stream:.3f}x the uncached one at the demo's size, "
             f"{paper:.3f}x for the graphs alone at the paper's size",
             f"- IOBinding on the backbone: {iob:.3f}x of `run` ({verdict(iob)})",
-            f"- uint8 input normalised inside the policy graph: {graph:.3f}x of the numpy lookup ({verdict(graph)}; "
+            f"- uint8 input normalised inside the policy graph: {graph:.3f}x of the table lookup ({verdict(graph)}; "
             "the manifest keeps float32 normalised inputs)"]
 
 
@@ -542,10 +543,10 @@ def report(r: dict) -> str:
             if k.startswith(case):
                 lines.append(f"| {k} | {v['ms']:.3f} | {v['ms'] / base:.3f} |")
     gn = r["graph_normalisation"]
-    base = gn["numpy lookup + float32 graph"]["ms"]
-    lines += ["", "## 4. Policy input normalisation: numpy lookup vs inside the graph (8 frames, ms, medians)", "",
+    base = gn["table lookup (cv2.LUT) + float32 graph"]["ms"]
+    lines += ["", "## 4. Policy input normalisation: table lookup vs inside the graph (8 frames, ms, medians)", "",
               "| variant | ms | ratio |", "|---|---|---|"]
-    for k in ("numpy lookup + float32 graph", "uint8 in, normalised in the graph"):
+    for k in ("table lookup (cv2.LUT) + float32 graph", "uint8 in, normalised in the graph"):
         lines.append(f"| {k} | {gn[k]['ms']:.3f} | {gn[k]['ms'] / base:.3f} |")
     lines += ["", f"Check: {json.dumps(gn['check'])}", ""]
     cd = r["candidates"]

@@ -121,13 +121,16 @@ def _write_shared_graph(out: Path, data: bytes) -> None:
 
 def make_fake_bundle(out_dir: str | Path, *, stages: Sequence[str] = STAGES, classes: Sequence[str] = CLASSES,
                      num_frames: int = NUM_FRAMES, crop_size: int = CROP, policy_size: int = POLICY,
-                     multi_label: bool = False, threshold: float = 0.5, selection=None) -> Path:
+                     multi_label: bool = False, threshold: float = 0.5, selection=None,
+                     head_bias: bool = True) -> Path:
     """Write a complete format-2 bundle (policy, one backbone graph + its weights file, one segment file per
     mask, manifest with real sha256) to ``out_dir``.
 
     ``selection``: a real ``SelectionNet`` (K stages, T frames) exported as ``policy.onnx`` and as the
     split ``policy_features.onnx`` / ``policy_heads.onnx`` (manifest ``policy_split``) in place of the
-    fake policy; without it the bundle has no split, as bundles exported before it.
+    fake policy; without it the bundle has no split, as bundles exported before it. ``head_bias``:
+    record the heads' bias in the manifest (the runtime's numpy heads), as exports do now; False
+    gives a bundle of the release before it (heads run as ``policy_heads.onnx``).
     """
     import warnings
 
@@ -143,11 +146,12 @@ def make_fake_bundle(out_dir: str | Path, *, stages: Sequence[str] = STAGES, cla
             (out / name).write_bytes(data)
     split = None
     if selection is not None:
-        from ada3d_edge.export.onnx_export import export_policy, export_policy_split, split_width
+        from ada3d_edge.export.onnx_export import export_policy, export_policy_split, head_bias as bias_of, split_width
 
         export_policy(selection, out / "policy.onnx", num_frames, policy_size)
         export_policy_split(selection, out / "policy_features.onnx", out / "policy_heads.onnx", policy_size)
-        split = PolicySplit.for_files(out, "policy_features.onnx", "policy_heads.onnx", split_width(selection))
+        split = PolicySplit.for_files(out, "policy_features.onnx", "policy_heads.onnx", split_width(selection),
+                                      bias_of(selection) if head_bias else None)
     manifest = Manifest(
         arch="fake_tiny", stages=list(stages), num_frames=num_frames, stride=2, crop_size=crop_size,
         policy_size=policy_size, mean=list(MEAN), std=list(STD), classes=list(classes),

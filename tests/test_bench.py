@@ -260,22 +260,30 @@ def test_selection_net_is_timed_as_the_runtime_runs_it(tmp_path: Path) -> None:
 
     from ada3d_edge.models import SelectionNet
     from ada3d_edge.models.specs import selection_spec
-    from ada3d_edge.runtime.bench import run_split_policy
+    from ada3d_edge.bundle import open_bundle
+    from ada3d_edge.runtime.bench import split_policy_runner
 
     torch.manual_seed(0)
     net = SelectionNet(NUM_FRAMES, 2, spec=selection_spec(0.35, 16, 1, 2, 64)).eval()
     split = make_fake_bundle(tmp_path / "split", policy_size=16, selection=net)
     r = bench(split, memory=False, repeats=2, warmup=0, batch=2, clips=2)
-    assert r["settings"]["selection_net"].startswith("split")
+    assert r["settings"]["selection_net"] == "split (frame terms, mean, numpy heads)"
     assert r["policy"]["latency_ms"]["p50"] > 0 and "split (frame terms" in format_table(r)
     calls = []
 
     class Recorder:
         def run(self, name, inputs):
             calls.append((name, {k: v.shape for k, v in inputs.items()}))
-            return {"features": np.zeros((len(inputs["frames"]), NUM_FRAMES + 2), np.float32)} if name == "policy_features" else {}
+            if name == "policy_features":
+                return {"features": np.zeros((len(inputs["frames"]), NUM_FRAMES + 2), np.float32)}
+            return {"frame_probs": np.zeros((2, NUM_FRAMES), np.float32), "stage_probs": np.zeros((2, 2), np.float32)}
 
-    run_split_policy(Recorder(), {"frames": np.zeros((2, NUM_FRAMES, 3, 16, 16), np.float32)})
+    x = {"frames": np.zeros((2, NUM_FRAMES, 3, 16, 16), np.float32)}
+    split_policy_runner(open_bundle(split))(Recorder(), x)  # heads in numpy: one call
+    assert calls == [("policy_features", {"frames": (2 * NUM_FRAMES, 3, 16, 16)})]
+    calls.clear()
+    no_bias = make_fake_bundle(tmp_path / "no_bias", policy_size=16, selection=net, head_bias=False)
+    split_policy_runner(open_bundle(no_bias))(Recorder(), x)  # an older bundle: the heads file too
     assert calls == [("policy_features", {"frames": (2 * NUM_FRAMES, 3, 16, 16)}),
                      ("policy_heads", {"features": (2, NUM_FRAMES + 2)})]
     assert bench(make_fake_bundle(tmp_path / "whole"), memory=False, repeats=1, warmup=0, clips=1)[

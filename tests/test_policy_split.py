@@ -133,6 +133,54 @@ def test_malformed_policy_split_is_refused_by_name(split_bundle, tmp_path):
     assert read_manifest(copy).policy_split == m.policy_split
 
 
+def test_numpy_heads_equal_the_heads_file_and_skip_its_call(split_bundle, selection, tmp_path, predictor):
+    """A bundle that records the heads' bias runs them in numpy (no policy_heads call, not loaded);
+    the probabilities equal the heads file's, and a bundle without the bias still runs the file."""
+    from ada3d_edge.export.onnx_export import head_bias
+    from ada3d_edge.runtime.split_heads import numpy_heads
+
+    m = read_manifest(split_bundle)
+    assert m.policy_split.head_bias == pytest.approx(head_bias(selection))
+    assert "policy_heads" not in predictor.backend.names and predictor._heads.in_numpy
+    terms = np.random.default_rng(0).standard_normal((3, m.policy_split.num_features)).astype(np.float32)
+    ref = ort_session(split_bundle / "policy_heads.onnx").run(list(POLICY_OUTPUTS), {POLICY_FEATURES: terms})
+    for got, want in zip(numpy_heads(terms, m.policy_split.head_bias, NUM_FRAMES), ref):
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    old = make_fake_bundle(tmp_path / "no_bias", policy_size=P, selection=selection, head_bias=False)
+    assert "head_bias" not in json.loads((old / "manifest.json").read_text())["policy_split"]
+    with AdaptivePredictor(old, intra_op_threads=1) as engine_heads:
+        assert "policy_heads" in engine_heads.backend.names and not engine_heads._heads.in_numpy
+        clips = [_frames(s, NUM_FRAMES) for s in range(6)]
+        for a, b in zip(predictor.predict_batch(clips), engine_heads.predict_batch(clips)):
+            np.testing.assert_allclose(a.frame_probs, b.frame_probs, rtol=0, atol=1e-6)
+            np.testing.assert_allclose(a.stage_probs, b.stage_probs, rtol=0, atol=1e-6)
+            assert a.stage_mask == b.stage_mask and list(a.frame_mask) == list(b.frame_mask)
+
+
+@pytest.mark.parametrize("bias, message", [([0.0], "must be a list of"), (["x"] * (NUM_FRAMES + 2), "must be a list of"),
+                                           ([float("nan")] * (NUM_FRAMES + 2), "finite")])
+def test_bad_head_bias_is_refused(split_bundle, tmp_path, bias, message):
+    from ada3d_edge.bundle import BundleError
+
+    data = json.loads((split_bundle / "manifest.json").read_text())
+    data["policy_split"]["head_bias"] = bias
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=message):
+        read_manifest(tmp_path)
+
+
+def test_head_bias_needs_t_plus_k_features(split_bundle, tmp_path):
+    from ada3d_edge.bundle import BundleError
+
+    data = json.loads((split_bundle / "manifest.json").read_text())
+    n = NUM_FRAMES + 3
+    data["policy_split"].update(num_features=n, head_bias=[0.0] * n)
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="num_features = T \\+ K"):
+        read_manifest(tmp_path)
+
+
 def _windows(seq_frames: np.ndarray, hop: int, reset_at: int) -> list[Window]:
     """Windows of a ClipBuffer (stride 1) over ``seq_frames``, the buffer reset before frame ``reset_at``."""
     buf, out = ClipBuffer(NUM_FRAMES, 1, hop), []

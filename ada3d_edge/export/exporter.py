@@ -21,7 +21,7 @@ from ..flops import backbone_macs, selection_macs
 from ..masks import all_masks
 from ..models.specs import BackboneSpec
 from .fold_choice import BUDGET_S, MEASURE, resolve_folds
-from .onnx_export import check_opset, export_policy, export_policy_split, fold_mode, split_width
+from .onnx_export import check_opset, export_policy, export_policy_split, fold_mode, head_bias, split_width
 from .staging import check_target, clear_stale_temp_dirs, make_temp_dir, move_into_place
 from .verify import verify_policy, verify_policy_split, verify_shared_backbone
 
@@ -138,9 +138,10 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
             verify_policy(tmp / "policy.onnx", model.selection, t, p)
         split_files = ("policy_features.onnx", "policy_heads.onnx")
         export_policy_split(model, *(tmp / f for f in split_files), p, opset)
+        bias = head_bias(model.selection)
         if verify:
-            verify_policy_split(*(tmp / f for f in split_files), model.selection, t, p)
-        policy_split = PolicySplit.for_files(tmp, *split_files, split_width(model.selection))
+            verify_policy_split(*(tmp / f for f in split_files), model.selection, t, p, head_bias=bias)
+        policy_split = PolicySplit.for_files(tmp, *split_files, split_width(model.selection), bias)
         folds, layout_choice = resolve_folds(backbone, crop, opset, t, fold_frames, measure_seconds, progress)
         graph, segments = build_shared_backbone(backbone, crop, opset, folds, num_frames=t)
         info = save_backbone_files(graph, segments, tmp)

@@ -231,6 +231,12 @@ def split_width(selection: SelectionNet) -> int:
     return selection.num_frames + selection.num_stages
 
 
+def head_bias(selection: SelectionNet) -> list[float]:
+    """The heads' bias ``c`` of ``SelectionNet.head_terms`` (``PolicySplit.head_bias``): T + K floats."""
+    with torch.no_grad():
+        return [float(v) for v in selection.head_terms()[1]]
+
+
 def export_policy_split(model: nn.Module, features_path: PathLike, heads_path: PathLike, policy_size: int,
                         opset: int = 17) -> Tuple[Path, Path]:
     """Write the selection network in two files (``bundle.PolicySplit``).

@@ -17,6 +17,7 @@ from ..bundle import (BACKBONE_INPUT, BACKBONE_MASK_INPUT, BACKBONE_OUTPUT, POLI
                       POLICY_OUTPUTS)
 from ..models.backbone import Backbone
 from ..models.selection import SelectionNet
+from ..runtime.split_heads import numpy_heads
 
 RTOL = 1e-4
 BATCH_SIZES = (1, 2)
@@ -128,13 +129,13 @@ def verify_policy(path: PathLike, selection: SelectionNet, num_frames: int, poli
 
 def verify_policy_split(features_path: PathLike, heads_path: PathLike, selection: SelectionNet, num_frames: int,
                         policy_size: int, batch_sizes: Sequence[int] = BATCH_SIZES, rtol: float = RTOL,
-                        seed: int = 0) -> float:
+                        seed: int = 0, head_bias: Sequence[float] | None = None) -> float:
     """Compare the split selection network with PyTorch; returns the largest difference.
 
     Checks ``policy_features.onnx`` against each frame's head terms in PyTorch
     (``image_features @ head_terms()[0]``), and the runtime's composition (terms per frame, mean over
     the T frames in numpy, ``policy_heads.onnx``) against the unsplit ``selection(frames)``, at each
-    batch size.
+    batch size; with ``head_bias``, also the runtime's numpy heads (``runtime.split_heads``).
     """
     features, heads = ort_session(features_path), ort_session(heads_path)
     names = f"policy split ({Path(features_path).name}, {Path(heads_path).name})"
@@ -153,4 +154,7 @@ def verify_policy_split(features_path: PathLike, heads_path: PathLike, selection
         outs = heads.run(list(POLICY_OUTPUTS), {POLICY_FEATURES: clip_feat})
         for name, got, ref in zip(POLICY_OUTPUTS, outs, refs):
             worst = max(worst, _check(names, f"{name}, batch={b}", got, ref.double().numpy(), rtol))
+        if head_bias is not None:
+            for name, got, ref in zip(POLICY_OUTPUTS, numpy_heads(clip_feat, head_bias, num_frames), refs):
+                worst = max(worst, _check(names, f"{name} (numpy heads), batch={b}", got, ref.double().numpy(), rtol))
     return worst

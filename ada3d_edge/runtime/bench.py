@@ -26,13 +26,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..bundle import (BACKBONE_INPUT, BACKBONE_MASK_INPUT, BACKBONE_NAME, POLICY_FEATURES, POLICY_FEATURES_NAME,
-                      POLICY_HEADS_NAME, POLICY_INPUT, POLICY_NAME, Bundle, BundleError, open_bundle, verify_file)
+                      POLICY_INPUT, POLICY_NAME, Bundle, BundleError, open_bundle, verify_file)
 from .backends import make_backend
 from .backends.base import Backend, process_peak_rss_mb
 from .bench_report import BenchResult, Measurements, assemble, machine_info
 from .clips import Clip, ClipSet, generated_clips, list_clips
 from .loading import bundle_model_names, load_bundle_model
 from .predictor import AdaptivePredictor, stage_mask_feed
+from .split_heads import SplitHeads
 from .stats import latency_stats
 
 Log = Callable[[str], None]
@@ -92,13 +93,19 @@ def _short(exc: BaseException) -> str:
 Runner = Callable[[Backend, dict[str, np.ndarray]], Any]
 
 
-def run_split_policy(backend: Backend, inputs: dict[str, np.ndarray]) -> None:
+def split_policy_runner(bundle: Bundle) -> Runner:
     """The selection net as the predictor runs a split bundle's: the frame terms of the B x T frames
-    of ``(B, T, 3, P, P)`` in one call, their mean per clip, the heads."""
-    x = inputs[POLICY_INPUT]
-    b, t = x.shape[:2]
-    terms = backend.run(POLICY_FEATURES_NAME, {POLICY_INPUT: x.reshape(b * t, *x.shape[2:])})[POLICY_FEATURES]
-    backend.run(POLICY_HEADS_NAME, {POLICY_FEATURES: terms.reshape(b, t, -1).mean(axis=1, dtype=np.float32)})
+    of ``(B, T, 3, P, P)`` in one call, their mean per clip, the heads (numpy when the manifest
+    records their bias, else ``policy_heads``)."""
+    heads = SplitHeads(bundle.manifest.policy_split, bundle.manifest.num_frames)
+
+    def run(backend: Backend, inputs: dict[str, np.ndarray]) -> None:
+        x = inputs[POLICY_INPUT]
+        b, t = x.shape[:2]
+        terms = backend.run(POLICY_FEATURES_NAME, {POLICY_INPUT: x.reshape(b * t, *x.shape[2:])})[POLICY_FEATURES]
+        heads(backend, terms.reshape(b, t, -1).mean(axis=1, dtype=np.float32))
+
+    return run
 
 
 def time_round_robin(backend: Backend, jobs: Sequence[Job], make_input: Callable[[Job], dict[str, np.ndarray]],
@@ -107,7 +114,7 @@ def time_round_robin(backend: Backend, jobs: Sequence[Job], make_input: Callable
     """Time every job ``repeats`` times, round-robin in shuffled order, after ``warmup`` rounds.
 
     ``runners``: model name -> what runs one call of its jobs (default ``backend.run(model, inputs)``;
-    the split selection net is two calls, ``run_split_policy``).
+    the split selection net is ``split_policy_runner``).
     Returns ``(samples_ms, errors)``: a job that raises once gets its error and is not run again.
     """
     runners = runners or {}
@@ -140,7 +147,7 @@ def time_round_robin(backend: Backend, jobs: Sequence[Job], make_input: Callable
 def input_maker(bundle: Bundle, seed: int = 0, split_policy: bool = False) -> Callable[[Job], dict[str, np.ndarray]]:
     """Random normalised inputs per job; arrays of the same shape are shared between jobs. With
     ``split_policy`` the selection net's input is frame-major, ``(B, T, 3, P, P)``, for
-    ``run_split_policy``."""
+    ``split_policy_runner``."""
     m = bundle.manifest
     cache: dict[tuple, np.ndarray] = {}
     rng = np.random.default_rng(seed)
@@ -423,7 +430,7 @@ def run_bench(bundle_path: str | os.PathLike, backend: str | Backend | BackendFa
         say(f"timing {len(runnable)} jobs round-robin: {o.warmup} warm-up + {o.repeats} rounds")
         split = predictor is not None and predictor.split_policy
         samples, errors = time_round_robin(be, runnable, input_maker(bundle, o.seed, split), o.repeats, o.warmup,
-                                           o.seed, say, {POLICY_NAME: run_split_policy} if split else None)
+                                           o.seed, say, {POLICY_NAME: split_policy_runner(bundle)} if split else None)
         errors.update({j: load_errors[j.model] for j in jobs if j.model in load_errors})
         if predictor is not None:
             say(f"adaptive vs Upper end to end on {clip_set.description.split(':')[0]}, {o.passes} pass(es)")
@@ -440,7 +447,8 @@ def run_bench(bundle_path: str | os.PathLike, backend: str | Backend | BackendFa
         if not isinstance(backend, Backend):
             be.close()
     settings = {"repeats": o.repeats, "warmup": o.warmup, "batches": batches, "passes": o.passes, "seed": o.seed,
-                "selection_net": "split (frame terms, mean, heads)" if split else "whole policy"}
+                "selection_net": (("split (frame terms, mean, numpy heads)" if bundle.manifest.policy_split.head_bias is not None
+                                   else "split (frame terms, mean, heads)") if split else "whole policy")}
     return assemble(bundle, Measurements(jobs=jobs, samples=samples, errors=errors, end_to_end=e2e,
                                          clip_source=clip_set.description, adaptive_error=adaptive_error,
                                          memory=memory, machine=info, settings=settings, command=command))

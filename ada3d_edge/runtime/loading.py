@@ -72,11 +72,15 @@ def load_policy_split(backend: Backend, bundle: Bundle) -> bool:
 
     Returns False, loading nothing, when the bundle predates the split or the backend does not load
     ONNX files (TensorRT plans are built for the whole ``policy``; PyTorch modules are registered
-    by name): the caller then runs the whole ``policy``.
+    by name): the caller then runs the whole ``policy``. ``policy_heads`` is not loaded when the
+    manifest records the heads' bias (``split_heads.SplitHeads`` computes them in numpy).
     """
     split = bundle.manifest.policy_split
     if split is None or backend.file_kind != "onnx":
         return False
-    for name, entry in ((POLICY_FEATURES_NAME, split.features), (POLICY_HEADS_NAME, split.heads)):
+    files = [(POLICY_FEATURES_NAME, split.features)]
+    if split.head_bias is None:
+        files.append((POLICY_HEADS_NAME, split.heads))
+    for name, entry in files:
         backend.load(name, bundle.root / entry.file, dataclasses.asdict(entry))
     return True

@@ -20,12 +20,13 @@ import numpy as np
 
 from .. import preprocess
 from ..bundle import (BACKBONE_INPUT, BACKBONE_MASK_INPUT, BACKBONE_NAME, BACKBONE_OUTPUT, POLICY_FEATURES,
-                      POLICY_FEATURES_NAME, POLICY_HEADS_NAME, POLICY_INPUT, POLICY_NAME, Bundle, open_bundle)
+                      POLICY_FEATURES_NAME, POLICY_INPUT, POLICY_NAME, Bundle, open_bundle)
 from ..masks import mask_to_str
 from .backends import make_backend
 from .backends.base import Backend
 from .feature_cache import StreamFrames
 from .loading import bundle_model_names, load_bundle_model, load_policy_split
+from .split_heads import SplitHeads
 
 
 def stage_mask_feed(mask: str) -> np.ndarray:
@@ -162,6 +163,8 @@ class AdaptivePredictor:
             self.max_batch = limit if self.max_batch is None else min(self.max_batch, limit)
         if self._split_wanted is not False:
             self.split_policy = load_policy_split(self.backend, self.bundle)
+            if self.split_policy:
+                self._heads = SplitHeads(self.manifest.policy_split, self.manifest.num_frames)
             if self._split_wanted and not self.split_policy:
                 raise ValueError(f"{self.bundle.root}: split_policy=True, but "
                                  + ("the bundle has no policy_split (re-export it with `ada3d export`)"
@@ -181,8 +184,7 @@ class AdaptivePredictor:
         if self.split_policy:
             for n in sorted({1, m.num_frames}):
                 self.backend.run(POLICY_FEATURES_NAME, {POLICY_INPUT: np.zeros((n, 3, p, p), np.float32)})
-            f = self.manifest.policy_split.num_features
-            self.backend.run(POLICY_HEADS_NAME, {POLICY_FEATURES: np.zeros((1, f), np.float32)})
+            self._heads(self.backend, np.zeros((1, self.manifest.policy_split.num_features), np.float32))
         for mask in self.bundle.masks:
             for t in range(1, m.num_frames + 1):
                 self.backend.run(BACKBONE_NAME, {BACKBONE_INPUT: np.zeros((1, 3, t, s, s), np.float32),
@@ -275,10 +277,12 @@ class AdaptivePredictor:
         for i, j, i0, j0 in shared:
             terms[i, j] = terms[i0, j0]
         clip_feats = terms.mean(axis=1, dtype=np.float32)
-        outs = [self.backend.run(POLICY_HEADS_NAME, {POLICY_FEATURES: clip_feats[sl]})
-                for sl in self._batches(len(clip_feats))]
-        fp = np.concatenate([o["frame_probs"] for o in outs])
-        sp = np.concatenate([o["stage_probs"] for o in outs])
+        if self._heads.in_numpy:
+            fp, sp = self._heads(self.backend, clip_feats)
+        else:
+            outs = [self._heads(self.backend, clip_feats[sl]) for sl in self._batches(len(clip_feats))]
+            fp = np.concatenate([o[0] for o in outs])
+            sp = np.concatenate([o[1] for o in outs])
         return fp, sp, {"preprocess": (t1 - t0) * 1e3, "policy": (time.perf_counter() - t1) * 1e3}
 
     def _classify_crops(self, kept: Sequence[np.ndarray], mask: str) -> tuple[np.ndarray, dict[str, float]]:
