@@ -61,6 +61,16 @@ def old_to_policy_tensor(crops: np.ndarray, p: int, mean, std) -> np.ndarray:
     return old_to_clip_tensor(small, mean, std)
 
 
+def take_to_clip_tensor(crops: np.ndarray, mean, std) -> np.ndarray:
+    """The normalisation of the release before: the same table, read by ``np.take`` per channel."""
+    table = preprocess._normalise_table(tuple(map(float, mean)), tuple(map(float, std)))
+    t, h, w, _ = crops.shape
+    out = np.empty((3, t, h, w), dtype=np.float32)
+    for c in range(3):
+        np.take(table[c], crops[..., c], out=out[c], mode="clip")
+    return out
+
+
 def old_run(session, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """The ORT backend's run before: names read from the session on every call."""
     expected = [i.name for i in session.get_inputs()]
@@ -200,6 +210,28 @@ def per_step(bundle: Path, clips: List[np.ndarray], rounds: int, warmup: int) ->
     out = round_robin({"old": old, "new": new, "new, whole policy.onnx": new_whole_policy,
                        "predict() (own actions)": predict_call}, rounds, warmup)
     pred.close()
+    return out
+
+
+def normalisation(bundle: Path, clips: List[np.ndarray], rounds: int, warmup: int) -> Dict[str, Dict[str, float]]:
+    """The backbone input of 8 and of 5 kept frames: formula, np.take table, cv2.LUT table (today's)."""
+    m = open_bundle(bundle, verify=False).manifest
+    crops = [preprocess.center_crop_frames(c, m.crop_size, m.short_side) for c in clips]
+    ways = {"formula (old)": old_to_clip_tensor, "np.take table (previous)": take_to_clip_tensor,
+            "cv2.split + cv2.LUT table (now)": preprocess.to_clip_tensor}
+    same = all(np.array_equal(take_to_clip_tensor(c, m.mean, m.std), preprocess.to_clip_tensor(c, m.mean, m.std))
+               for c in crops)
+
+    def timed(fn, n):
+        def go(r: int) -> Dict[str, float]:
+            c = crops[r % len(crops)][:n]
+            t0 = time.perf_counter()
+            fn(c, m.mean, m.std)
+            return {"ms": (time.perf_counter() - t0) * 1e3}
+        return go
+
+    out = round_robin({f"{k}, {n} frames": timed(f, n) for k, f in ways.items() for n in (8, 5)}, rounds, warmup)
+    out["check"] = {"np.take == cv2.LUT, bit for bit": bool(same)}
     return out
 
 
@@ -479,6 +511,7 @@ def summary_lines(r: dict) -> list[str]:
     iob = min(pc[f"backbone 11 (T=8): IOBinding, {k}"]["ms"] for k in ("ORT-allocated outputs", "pre-bound outputs")) \
         / pc["backbone 11 (T=8): run"]["ms"]
     graph = gn["uint8 in, normalised in the graph"]["ms"] / gn["table lookup (cv2.LUT) + float32 graph"]["ms"]
+    nz = r.get("normalisation")
     verdict = (lambda x: "faster: worth adopting" if x < 0.97 else "not faster: not adopted")
     return ["## Summary", "",
             f"- one clip end to end (Upper's backbone), median of per-round totals: new / old = "
@@ -491,6 +524,9 @@ def summary_lines(r: dict) -> list[str]:
             "new: the network itself did not change; only a smaller one (section 5) moves it",
             f"- streams, hop T/2: selection per window {stream:.3f}x the uncached one at the demo's size, "
             f"{paper:.3f}x for the graphs alone at the paper's size",
+            *([f"- backbone input normalisation, 8 frames: cv2.LUT {nz['cv2.split + cv2.LUT table (now), 8 frames']['ms'] / nz['np.take table (previous), 8 frames']['ms']:.2f}x of np.take, "
+               f"{nz['cv2.split + cv2.LUT table (now), 8 frames']['ms'] / nz['formula (old), 8 frames']['ms']:.2f}x of the formula"]
+              if nz else []),
             f"- IOBinding on the backbone: {iob:.3f}x of `run` ({verdict(iob)})",
             f"- uint8 input normalised inside the policy graph: {graph:.3f}x of the table lookup ({verdict(graph)}; "
             "the manifest keeps float32 normalised inputs)"]
@@ -523,6 +559,15 @@ def report(r: dict) -> str:
               "|---|---|---|---|---|"]
     for k, v in share.items():
         lines.append(f"| {k} | {v['upper_ms']:.3f} | {v['selection_ms']:.3f} | {v['share']:.3f} | {v['fixed_share']:.3f} |")
+    nz = r.get("normalisation")
+    if nz:
+        lines += ["", "## 1b. Backbone input normalisation (uint8 crops -> (3, T', 64, 64) float32; ms, medians)", "",
+                  "| implementation | 8 frames | 5 frames | / cv2.LUT (8 frames) |", "|---|---|---|---|"]
+        now = nz["cv2.split + cv2.LUT table (now)" + ", 8 frames"]["ms"]
+        for k in ("formula (old)", "np.take table (previous)", "cv2.split + cv2.LUT table (now)"):
+            lines.append(f"| {k} | {nz[k + ', 8 frames']['ms']:.3f} | {nz[k + ', 5 frames']['ms']:.3f} | "
+                         f"{nz[k + ', 8 frames']['ms'] / now:.2f} |")
+        lines += ["", f"Check: {json.dumps(nz['check'])}"]
     st = r["streams"]
     c, u = st["cached"]["selection (policy input + net)"], st["uncached"]["selection (policy input + net)"]
     lines += ["", f"## 2. Streams, hop {st['check']['hop']} of T=8: selection network per window (ms, medians)", "",
@@ -589,6 +634,8 @@ def main() -> None:
             fixed = sum(s[k] for k in STEPS[:-1] if k != "backbone")
             r["selection_share"][path] = {"upper_ms": upper, "selection_ms": sel, "share": sel / upper,
                                           "fixed_share": fixed / upper}
+        print("normalisation ...", flush=True)
+        r["normalisation"] = normalisation(bundle, clips, args.rounds, args.warmup)
         print("streams ...", flush=True)
         r["streams"] = streams(bundle, args.rounds, args.warmup)
         r["streams_paper_size"] = streams_paper_size(tmp, max(args.rounds // 5, 20), 5)

@@ -1,5 +1,6 @@
 """Lighter selection networks for the demo (issue 14 item 2): the split selection network as the
-runtime runs it (``policy_features.onnx`` on the T frames, numpy mean, ``policy_heads.onnx``) for
+runtime runs it (``policy_features.onnx`` on the T frames, numpy mean, the heads in numpy from the
+manifest's ``head_bias``) for
 MobileNetV2 variants set by the recipe keys ``model.selection_width``, ``model.policy_size``,
 ``model.selection_depth``, ``model.selection_groups`` and ``model.selection_last_channels``, against
 the demo backbone's Upper engine (mask 11 on T frames, the shared graph with ``--fold none``),
@@ -55,7 +56,8 @@ def main() -> None:
 
     import torch
 
-    from ada3d_edge.export.onnx_export import export_policy_split
+    from ada3d_edge.export.onnx_export import export_policy_split, head_bias
+    from ada3d_edge.runtime.split_heads import numpy_heads
     from ada3d_edge.export.shared_graph import build_shared_backbone, mask_array, save_shared
     from ada3d_edge.flops import backbone_macs, selection_macs
     from ada3d_edge.models import SelectionNet, build_backbone
@@ -78,13 +80,13 @@ def main() -> None:
         spec = selection_spec(width, size, depth, groups, last)
         net = SelectionNet(t, k, spec=spec).eval()
         name = name_of(*cand)
-        fpath, hpath = export_policy_split(net, tmp / f"f_{len(runs)}.onnx", tmp / f"h_{len(runs)}.onnx", size)
-        fs, hs = _session(fpath), _session(hpath)
+        fpath, _ = export_policy_split(net, tmp / f"f_{len(runs)}.onnx", tmp / f"h_{len(runs)}.onnx", size)
+        fs, bias = _session(fpath), np.asarray(head_bias(net), np.float32)
         x = np.random.rand(t, 3, size, size).astype(np.float32)
 
-        def run(fs=fs, hs=hs, x=x):
+        def run(fs=fs, bias=bias, x=x):
             feats = fs.run(None, {"frames": x})[0]
-            hs.run(None, {"features": feats.mean(axis=0, keepdims=True, dtype=np.float32)})
+            numpy_heads(np.add.reduce(feats, axis=0, keepdims=True) / np.float32(t), bias, t)
 
         runs[name] = run
         blocks = sum(n for _, _, n, _ in spec.settings)
@@ -124,7 +126,7 @@ def main() -> None:
           f"- random weights (latency only); {args.rounds} shuffled round-robin rounds after 5 warm-up rounds, "
           "medians; 'alone': the calling thread's CPU time, the candidates back to back; 'after Upper': wall "
           "time right after an Upper engine call, as the predictor runs it (both over Upper's CPU time); the "
-          "split network as `ada3d run` calls it (features of the 8 frames, numpy mean, heads)",
+          "split network as `ada3d run` calls it (features of the 8 frames, numpy mean, numpy heads)",
           f"- Upper: the demo's `slow_tiny` backbone (widths 16-128, 64 px, T=8), mask 11: {up:.3f} ms, "
           f"{upper_gmacs:.4f} GMACs. Paper: MobileNetV2 @112 is ~1.6% of slow_r50 @224 GFLOPs.", "",
           "| selection net (recipe: width, policy_size, selection_depth, selection_groups, "
