@@ -97,10 +97,14 @@ for _cmd in _TRAIN_COMMANDS:  # ada3d train | eval | sweep
 @click.option("--no-fold", is_flag=True, help="Same as --fold degraded.")
 @click.option("--measure-seconds", type=click.FloatRange(0), default=30.0, show_default=True,
               help="Time budget of --fold measure (at least two rounds of every configuration at T' 1, T/2, T).")
+@click.option("--local-weights", type=click.FloatRange(0, 1), default=None,
+              help="Share of the weight bytes, smallest segments first, kept inside their If branches so "
+                   "ONNX Runtime's NCHWc layout runs there (faster folded 2D convs, private copies: more "
+                   "memory); 0 = all weights shared.  [default: 0.1]")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def export_cmd(checkpoint: str, out: str, opset: int, no_verify: bool, fold: str, no_fold: bool,
-               measure_seconds: float, overwrite: bool, quiet: bool) -> None:
+               measure_seconds: float, local_weights: float | None, overwrite: bool, quiet: bool) -> None:
     """Export CHECKPOINT to a bundle: policy.onnx + one backbone ONNX per stage mask + manifest.json."""
     from .extras import require
 
@@ -112,7 +116,8 @@ def export_cmd(checkpoint: str, out: str, opset: int, no_verify: bool, fold: str
     try:
         path = export_bundle(checkpoint, out, opset=opset, verify=not no_verify,
                              fold_frames="degraded" if no_fold else fold,
-                             overwrite=overwrite, progress=not quiet, measure_seconds=measure_seconds)
+                             overwrite=overwrite, progress=not quiet, measure_seconds=measure_seconds,
+                             local_weights=local_weights)
     except FileExistsError as e:
         raise click.UsageError(str(e)) from None
     except (ValueError, VerificationError) as e:  # bad checkpoint or option, failed check

@@ -78,6 +78,8 @@ def test_export_bad_checkpoint(inputs, tmp_path, ckpt, exit_code, needles):
     (["--opset", "seventeen"], ["--opset"]),
     (["--opset", "99"], ["opset 99", "--opset 17.."]),
     (["--fold", "sometimes"], ["--fold", "auto"]),
+    (["--local-weights", "1.5"], ["--local-weights", "1.5"]),
+    (["--local-weights", "-0.1"], ["--local-weights"]),
 ])
 def test_export_bad_options(inputs, tmp_path, extra, needles):
     code = 1 if extra[-1] == "99" else 2  # 99 passes click's range; the exporter names its limit

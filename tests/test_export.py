@@ -68,6 +68,8 @@ def test_manifest_content_and_files(slow_bundle, slow_ckpt):
     assert bb.sha256 == sha256_file(slow_bundle / bb.file)
     assert bb.weights.sha256 == sha256_file(slow_bundle / "backbone.weights")
     assert bb.ort_session.enable_mem_pattern is False
+    local = m.layout_choice["local_weights"]  # segments holding their weights in their If branches
+    assert local["budget"] == 0.1 and set(local["segments"]) <= {"stem", "res2", "res3", "res4", "res5"}
     assert bb.bn_per_config is True  # make_checkpoint calibrates BN per configuration (the recipes' default)
     assert all(v.inputs == (["x"] if seg.name == "head" else ["x", "stage_mask"])
                for seg in bb.segments for v in seg.variants)

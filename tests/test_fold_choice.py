@@ -70,7 +70,8 @@ def test_real_measurement_times_every_configuration_at_each_frame_count(ckpt, tm
 
 def test_fixed_fold_mode_is_recorded_as_fixed(ckpt, tmp_path):
     choice = open_bundle(export_bundle(ckpt, tmp_path / "b", fold_frames="none", progress=False)).manifest.layout_choice
-    assert choice == {"method": "fixed", "mode": "none"}
+    local = choice.pop("local_weights")
+    assert choice == {"method": "fixed", "mode": "none"} and local["budget"] == 0.1
 
 
 def test_cli_export_fold_choices(ckpt, tmp_path):

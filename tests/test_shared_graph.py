@@ -13,7 +13,8 @@ ort = pytest.importorskip("onnxruntime")
 from ada3d_edge.export.onnx_export import export_backbone  # noqa: E402
 from ada3d_edge.export.shared_graph import (  # noqa: E402
     ALIGN_MIN_BYTES, CLIP_INPUT, LOGITS_OUTPUT, MASK_INPUT, build_shared_backbone, export_shared_backbone,
-    fold_batchnorm, initializer_bytes, mask_array, save_backbone_files, save_segments, segment_plan)
+    fold_batchnorm, initializer_bytes, mask_array, save_backbone_files, save_segments, save_shared,
+    segment_plan)
 from ada3d_edge.export.verify import RTOL, frame_counts, ort_session  # noqa: E402
 from ada3d_edge.models import build_backbone  # noqa: E402
 from ada3d_edge.models.specs import all_masks  # noqa: E402
@@ -235,3 +236,44 @@ def test_full_size_archs_match_pytorch_for_upper_and_all_2d(tmp_path, arch):
                 with torch.no_grad():
                     ref = b(clip, mask).double().numpy()
                 _close(session.run([LOGITS_OUTPUT], {CLIP_INPUT: clip.numpy(), MASK_INPUT: mask_array(mask)})[0], ref)
+
+
+def test_local_weights_get_the_nchwc_layout_and_the_same_outputs(tmp_path):
+    """Segments within the local-weights budget hold their weights in their If branches: ORT's NCHWc
+    pass then rewrites their folded convs (it looks a weight up in the conv's own graph only), the
+    outputs of every configuration stay those of the all-shared graph, and the weights file still
+    holds each weight once."""
+    from ada3d_edge.export.shared_graph import (_graphs, local_weight_segments, segment_weight_bytes,
+                                                segments_within_budget)
+
+    torch.manual_seed(0)
+    b = build_backbone("slow_tiny", num_classes=5, num_frames=4, crop_size=CROP, widths=[8, 16, 32, 64]).eval()
+    runs, sizes, nchwc = {}, {}, {}
+    for budget in (0.0, 0.1, 1.0):
+        graph, _ = build_shared_backbone(b, CROP, 17, "auto", num_frames=4, local_budget=budget)
+        if budget == 0.0:
+            seg_bytes = segment_weight_bytes(graph)
+            assert local_weight_segments(graph) == [] and set(seg_bytes) == {"stem", "res2", "res3", "res4", "res5"}
+        else:
+            chosen = local_weight_segments(graph)
+            assert sum(seg_bytes[s] for s in chosen) <= budget * sum(seg_bytes.values()) + 1
+            assert chosen == sorted(seg_bytes, key=seg_bytes.get)[:len(chosen)] and chosen  # smallest first
+        path, weights = save_shared(graph, tmp_path / f"b{budget}.onnx")
+        sizes[budget] = weights.stat().st_size
+        opt = tmp_path / f"opt{budget}.onnx"
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.optimized_model_filepath, so.enable_mem_pattern = 1, str(opt), False
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).standard_normal((2, 3, 4, CROP, CROP)).astype(np.float32)
+        runs[budget] = [sess.run(None, {"clip": x[:, :, :t], "stage_mask": mask_array(m)})[0]
+                        for m in all_masks(2) for t in (1, 4)]
+        model = onnx.load(str(opt), load_external_data=False)
+        nchwc[budget] = sum(n.domain == "com.microsoft.nchwc" and n.op_type == "Conv"
+                            for g in _graphs(model.graph) for n in g.node)
+    assert nchwc[0.0] == 0 < nchwc[0.1] < nchwc[1.0]  # the outer-scope weights get no NCHWc rewrite
+    for budget in (0.1, 1.0):
+        for got, ref in zip(runs[budget], runs[0.0]):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+        assert abs(sizes[budget] - sizes[0.0]) <= 4 * 4096  # the same bytes (alignment may differ)
+    with pytest.raises(ValueError, match="budget must be in"):
+        segments_within_budget(graph, 1.5)

@@ -92,7 +92,7 @@ def backbone_entry(root: Path, info: Mapping[str, Any], masks: List[str], spec: 
 
 def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, verify: bool = True,
                   fold_frames: Union[bool, str] = True, overwrite: bool = False, progress: bool = True,
-                  measure_seconds: float = BUDGET_S) -> Path:
+                  measure_seconds: float = BUDGET_S, local_weights: float | None = None) -> Path:
     """Export a checkpoint to a bundle directory and return its path.
 
     Args:
@@ -107,6 +107,9 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
             timed on this machine (``fold_choice``; what ``ada3d export`` does by default), recorded
             in the manifest's ``layout_choice``.
         measure_seconds: wall-time budget of that measurement (at least two rounds are timed).
+        local_weights: share of the weight bytes whose segments keep their weights inside their
+            ``If`` branches, so ORT's NCHWc pass runs there (``shared_graph.LOCAL_WEIGHTS_BUDGET`` when
+            None; 0 = every weight in the outer scope). Recorded in ``layout_choice["local_weights"]``.
         overwrite: replace an existing non-empty ``out_dir`` if it is an ada3d bundle.
         progress: show a tqdm bar over the configurations verified.
 
@@ -114,7 +117,7 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
     scale/shift table after each BN'd conv (``shared_graph.config_affine``).
     """
     from ..train.checkpoint import load_model
-    from .shared_graph import build_shared_backbone, save_backbone_files
+    from .shared_graph import LOCAL_WEIGHTS_BUDGET, build_shared_backbone, local_weight_segments, save_backbone_files
 
     opset = check_opset(opset)
     fold_frames = MEASURE if fold_frames == MEASURE else fold_mode(fold_frames)
@@ -142,8 +145,10 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
         if verify:
             verify_policy_split(*(tmp / f for f in split_files), model.selection, t, p, head_bias=bias)
         policy_split = PolicySplit.for_files(tmp, *split_files, split_width(model.selection), bias)
-        folds, layout_choice = resolve_folds(backbone, crop, opset, t, fold_frames, measure_seconds, progress)
-        graph, segments = build_shared_backbone(backbone, crop, opset, folds, num_frames=t)
+        local = LOCAL_WEIGHTS_BUDGET if local_weights is None else float(local_weights)
+        folds, layout_choice = resolve_folds(backbone, crop, opset, t, fold_frames, measure_seconds, progress, local)
+        graph, segments = build_shared_backbone(backbone, crop, opset, folds, num_frames=t, local_budget=local)
+        layout_choice = {**layout_choice, "local_weights": {"budget": local, "segments": local_weight_segments(graph)}}
         info = save_backbone_files(graph, segments, tmp)
         del graph, segments
         if verify:

@@ -114,9 +114,10 @@ def time_graphs(graphs: Mapping[str, Path], num_stages: int, num_frames: int, cr
 
 def measure_fold_choice(backbone, crop: int, opset: int, num_frames: int, candidates: Sequence[str] = CANDIDATES,
                         threads: int = 1, budget_s: float = BUDGET_S, timer: Optional[Callable[[], float]] = None,
-                        progress: bool = False) -> FoldChoice:
+                        progress: bool = False, local_budget: float | None = None) -> FoldChoice:
     """Build the shared backbone graph in each candidate mode in a temporary folder, time them here,
-    and choose a mode per configuration (``choose_modes``)."""
+    and choose a mode per configuration (``choose_modes``). ``local_budget``: as the export builds
+    the graph (``shared_graph.build_shared_backbone``; None = its default)."""
     import onnxruntime as ort
 
     from .shared_graph import build_shared_backbone, save_shared
@@ -124,7 +125,8 @@ def measure_fold_choice(backbone, crop: int, opset: int, num_frames: int, candid
     with tempfile.TemporaryDirectory(prefix="ada3d-fold-") as tmp:
         graphs = {}
         for mode in candidates:
-            graph, _ = build_shared_backbone(backbone, crop, opset, mode, num_frames=num_frames)
+            graph, _ = build_shared_backbone(backbone, crop, opset, mode, num_frames=num_frames,
+                                             **({} if local_budget is None else {"local_budget": local_budget}))
             graphs[mode] = save_shared(graph, Path(tmp) / f"backbone_{mode}.onnx")[0]
             del graph
         ms, frames, rounds = time_graphs(graphs, backbone.num_stages_3d, num_frames, crop, threads, budget_s,
@@ -139,11 +141,11 @@ def threads_from_env() -> int:
 
 
 def resolve_folds(backbone, crop: int, opset: int, num_frames: int, fold_frames: str,
-                  budget_s: float = BUDGET_S, progress: bool = False) -> tuple:
+                  budget_s: float = BUDGET_S, progress: bool = False, local_budget: float | None = None) -> tuple:
     """``(folds, layout_choice)`` for an export: ``fold_frames`` itself and ``{"method": "fixed"}``, or
     for ``"measure"`` the per-mask modes timed here and the measurement (the manifest's entry)."""
     if fold_frames != MEASURE:
         return fold_frames, {"method": "fixed", "mode": fold_frames}
     choice = measure_fold_choice(backbone, crop, opset, num_frames, threads=threads_from_env(),
-                                 budget_s=budget_s, progress=progress)
+                                 budget_s=budget_s, progress=progress, local_budget=local_budget)
     return choice.modes, choice.to_dict()

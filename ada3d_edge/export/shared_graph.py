@@ -453,11 +453,122 @@ def stitch(segments: Sequence[Segment], num_stages: int, num_classes: int, crop:
     return model
 
 
+# Share of the backbone's weight bytes whose segments keep their weights inside their If branches
+# (``localize_weights``): ORT's NCHWc rewrite then runs there, at the price of private copies. The
+# smallest segments go first (the stem and early stages: small weights, the largest activations).
+# slow_r50 @224: 0.10 localises stem, res2 and res3, 1.18x of Upper's PSS instead of 1.15x, and the
+# degraded configurations run at their format-1 speed (docs/shared-weights.md section 9).
+LOCAL_WEIGHTS_BUDGET = 0.10
+
+
+def _graphs(graph):
+    """``graph`` and every subgraph under it."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.g is not None and attr.g.node:
+                yield from _graphs(attr.g)
+
+
+def _reads(graph) -> set:
+    """Names read by the nodes of ``graph`` and of its subgraphs."""
+    return {i for g in _graphs(graph) for n in g.node for i in n.input if i}
+
+
+def segment_weight_bytes(model) -> Dict[str, int]:
+    """Bytes of the outer-scope weights each ``If`` segment (``<segment>/if0``) reads."""
+    sizes = {init.name: _tensor_bytes(init) for init in model.graph.initializer}
+    out: Dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "If":
+            names = set().union(*(_reads(a.g) for a in node.attribute if a.g is not None)) & sizes.keys()
+            seg = node.name.split("/", 1)[0]
+            out[seg] = out.get(seg, 0) + sum(sizes[n] for n in names)
+    return out
+
+
+def _tensor_bytes(init) -> int:
+    from onnx import helper
+
+    n = int(np.prod(init.dims)) if len(init.dims) else 1
+    return n * np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+
+
+def segments_within_budget(model, budget: float) -> List[str]:
+    """The ``If`` segments to localise: smallest first, while their weights stay within ``budget``
+    of all the graph's weight bytes (0: none, 1: all)."""
+    if not 0.0 <= budget <= 1.0:
+        raise ValueError(f"local weights budget must be in [0, 1], got {budget}")
+    total = sum(_tensor_bytes(i) for i in model.graph.initializer)
+    chosen, used = [], 0
+    for seg, size in sorted(segment_weight_bytes(model).items(), key=lambda kv: (kv[1], kv[0])):
+        if used + size > budget * total:
+            break
+        chosen.append(seg)
+        used += size
+    return chosen
+
+
+def localize_weights(model, segments: Sequence[str]):
+    """Give every branch graph of the named ``If`` segments its own copy of the weights its nodes read.
+
+    ORT's NCHWc layout pass looks a conv's weight up in the conv's own graph only, so in a branch
+    that reads its weights from the outer scope the pass never runs (a folded Conv2d then runs up to
+    1.2x slower at full size). Local initializers still point at the same bytes of the weights file
+    (``SharedWeightsFile``), so the disk size does not change; in memory ORT keeps a private copy.
+    Main-graph weights that no remaining graph reads from the outer scope are dropped. Returns ``model``.
+    """
+    import copy as _copy
+
+    g = model.graph
+    inits = {init.name: init for init in g.initializer}
+    wanted, localised = set(segments), []
+    for node in g.node:
+        if node.op_type == "If" and node.name.split("/", 1)[0] in wanted:
+            localised.append(node)
+            for sub in (a.g for a in node.attribute if a.g is not None):
+                for graph in _graphs(sub):
+                    own = {i.name for i in graph.initializer}
+                    for name in sorted({i for n in graph.node for i in n.input if i} & inits.keys() - own):
+                        graph.initializer.append(_copy.deepcopy(inits[name]))
+    still = {i for n in g.node for i in n.input if i}
+    for node in g.node:
+        if not any(node is n for n in localised):
+            for a in node.attribute:
+                if a.g is not None:
+                    still |= _reads(a.g)
+    keep = [init for init in g.initializer if init.name in still]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return model
+
+
 def build_shared_backbone(backbone: Backbone, crop: int, opset: int = 17, fold_frames: FoldSpec = True,
-                          num_frames: int | None = None):
-    """``(model, segments)``: the stitched ``onnx.ModelProto`` and the traced segment variants."""
+                          num_frames: int | None = None, local_budget: float = LOCAL_WEIGHTS_BUDGET):
+    """``(model, segments)``: the stitched ``onnx.ModelProto`` and the traced segment variants.
+
+    The ``If`` segments chosen by ``segments_within_budget(model, local_budget)`` hold their weights
+    in their branches (``localize_weights``); the model's ``metadata_props`` name them.
+    """
+    import onnx
+
     segments = segment_models(backbone, crop, opset, fold_frames, num_frames)
-    return stitch(segments, backbone.num_stages_3d, backbone.num_classes, crop, opset), segments
+    model = stitch(segments, backbone.num_stages_3d, backbone.num_classes, crop, opset)
+    local = segments_within_budget(model, local_budget)
+    if local:
+        localize_weights(model, local)
+        onnx.checker.check_model(model)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "local_weights", ",".join(local)
+    return model, segments
+
+
+def local_weight_segments(model) -> List[str]:
+    """The segments whose branches hold their own weights (``build_shared_backbone``)."""
+    for entry in model.metadata_props:
+        if entry.key == "local_weights":
+            return [s for s in entry.value.split(",") if s]
+    return []
 
 
 PAGE = 4096  # ORT memory-maps external data whose offset is a multiple of the page size (Linux)
@@ -483,7 +594,7 @@ class SharedWeightsFile:
         from onnx import numpy_helper
         from onnx.external_data_helper import set_external_data
 
-        for init in model.graph.initializer:
+        for init in (i for graph in _graphs(model.graph) for i in graph.initializer):  # branch-local ones too
             data = init.raw_data or numpy_helper.to_array(init).tobytes()
             if len(data) < EXTERNAL_MIN_BYTES:
                 continue
