@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from _common import RESULTS, command_line, machine_lines
+from _common import RESULTS, command_line, machine_lines, time_layouts
 
 from ada3d_edge.runtime.bench_report import machine_info
 
@@ -50,7 +47,7 @@ def main() -> None:
 
     from ada3d_edge.export.fold_choice import measure_fold_choice
     from ada3d_edge.export.onnx_export import export_backbone
-    from ada3d_edge.export.shared_graph import build_shared_backbone, fold_batchnorm, mask_array, save_shared
+    from ada3d_edge.export.shared_graph import build_shared_backbone, fold_batchnorm, save_shared
     from ada3d_edge.masks import all_masks
     from ada3d_edge.models import build_backbone
 
@@ -82,23 +79,7 @@ def main() -> None:
         sessions[("format 1", m)] = _session(path, mem_pattern=True)  # ORT's defaults, as format 1 ran
     layouts = ["format 1", "shared auto", "shared none", "shared measure"]
     frames = sorted({1, t // 2, t})
-    rng = np.random.default_rng(0)
-    xs = {f: rng.standard_normal((1, 3, f, args.crop, args.crop)).astype(np.float32) for f in frames}
-    jobs = [(lay, m, f) for lay in layouts for m in masks for f in frames]
-    samples = {j: [] for j in jobs}
-    order = random.Random(0)
-    for r in range(args.rounds + 1):
-        order.shuffle(jobs)
-        for lay, m, f in jobs:
-            if lay == "format 1":
-                sess, feeds = sessions[(lay, m)], {"clip": xs[f]}
-            else:
-                sess, feeds = sessions[lay], {"clip": xs[f], "stage_mask": mask_array(m)}
-            c0 = time.thread_time()
-            sess.run(None, feeds)
-            if r:
-                samples[(lay, m, f)].append((time.thread_time() - c0) * 1e3)
-    ms = {f"{lay}|{m}|{f}": statistics.median(v) for (lay, m, f), v in samples.items()}
+    ms = time_layouts(sessions, layouts, masks, frames, args.crop, args.rounds)
     get = lambda lay, m, f: ms[f"{lay}|{m}|{f}"]
     res = {"command": command_line(), "machine": info, "arch": args.arch, "crop": args.crop, "frames": t,
            "rounds": args.rounds, "choice": choice.to_dict(), "measure_seconds": measure_s, "export_seconds": export_s,

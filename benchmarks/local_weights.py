@@ -18,16 +18,13 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import random
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from _common import RESULTS, command_line, machine_lines
+from _common import RESULTS, command_line, machine_lines, time_layouts
 
 from ada3d_edge.runtime.bench_report import machine_info
 
@@ -79,7 +76,7 @@ def main() -> None:
 
     from ada3d_edge.export.onnx_export import export_backbone
     from ada3d_edge.export.shared_graph import (build_shared_backbone, fold_batchnorm, local_weight_segments,
-                                                mask_array, save_shared)
+                                                save_shared)
     from ada3d_edge.masks import all_masks
     from ada3d_edge.models import build_backbone
 
@@ -107,27 +104,10 @@ def main() -> None:
         graphs[("format 1", m)] = export_backbone(folded, m, tmp / f"format1_{m}.onnx", crop, num_frames=t)
     sessions = {key: _session(p) for key, p in graphs.items()}
     frames = sorted({1, t // 2, t})
-    rng = np.random.default_rng(0)
-    xs = {f: rng.standard_normal((1, 3, f, crop, crop)).astype(np.float32) for f in frames}
     layouts = ["format 1"] + [f"shared, budget {b:g}" for b in BUDGETS]
-    jobs = [(lay, m, f) for lay in layouts for m in masks for f in frames]
-    samples = {j: [] for j in jobs}
-    order = random.Random(0)
-    for r in range(args.rounds + 1):
-        order.shuffle(jobs)
-        for lay, m, f in jobs:
-            if lay == "format 1":
-                sess, feeds = sessions[(lay, m)], {"clip": xs[f]}
-            else:
-                sess, feeds = sessions[lay], {"clip": xs[f], "stage_mask": mask_array(m)}
-            c0 = time.thread_time()
-            sess.run(None, feeds)
-            if r:
-                samples[(lay, m, f)].append((time.thread_time() - c0) * 1e3)
-        print(f"round {r + 1}/{args.rounds + 1}", flush=True)
-    del sessions, sess  # no session of this process may map a weights file while a probe measures PSS
+    ms = time_layouts(sessions, layouts, masks, frames, crop, args.rounds, log=lambda line: print(line, flush=True))
+    del sessions  # no session of this process may map a weights file while a probe measures PSS
     gc.collect()
-    ms = {f"{lay}|{m}|{f}": statistics.median(v) for (lay, m, f), v in samples.items()}
     mem = {"format 1, Upper alone": memory(graphs[("format 1", upper)], [upper], [1, t], crop)}
     for b in BUDGETS:
         mem[f"shared, budget {b:g}"] = memory(graphs[f"shared, budget {b:g}"], masks, [1, t], crop)

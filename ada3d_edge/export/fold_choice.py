@@ -126,7 +126,7 @@ def measure_fold_choice(backbone, crop: int, opset: int, num_frames: int, candid
         graphs = {}
         for mode in candidates:
             graph, _ = build_shared_backbone(backbone, crop, opset, mode, num_frames=num_frames,
-                                             **({} if local_budget is None else {"local_budget": local_budget}))
+                                             local_budget=local_budget)
             graphs[mode] = save_shared(graph, Path(tmp) / f"backbone_{mode}.onnx")[0]
             del graph
         ms, frames, rounds = time_graphs(graphs, backbone.num_stages_3d, num_frames, crop, threads, budget_s,

@@ -329,12 +329,22 @@ def _rename_initializers(model):
     return model
 
 
-def _all_nodes(graph):
+def _subgraphs(node):
+    """The graph attributes of ``node`` (an ``If``'s two branches)."""
+    return [attr.g for attr in node.attribute if attr.g is not None and attr.g.node]
+
+
+def _graphs(graph):
+    """``graph`` and every subgraph under it."""
+    yield graph
     for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.g is not None and attr.g.node:
-                yield from _all_nodes(attr.g)
+        for sub in _subgraphs(node):
+            yield from _graphs(sub)
+
+
+def _all_nodes(graph):
+    for g in _graphs(graph):
+        yield from g.node
 
 
 class _Stitcher:
@@ -461,18 +471,9 @@ def stitch(segments: Sequence[Segment], num_stages: int, num_classes: int, crop:
 LOCAL_WEIGHTS_BUDGET = 0.10
 
 
-def _graphs(graph):
-    """``graph`` and every subgraph under it."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.g is not None and attr.g.node:
-                yield from _graphs(attr.g)
-
-
 def _reads(graph) -> set:
     """Names read by the nodes of ``graph`` and of its subgraphs."""
-    return {i for g in _graphs(graph) for n in g.node for i in n.input if i}
+    return {i for n in _all_nodes(graph) for i in n.input if i}
 
 
 def segment_weight_bytes(model) -> Dict[str, int]:
@@ -481,7 +482,7 @@ def segment_weight_bytes(model) -> Dict[str, int]:
     out: Dict[str, int] = {}
     for node in model.graph.node:
         if node.op_type == "If":
-            names = set().union(*(_reads(a.g) for a in node.attribute if a.g is not None)) & sizes.keys()
+            names = set().union(*(_reads(sub) for sub in _subgraphs(node))) & sizes.keys()
             seg = node.name.split("/", 1)[0]
             out[seg] = out.get(seg, 0) + sum(sizes[n] for n in names)
     return out
@@ -526,7 +527,7 @@ def localize_weights(model, segments: Sequence[str]):
     for node in g.node:
         if node.op_type == "If" and node.name.split("/", 1)[0] in wanted:
             localised.append(node)
-            for sub in (a.g for a in node.attribute if a.g is not None):
+            for sub in _subgraphs(node):
                 for graph in _graphs(sub):
                     own = {i.name for i in graph.initializer}
                     for name in sorted({i for n in graph.node for i in n.input if i} & inits.keys() - own):
@@ -534,9 +535,8 @@ def localize_weights(model, segments: Sequence[str]):
     still = {i for n in g.node for i in n.input if i}
     for node in g.node:
         if not any(node is n for n in localised):
-            for a in node.attribute:
-                if a.g is not None:
-                    still |= _reads(a.g)
+            for sub in _subgraphs(node):
+                still |= _reads(sub)
     keep = [init for init in g.initializer if init.name in still]
     del g.initializer[:]
     g.initializer.extend(keep)
@@ -544,17 +544,18 @@ def localize_weights(model, segments: Sequence[str]):
 
 
 def build_shared_backbone(backbone: Backbone, crop: int, opset: int = 17, fold_frames: FoldSpec = True,
-                          num_frames: int | None = None, local_budget: float = LOCAL_WEIGHTS_BUDGET):
+                          num_frames: int | None = None, local_budget: float | None = None):
     """``(model, segments)``: the stitched ``onnx.ModelProto`` and the traced segment variants.
 
     The ``If`` segments chosen by ``segments_within_budget(model, local_budget)`` hold their weights
-    in their branches (``localize_weights``); the model's ``metadata_props`` name them.
+    in their branches (``localize_weights``; None = ``LOCAL_WEIGHTS_BUDGET``); the model's
+    ``metadata_props`` name them.
     """
     import onnx
 
     segments = segment_models(backbone, crop, opset, fold_frames, num_frames)
     model = stitch(segments, backbone.num_stages_3d, backbone.num_classes, crop, opset)
-    local = segments_within_budget(model, local_budget)
+    local = segments_within_budget(model, LOCAL_WEIGHTS_BUDGET if local_budget is None else local_budget)
     if local:
         localize_weights(model, local)
         onnx.checker.check_model(model)
@@ -723,9 +724,7 @@ def mask_array(mask: str) -> np.ndarray:
 
 def initializer_bytes(model) -> int:
     """Bytes of the distinct initializers of a model (views ``<name>@<dims>`` counted once)."""
-    from onnx import numpy_helper
-
     seen: Dict[str, int] = {}
     for t in model.graph.initializer:
-        seen.setdefault(t.name.split("@", 1)[0], numpy_helper.to_array(t).nbytes)
+        seen.setdefault(t.name.split("@", 1)[0], _tensor_bytes(t))
     return sum(seen.values())

@@ -108,6 +108,13 @@ def split_policy_runner(bundle: Bundle) -> Runner:
     return run
 
 
+def _selection_net_label(bundle: Bundle, split: bool) -> str:
+    """How the bench ran the selection net (the settings' ``selection_net``)."""
+    if not split:
+        return "whole policy"
+    return f"split (frame terms, mean, {'numpy heads' if bundle.manifest.policy_split.head_bias is not None else 'heads'})"
+
+
 def time_round_robin(backend: Backend, jobs: Sequence[Job], make_input: Callable[[Job], dict[str, np.ndarray]],
                      repeats: int, warmup: int, seed: int = 0, log: Log | None = None,
                      runners: dict[str, Runner] | None = None) -> tuple[dict[Job, list[float]], dict[Job, str]]:
@@ -447,8 +454,7 @@ def run_bench(bundle_path: str | os.PathLike, backend: str | Backend | BackendFa
         if not isinstance(backend, Backend):
             be.close()
     settings = {"repeats": o.repeats, "warmup": o.warmup, "batches": batches, "passes": o.passes, "seed": o.seed,
-                "selection_net": (("split (frame terms, mean, numpy heads)" if bundle.manifest.policy_split.head_bias is not None
-                                   else "split (frame terms, mean, heads)") if split else "whole policy")}
+                "selection_net": _selection_net_label(bundle, split)}
     return assemble(bundle, Measurements(jobs=jobs, samples=samples, errors=errors, end_to_end=e2e,
                                          clip_source=clip_set.description, adaptive_error=adaptive_error,
                                          memory=memory, machine=info, settings=settings, command=command))

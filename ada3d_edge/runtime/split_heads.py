@@ -3,7 +3,7 @@
 Since the heads were folded into each frame's T + K terms (``SelectionNet.head_terms``), what is left
 of them is ``sigmoid(mean_terms + c)``. A bundle that records ``c`` (``PolicySplit.head_bias``) has
 them computed here, which saves an engine call a clip (the call costs more than the arithmetic; on a
-cold cache after a backbone call several times more, benchmarks/results/fixed_costs_cpu.md). Older
+cold cache after a backbone call several times more, benchmarks/results/cache_probe_cpu.md). Older
 bundles run ``policy_heads.onnx``.
 """
 from __future__ import annotations
