@@ -220,6 +220,19 @@ class SegmentEntry:
 
 
 @dataclass(frozen=True)
+class ConfigGraphEntry(FileEntry):
+    """The flat graph of one configuration (``backbone_<mask>.onnx``: no ``If``, weights external in
+    the bundle's one weights file), what ONNX Runtime's ``configs`` layout loads as one session per
+    mask. ``inputs``: ``["clip"]``, plus ``"stage_mask"`` when it applies per-configuration BN."""
+
+    mask: str = ""
+    inputs: list[str] = field(default_factory=lambda: [BACKBONE_INPUT])
+
+
+ORT_BACKBONE_LAYOUTS = ("graph", "segments", "configs")  # how ONNX Runtime may run a bundle's backbone
+
+
+@dataclass(frozen=True)
 class OrtSessionOptions:
     """ONNX Runtime session settings the exporter measured for this graph (docs/shared-weights.md):
     the memory pattern kept +100 MiB of activation plans per subgraph and shape."""
@@ -240,6 +253,9 @@ class BackboneEntry(FileEntry):
     external-data file of ``file`` and of every segment file. ``configs``: one per stage mask, with
     its cost. ``segments``: the chain for the segment layout (TensorRT). ``bn_per_config``: the graph
     applies per-configuration BN statistics (a table gathered by the configuration index).
+    ``config_graphs``: one flat graph per configuration on the same weights (optional). ``ort_layout``:
+    the ONNX Runtime layout the exporter measured as best here (``export.layout_measure``), what
+    ``--ort-layout auto`` runs.
     """
 
     layout: str = BACKBONE_LAYOUT
@@ -251,16 +267,27 @@ class BackboneEntry(FileEntry):
     configs: list[ConfigEntry] = field(default_factory=list)
     segments: list[SegmentEntry] = field(default_factory=list)
     bn_per_config: bool = False
+    config_graphs: list[ConfigGraphEntry] = field(default_factory=list)
+    ort_layout: str = "graph"
 
     @classmethod
     def for_files(cls, bundle_dir: str | os.PathLike, file: str, weights: str, configs: Sequence[ConfigEntry],
                   segments: Sequence[SegmentEntry], bn_per_config: bool = False,
-                  ort_session: OrtSessionOptions | None = None) -> "BackboneEntry":
-        """Entry for existing files, hashing the graph and the weights file."""
+                  ort_session: OrtSessionOptions | None = None,
+                  config_graphs: Mapping[str, Mapping[str, Any]] | None = None,
+                  ort_layout: str = "graph") -> "BackboneEntry":
+        """Entry for existing files, hashing the graph, the weights file and each configuration's
+        flat graph (``config_graphs``: mask -> ``{"file", "inputs"}``)."""
+        flat = [ConfigGraphEntry(**FileEntry._hash_fields(bundle_dir, c["file"]), mask=mask,
+                                 inputs=list(c["inputs"])) for mask, c in (config_graphs or {}).items()]
         return cls(**cls._hash_fields(bundle_dir, file),
                    weights=FileEntry(**FileEntry._hash_fields(bundle_dir, weights)),
                    configs=list(configs), segments=list(segments), bn_per_config=bool(bn_per_config),
-                   ort_session=ort_session or OrtSessionOptions())
+                   ort_session=ort_session or OrtSessionOptions(), config_graphs=flat, ort_layout=ort_layout)
+
+    def config_graph(self, mask: str) -> ConfigGraphEntry | None:
+        """The flat graph of ``mask``, if the bundle has them."""
+        return next((c for c in self.config_graphs if c.mask == mask), None)
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> "BackboneEntry":
@@ -276,6 +303,10 @@ class BackboneEntry(FileEntry):
         fields_["weights"] = _entry(FileEntry, data["weights"], source, "backbone.weights")
         fields_["configs"] = [_entry(ConfigEntry, c, source, "backbone.configs") for c in data["configs"]]
         fields_["segments"] = [SegmentEntry.from_dict(s, source) for s in data["segments"]]
+        flat = data.get("config_graphs") or []
+        if not isinstance(flat, list):
+            raise BundleError(f"{source}: backbone 'config_graphs' must be a list, got {flat!r}")
+        fields_["config_graphs"] = [_entry(ConfigGraphEntry, c, source, "backbone.config_graphs") for c in flat]
         fields_["ort_session"] = _entry(OrtSessionOptions, data.get("ort_session") or {}, source,
                                         "backbone.ort_session")
         return _entry(cls, fields_, source, "backbone")
@@ -283,7 +314,7 @@ class BackboneEntry(FileEntry):
     def files(self) -> list[FileEntry]:
         """The graph, the weights file and every segment variant file."""
         return [self, *([self.weights] if self.weights else []),
-                *[v for seg in self.segments for v in seg.variants]]
+                *[v for seg in self.segments for v in seg.variants], *self.config_graphs]
 
     def validate(self, stages: Sequence[str], source: str) -> None:
         """Layout known, one config per mask, every segment choice table complete and in range."""
@@ -309,6 +340,21 @@ class BackboneEntry(FileEntry):
                               f"missing {lacking}, duplicated {dupes}")
         if not self.segments:
             raise BundleError(f"{source}: backbone 'segments' is empty; re-export the bundle with `ada3d export`")
+        if self.ort_layout not in ORT_BACKBONE_LAYOUTS:
+            raise BundleError(f"{source}: backbone ort_layout {self.ort_layout!r} unknown; one of "
+                              f"{list(ORT_BACKBONE_LAYOUTS)}")
+        flat = sorted(c.mask for c in self.config_graphs)
+        if flat and flat != expected:
+            raise BundleError(f"{source}: backbone 'config_graphs' must hold one graph per stage mask {expected}, "
+                              f"got {flat}; re-export the bundle with `ada3d export`")
+        if self.ort_layout == "configs" and not flat:
+            raise BundleError(f"{source}: backbone ort_layout 'configs' but no 'config_graphs'; re-export the "
+                              "bundle with `ada3d export`")
+        for c in self.config_graphs:
+            if not isinstance(c.inputs, list) or BACKBONE_INPUT not in c.inputs or not set(c.inputs) <= {
+                    BACKBONE_INPUT, BACKBONE_MASK_INPUT}:
+                raise BundleError(f"{source}: config graph {c.file} inputs {c.inputs!r}: expected "
+                                  f"{[BACKBONE_INPUT]} or {[BACKBONE_INPUT, BACKBONE_MASK_INPUT]}")
         for seg in self.segments:
             choice = seg.choice
             if (not isinstance(choice, list) or len(choice) != 2 ** k
@@ -421,6 +467,7 @@ class Manifest:
             out["policy_split"] = split
         bb = out["backbone"]
         for entry in [out["policy"], bb, bb["weights"], *[v for seg in bb["segments"] for v in seg["variants"]],
+                      *bb["config_graphs"],
                       *out["trt_engines"], *([split["features"], split["heads"]] if split else [])]:
             if entry.get("size") is None:
                 entry.pop("size", None)

@@ -77,6 +77,7 @@ def synth(out: str, num_classes: int, videos_per_class: int, val_per_class: int,
 
 # --- training: train / eval --------------------------------------------------------------------
 from .train.commands import COMMANDS as _TRAIN_COMMANDS  # noqa: E402  (click only; torch loads on use)
+from .bundle import ORT_BACKBONE_LAYOUTS  # noqa: E402  (plain data and json)
 
 for _cmd in _TRAIN_COMMANDS:  # ada3d train | eval | sweep
     main.add_command(_cmd)
@@ -96,15 +97,22 @@ for _cmd in _TRAIN_COMMANDS:  # ada3d train | eval | sweep
                    "none (degraded stages as Conv3d(1,k,k)).")
 @click.option("--no-fold", is_flag=True, help="Same as --fold degraded.")
 @click.option("--measure-seconds", type=click.FloatRange(0), default=30.0, show_default=True,
-              help="Time budget of --fold measure (at least two rounds of every configuration at T' 1, T/2, T).")
+              help="Time budget of --fold measure and of --ort-layout measure, each (at least two rounds of every "
+                   "configuration at T' 1, T/2, T).")
 @click.option("--local-weights", type=click.FloatRange(0, 1), default=None,
               help="Share of the weight bytes, smallest segments first, kept inside their If branches so "
                    "ONNX Runtime's NCHWc layout runs there (faster folded 2D convs, private copies: more "
                    "memory); 0 = all weights shared.  [default: 0.1]")
+@click.option("--ort-layout", "ort_layout", type=click.Choice(["measure", *ORT_BACKBONE_LAYOUTS]), default="measure",
+              show_default=True,
+              help="The backbone layout `ada3d run` uses on ONNX Runtime by default: the flat graph per "
+                   "configuration where it fits 1.3x Upper's memory and is faster here (measure), the one "
+                   "If graph (graph), a flat graph per configuration (configs), or the segment files (segments).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def export_cmd(checkpoint: str, out: str, opset: int, no_verify: bool, fold: str, no_fold: bool,
-               measure_seconds: float, local_weights: float | None, overwrite: bool, quiet: bool) -> None:
+               measure_seconds: float, local_weights: float | None, ort_layout: str, overwrite: bool,
+               quiet: bool) -> None:
     """Export CHECKPOINT to a bundle: policy.onnx + one backbone ONNX per stage mask + manifest.json."""
     from .extras import require
 
@@ -117,7 +125,7 @@ def export_cmd(checkpoint: str, out: str, opset: int, no_verify: bool, fold: str
         path = export_bundle(checkpoint, out, opset=opset, verify=not no_verify,
                              fold_frames="degraded" if no_fold else fold,
                              overwrite=overwrite, progress=not quiet, measure_seconds=measure_seconds,
-                             local_weights=local_weights)
+                             local_weights=local_weights, ort_layout=ort_layout)
     except FileExistsError as e:
         raise click.UsageError(str(e)) from None
     except (ValueError, VerificationError) as e:  # bad checkpoint or option, failed check
@@ -167,11 +175,16 @@ def build_engines_cmd(bundle: str, profile_path, fp16: bool, int8: bool, calib, 
 
 # --- runtime: run ------------------------------------------------------------------------------
 from .runtime import backends as _backends  # noqa: E402  (the backend table only: no numpy, no onnxruntime)
+_CAP_OPTION = click.option(
+    "--cap", "cap", type=click.FloatRange(0.0, min_open=True), default=None,
+    help="Frame cap: keep at most the frames that hold a clip's GFLOPs, selection net included, within "
+         "CAP x Upper's (1 = never costlier than Upper), dropping the least probable kept frames. Default: off.")
 _ORT_LAYOUT_OPTION = click.option(
-    "--ort-layout", "ort_layout", type=click.Choice(list(_backends.ORT_LAYOUTS)), default="graph", show_default=True,
-    help="ONNX Runtime only: run the backbone as the one graph (memory about Upper's) or as the bundle's "
-         "segment files chained (degraded configurations as fast as per-configuration graphs on CPU, "
-         "1.5-1.7x the memory; docs/shared-weights.md).")
+    "--ort-layout", "ort_layout", type=click.Choice(list(_backends.ORT_LAYOUTS)), default="auto", show_default=True,
+    help="ONNX Runtime only: 'auto' runs the layout the export measured best within the memory budget; "
+         "'graph' the one graph (memory about Upper's); 'segments' the segment files chained; 'configs' a flat "
+         "graph per configuration (both: degraded configurations as fast as per-configuration graphs on CPU, "
+         "for private copies of the 2D weights; docs/shared-weights.md).")
 
 
 @main.command("run")
@@ -187,6 +200,7 @@ _ORT_LAYOUT_OPTION = click.option(
               default=None, help="Default: the backend's (ort: cpu, trt: cuda).")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Greedy policy threshold (default: the bundle's).")
+@_CAP_OPTION
 @click.option("--hop", type=click.IntRange(1), default=None, help="Sampled frames between windows (default: T).")
 @click.option("--max-batch", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--queue", "queue_size", type=click.IntRange(1), default=4, show_default=True,
@@ -300,6 +314,7 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--passes", type=click.IntRange(1), default=1, show_default=True,
               help="Passes over the clips for adaptive vs Upper end to end.")
 @click.option("--batch", type=click.IntRange(1), default=4, show_default=True, help="Larger batch besides 1.")
+@_CAP_OPTION
 @click.option("--frames", callback=_int_list, default=None, help="T' subset, e.g. 1,4,8 (default: 1..T).")
 @click.option("--masks", callback=_str_list, default=None, help="Stage masks subset, e.g. 11,00 (default: all).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="ORT intra-op (or torch) threads.")
@@ -311,7 +326,7 @@ def _command_line(ctx: click.Context) -> str:
               help="Write the latency table of every (mask, T') normalised to Upper, for policy.cost=latency.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, repeats: int, warmup: int,
-              passes: int, batch: int, frames, masks, threads, ort_layout: str, no_memory: bool, json_out,
+              passes: int, batch: int, cap, frames, masks, threads, ort_layout: str, no_memory: bool, json_out,
               plot_out, lut_out, quiet: bool) -> None:
     """Latency of every configuration and of adaptive inference against Upper, in one process."""
     from .runtime.backends import BACKENDS
@@ -335,7 +350,7 @@ def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, 
             raise click.UsageError("--lut needs every mask at every T': leave out --frames and --masks")
         if os.path.exists(lut_out) and not is_lut_file(lut_out):
             raise click.UsageError(f"--lut {lut_out} exists and is not a latency table: choose another file")
-    if ort_layout != "graph" and backend != "ort":
+    if ort_layout != "auto" and backend != "ort":
         raise click.UsageError(f"--ort-layout {ort_layout} is an option of --backend ort, not {backend}")
     runner = backend
     if BACKENDS[backend].file_kind == "module":  # PyTorch modules rebuilt from a checkpoint
@@ -345,7 +360,7 @@ def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, 
         from .bench_torch import torch_backend_factory
 
         runner = torch_backend_factory(checkpoint, device, threads)
-    elif ort_layout != "graph":
+    elif ort_layout != "auto":
         import functools
 
         from .runtime.backends import make_backend
@@ -353,7 +368,7 @@ def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, 
         runner = functools.partial(make_backend, "ort", device, intra_op_threads=threads, layout=ort_layout)
     try:
         options = BenchOptions(data=data, root=root, clips=clips, repeats=repeats, warmup=warmup, batch=batch,
-                               frames=frames, masks=masks, passes=passes, memory=not no_memory,
+                               frames=frames, masks=masks, passes=passes, cap=cap, memory=not no_memory,
                                progress=not quiet)
         result = run_bench(bundle, runner, options, device=device, threads=threads, command=command,
                            log=lambda msg: click.echo(msg, err=True))

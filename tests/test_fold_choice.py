@@ -39,7 +39,7 @@ def test_measured_export_runs_each_configuration_in_its_chosen_mode(ckpt, tmp_pa
     the others as "auto"; every configuration still verifies against PyTorch (export_bundle checks)."""
     wins = {"00", "10"}
 
-    def fake_time_graphs(graphs, num_stages, num_frames, crop, threads, budget_s, timer=None, progress=False):
+    def fake_time_graphs(graphs, num_stages, num_frames, crop, threads, budget_s, timer=None, progress=False, **_):
         frames = [1, 2, 4]
         ms = {mode: {m: [1.0 if (mode == "none") == (m in wins) else 2.0 for _ in frames]
                      for m in all_masks(num_stages)} for mode in graphs}
@@ -70,8 +70,9 @@ def test_real_measurement_times_every_configuration_at_each_frame_count(ckpt, tm
 
 def test_fixed_fold_mode_is_recorded_as_fixed(ckpt, tmp_path):
     choice = open_bundle(export_bundle(ckpt, tmp_path / "b", fold_frames="none", progress=False)).manifest.layout_choice
-    local = choice.pop("local_weights")
+    local, layout = choice.pop("local_weights"), choice.pop("ort_layout")
     assert choice == {"method": "fixed", "mode": "none"} and local["budget"] == 0.1
+    assert layout["method"] == "measured" and layout["layout"] in ("graph", "configs")
 
 
 def test_cli_export_fold_choices(ckpt, tmp_path):

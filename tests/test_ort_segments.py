@@ -33,7 +33,7 @@ def _backends(bundle):
     graph, chain = OrtBackend(intra_op_threads=1), OrtBackend(intra_op_threads=1, layout="segments")
     graph.load(BACKBONE_NAME, b.root / b.manifest.backbone.file,
                {"ort_session": {"enable_mem_pattern": False}})
-    assert chain.chains_segments and chain.load_bundle_backbone(b) is b.manifest.backbone
+    assert chain.load_bundle_backbone(b) is b.manifest.backbone and chain.chains_segments
     return b, graph, chain
 
 

@@ -1,5 +1,6 @@
 """``export_bundle``: a checkpoint -> a verified bundle directory (format 2: policy, one backbone graph
-serving every stage configuration from one weights file, its segment files, manifest).
+serving every stage configuration from one weights file, its segment files, a flat graph per
+configuration on the same weights, manifest).
 
 Everything is written to a temporary sibling directory that is renamed into place at the end, so a
 failed or interrupted export leaves no half bundle; a killed one leaves a temp dir that the next export
@@ -7,6 +8,7 @@ of the same target removes (``staging.py``).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import shutil
 from pathlib import Path
@@ -20,7 +22,8 @@ from ..bundle import (BackboneEntry, ConfigEntry, Manifest, PolicyEntry, PolicyS
 from ..flops import backbone_macs, selection_macs
 from ..masks import all_masks
 from ..models.specs import BackboneSpec
-from .fold_choice import BUDGET_S, MEASURE, resolve_folds
+from .fold_choice import BUDGET_S, MEASURE, resolve_folds, threads_from_env
+from .layout_measure import LAYOUT_CHOICES, LayoutChoice, measure_layout
 from .onnx_export import check_opset, export_policy, export_policy_split, fold_mode, head_bias, split_width
 from .staging import check_target, clear_stale_temp_dirs, make_temp_dir, move_into_place
 from .verify import verify_policy, verify_policy_split, verify_shared_backbone
@@ -87,12 +90,13 @@ def backbone_entry(root: Path, info: Mapping[str, Any], masks: List[str], spec: 
                 for s in info["segments"]]
     configs = [ConfigEntry(mask, *engine_cost(spec, mask, crop)) for mask in masks]
     return BackboneEntry.for_files(root, info["graph"], info["weights"], configs, segments,
-                                   bn_per_config=bool(info["per_config_bn"]))
+                                   bn_per_config=bool(info["per_config_bn"]), config_graphs=info.get("configs"))
 
 
 def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, verify: bool = True,
                   fold_frames: Union[bool, str] = True, overwrite: bool = False, progress: bool = True,
-                  measure_seconds: float = BUDGET_S, local_weights: float | None = None) -> Path:
+                  measure_seconds: float = BUDGET_S, local_weights: float | None = None,
+                  ort_layout: str = "measure") -> Path:
     """Export a checkpoint to a bundle directory and return its path.
 
     Args:
@@ -110,6 +114,10 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
         local_weights: share of the weight bytes whose segments keep their weights inside their
             ``If`` branches, so ORT's NCHWc pass runs there (``shared_graph.LOCAL_WEIGHTS_BUDGET`` when
             None; 0 = every weight in the outer scope). Recorded in ``layout_choice["local_weights"]``.
+        ort_layout: the backbone layout ONNX Runtime runs by default (manifest ``ort_layout``): "graph"
+            (the one ``If`` graph), "configs" (a flat graph per configuration on the same weights), or
+            "measure": "configs" where it fits the memory budget and is faster here (``layout_measure``).
+            The flat graphs are written in every case.
         overwrite: replace an existing non-empty ``out_dir`` if it is an ada3d bundle.
         progress: show a tqdm bar over the configurations verified.
 
@@ -117,8 +125,11 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
     scale/shift table after each BN'd conv (``shared_graph.config_affine``).
     """
     from ..train.checkpoint import load_model
-    from .shared_graph import LOCAL_WEIGHTS_BUDGET, build_shared_backbone, local_weight_segments, save_backbone_files
+    from .shared_graph import (LOCAL_WEIGHTS_BUDGET, build_shared_backbone, config_graphs, local_weight_segments,
+                               save_backbone_files)
 
+    if ort_layout not in LAYOUT_CHOICES:
+        raise ValueError(f"unknown ONNX Runtime layout {ort_layout!r}; valid: {list(LAYOUT_CHOICES)}")
     opset = check_opset(opset)
     fold_frames = MEASURE if fold_frames == MEASURE else fold_mode(fold_frames)
     out_dir = Path(out_dir)
@@ -149,17 +160,29 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
         folds, layout_choice = resolve_folds(backbone, crop, opset, t, fold_frames, measure_seconds, progress, local)
         graph, segments = build_shared_backbone(backbone, crop, opset, folds, num_frames=t, local_budget=local)
         layout_choice = {**layout_choice, "local_weights": {"budget": local, "segments": local_weight_segments(graph)}}
-        info = save_backbone_files(graph, segments, tmp)
-        del graph, segments
+        flat = config_graphs(segments, backbone.num_stages_3d, backbone.num_classes, crop, opset)
+        info = save_backbone_files(graph, segments, tmp, configs=flat)
+        del graph, segments, flat
+        flat_files = {m: tmp / c["file"] for m, c in info["configs"].items()}
         if verify:
-            with tqdm(total=len(masks), desc="verify", unit="config", disable=not progress) as bar:
+            with tqdm(total=2 * len(masks), desc="verify", unit="graph", disable=not progress) as bar:
                 verify_shared_backbone(tmp / info["graph"], backbone, masks, t, crop, progress=bar.update)
+                verify_shared_backbone(flat_files, backbone, masks, t, crop, progress=bar.update)
         manifest = Manifest(
             arch=str(model.config.get("arch", spec.name)), stages=list(backbone.stage_names),
             policy=PolicyEntry.for_file(tmp, "policy.onnx", policy_gflops_per_frame(model, t, p)),
             backbone=backbone_entry(tmp, info, masks, spec, crop), policy_split=policy_split,
             versions=_versions(opset, fold_frames), layout_choice=layout_choice,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **fields)
+        write_manifest(tmp, manifest)
+        if ort_layout == "measure":
+            choice = measure_layout(tmp, tmp / info["graph"], flat_files, backbone.num_stages_3d, t, crop,
+                                    threads_from_env(), measure_seconds, progress)
+        else:
+            choice = LayoutChoice(ort_layout, "fixed (ada3d export --ort-layout)")
+        manifest = dataclasses.replace(
+            manifest, backbone=dataclasses.replace(manifest.backbone, ort_layout=choice.layout),
+            layout_choice={**manifest.layout_choice, "ort_layout": choice.to_dict()})
         write_manifest(tmp, manifest)
         check_target(out_dir, overwrite)  # again: the target may have changed during the export
         move_into_place(tmp, out_dir)

@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -71,11 +71,13 @@ def _clock(threads: int, timer: Optional[Callable[[], float]]) -> tuple:
     return (time.thread_time, "thread CPU time") if threads == 1 else (time.perf_counter, "wall clock")
 
 
-def time_graphs(graphs: Mapping[str, Path], num_stages: int, num_frames: int, crop: int, threads: int = 1,
-                budget_s: float = BUDGET_S, min_rounds: int = MIN_ROUNDS, max_rounds: int = MAX_ROUNDS,
-                timer: Optional[Callable[[], float]] = None, seed: int = 0, progress: bool = False):
+def time_graphs(graphs: Mapping[str, Union[Path, Mapping[str, Path]]], num_stages: int, num_frames: int,
+                crop: int, threads: int = 1, budget_s: float = BUDGET_S, min_rounds: int = MIN_ROUNDS,
+                max_rounds: int = MAX_ROUNDS, timer: Optional[Callable[[], float]] = None, seed: int = 0,
+                progress: bool = False, desc: str = "measure 2D layouts"):
     """Median ms of every (graph, mask, T') at batch 1, shuffled round-robin after one warm-up round;
     rounds continue until ``budget_s`` of wall time or ``max_rounds``. Returns (ms, frames, rounds).
+    A graph is one file serving every mask (``stage_mask`` fed) or a file per mask (flat graphs).
     ``progress``: a tqdm bar over the rounds (full-size archs take minutes)."""
     from tqdm import tqdm
 
@@ -85,20 +87,27 @@ def time_graphs(graphs: Mapping[str, Path], num_stages: int, num_frames: int, cr
     frames = frame_counts(num_frames)
     rng = np.random.default_rng(seed)
     clips = {t: rng.standard_normal((1, 3, t, crop, crop)).astype(np.float32) for t in frames}
-    # the bundle's ort_session settings (ORT_ENABLE_ALL, memory pattern off)
-    sessions = {mode: ort_session(p, enable_mem_pattern=False, threads=threads) for mode, p in graphs.items()}
     masks = all_masks(num_stages)
+    opened: Dict[Path, object] = {}  # the bundle's ort_session settings (ORT_ENABLE_ALL, memory pattern off)
+    sessions = {}
+    for mode, p in graphs.items():
+        for m in masks:
+            path = Path(p[m] if isinstance(p, Mapping) else p)
+            if path not in opened:
+                opened[path] = ort_session(path, enable_mem_pattern=False, threads=threads)
+            sessions[(mode, m)] = opened[path]
+    takes_mask = {key: MASK_INPUT in {i.name for i in s.get_inputs()} for key, s in sessions.items()}
     jobs = [(mode, m, t) for mode in graphs for m in masks for t in frames]
     samples: Dict[tuple, List[float]] = {j: [] for j in jobs}
     order = random.Random(seed)
     start, rounds = time.perf_counter(), 0
-    bar = tqdm(total=min_rounds + 1, desc="measure 2D layouts", unit="round", disable=not progress, leave=False)
+    bar = tqdm(total=min_rounds + 1, desc=desc, unit="round", disable=not progress, leave=False)
     for r in range(max_rounds + 1):
         order.shuffle(jobs)
         for mode, m, t in jobs:
-            feeds = {"clip": clips[t], MASK_INPUT: mask_array(m)}
+            feeds = {"clip": clips[t], MASK_INPUT: mask_array(m)} if takes_mask[(mode, m)] else {"clip": clips[t]}
             t0 = clock()
-            sessions[mode].run(None, feeds)
+            sessions[(mode, m)].run(None, feeds)
             if r:  # round 0 warms every (mode, mask, T')
                 samples[(mode, m, t)].append((clock() - t0) * 1e3)
         rounds = r

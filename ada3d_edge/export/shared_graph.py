@@ -342,6 +342,14 @@ def _graphs(graph):
             yield from _graphs(sub)
 
 
+def _all_nodes_of(nodes):
+    """``nodes`` and every node of their subgraphs."""
+    for node in nodes:
+        yield node
+        for sub in _subgraphs(node):
+            yield from _all_nodes(sub)
+
+
 def _all_nodes(graph):
     for g in _graphs(graph):
         yield from g.node
@@ -430,17 +438,27 @@ class _Stitcher:
         return nodes + chain(0, y_name)
 
 
-def stitch(segments: Sequence[Segment], num_stages: int, num_classes: int, crop: int, opset: int = 17):
-    """One ``onnx.ModelProto`` serving every configuration: inputs ``clip`` and ``stage_mask``."""
+def stitch(segments: Sequence[Segment], num_stages: int, num_classes: int, crop: int, opset: int = 17,
+           mask: str | None = None):
+    """One ``onnx.ModelProto`` serving every configuration: inputs ``clip`` and ``stage_mask``.
+
+    ``mask``: instead, the flat graph of that one configuration (each segment's variant inlined, no
+    ``If``; the ``configs`` layout, see ``config_graphs``). It takes ``stage_mask`` only when its
+    pieces apply per-configuration BN statistics.
+    """
     import onnx
     from onnx import TensorProto, helper
 
-    st = _Stitcher(segments)
     k = int(num_stages)
-    pow2 = st.constant("config/pow2", np.asarray([2 ** (k - 1 - i) for i in range(k)], np.int64))
-    st.nodes += [helper.make_node("Mul", [MASK_INPUT, pow2], ["config/weighted"], name="config/weighted"),
-                 helper.make_node("ReduceSum", ["config/weighted"], ["config/index"], keepdims=0,
-                                  name="config/index")]
+    if mask is not None:
+        index = config_index(mask)
+        segments = [Segment(seg.name, [seg.variants[seg.choice[index]]], [0] * (2 ** k)) for seg in segments]
+    st = _Stitcher(segments)
+    if mask is None:
+        pow2 = st.constant("config/pow2", np.asarray([2 ** (k - 1 - i) for i in range(k)], np.int64))
+        st.nodes += [helper.make_node("Mul", [MASK_INPUT, pow2], ["config/weighted"], name="config/weighted"),
+                     helper.make_node("ReduceSum", ["config/weighted"], ["config/index"], keepdims=0,
+                                      name="config/index")]
     body, x = [], CLIP_INPUT
     for i, seg in enumerate(segments):
         last = i == len(segments) - 1
@@ -450,10 +468,11 @@ def stitch(segments: Sequence[Segment], num_stages: int, num_classes: int, crop:
         else:
             body += st.switch(seg, "config/index", x, y, 2 if last else 5)
         x = y
+    inputs = [helper.make_tensor_value_info(CLIP_INPUT, TensorProto.FLOAT, ["B", 3, "T", crop, crop])]
+    if mask is None or any(MASK_INPUT in n.input for n in _all_nodes_of(body)):
+        inputs.append(helper.make_tensor_value_info(MASK_INPUT, TensorProto.INT64, [k]))
     graph = helper.make_graph(
-        st.nodes + body, "ada3d_backbone_shared",
-        [helper.make_tensor_value_info(CLIP_INPUT, TensorProto.FLOAT, ["B", 3, "T", crop, crop]),
-         helper.make_tensor_value_info(MASK_INPUT, TensorProto.INT64, [k])],
+        st.nodes + body, "ada3d_backbone_shared" if mask is None else f"ada3d_backbone_{mask}", inputs,
         [helper.make_tensor_value_info(LOGITS_OUTPUT, TensorProto.FLOAT, ["B", int(num_classes)])],
         initializer=list(st.weights.values()))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", check_opset(opset))],
@@ -461,6 +480,18 @@ def stitch(segments: Sequence[Segment], num_stages: int, num_classes: int, crop:
     model.ir_version = segments[0].variants[0].model.ir_version
     onnx.checker.check_model(model)
     return model
+
+
+def config_graphs(segments: Sequence[Segment], num_stages: int, num_classes: int, crop: int,
+                  opset: int = 17) -> Dict[str, object]:
+    """Stage mask -> the flat graph of that configuration (``stitch(..., mask=...)``).
+
+    Written against the same weights file as the one graph (``save_backbone_files``), they cost no
+    disk; each loaded as its own ONNX Runtime session, they run without ``If`` and with the NCHWc
+    rewrite everywhere (format-1 speed), at the price of the private blocked copies of their 2D
+    weights: the ``configs`` layout, chosen at export when memory allows (``layout_measure``).
+    """
+    return {m: stitch(segments, num_stages, num_classes, crop, opset, mask=m) for m in all_masks(num_stages)}
 
 
 # Share of the backbone's weight bytes whose segments keep their weights inside their If branches
@@ -478,7 +509,7 @@ def _reads(graph) -> set:
 
 def segment_weight_bytes(model) -> Dict[str, int]:
     """Bytes of the outer-scope weights each ``If`` segment (``<segment>/if0``) reads."""
-    sizes = {init.name: _tensor_bytes(init) for init in model.graph.initializer}
+    sizes = {init.name: tensor_bytes(init) for init in model.graph.initializer}
     out: Dict[str, int] = {}
     for node in model.graph.node:
         if node.op_type == "If":
@@ -488,7 +519,7 @@ def segment_weight_bytes(model) -> Dict[str, int]:
     return out
 
 
-def _tensor_bytes(init) -> int:
+def tensor_bytes(init) -> int:
     from onnx import helper
 
     n = int(np.prod(init.dims)) if len(init.dims) else 1
@@ -500,7 +531,7 @@ def segments_within_budget(model, budget: float) -> List[str]:
     of all the graph's weight bytes (0: none, 1: all)."""
     if not 0.0 <= budget <= 1.0:
         raise ValueError(f"local weights budget must be in [0, 1], got {budget}")
-    total = sum(_tensor_bytes(i) for i in model.graph.initializer)
+    total = sum(tensor_bytes(i) for i in model.graph.initializer)
     chosen, used = [], 0
     for seg, size in sorted(segment_weight_bytes(model).items(), key=lambda kv: (kv[1], kv[0])):
         if used + size > budget * total:
@@ -685,20 +716,31 @@ def save_segments(segments: Sequence[Segment], out_dir: PathLike,
         return _write_segments(segments, out, wf)
 
 
+def config_file_name(mask: str) -> str:
+    """The flat graph file of one configuration in a bundle."""
+    return f"backbone_{mask}.onnx"
+
+
 def save_backbone_files(model, segments: Sequence[Segment], out_dir: PathLike,
                         graph_name: str = "backbone_shared.onnx",
-                        weights_name: str = "backbone.weights") -> Dict[str, object]:
-    """Both layouts against ONE weights file: the ``If`` graph (ONNX Runtime) and the segment files
-    (TensorRT engines, one per variant), all in ``out_dir``. Returns the file names and the per-segment
+                        weights_name: str = "backbone.weights",
+                        configs: Mapping[str, object] | None = None) -> Dict[str, object]:
+    """Every layout against ONE weights file: the ``If`` graph (ONNX Runtime), the segment files
+    (TensorRT engines, one per variant) and, given ``configs`` (mask -> flat graph, ``config_graphs``),
+    one flat graph per configuration, all in ``out_dir``. Returns the file names and the per-segment
     choice tables (configuration index -> variant), the data a manifest needs."""
     import onnx
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    config_files: Dict[str, Dict[str, object]] = {}
     with SharedWeightsFile(out / weights_name) as wf:
         onnx.save(_externalised_copy(model, wf), str(out / graph_name))
         files = _write_segments(segments, out, wf)
-    return {"graph": graph_name, "weights": weights_name,
+        for mask, flat in (configs or {}).items():
+            onnx.save(_externalised_copy(flat, wf), str(out / config_file_name(mask)))
+            config_files[mask] = {"file": config_file_name(mask), "inputs": [i.name for i in flat.graph.input]}
+    return {"graph": graph_name, "weights": weights_name, "configs": config_files,
             "per_config_bn": any(len(v.model.graph.input) > 1 for s in segments for v in s.variants),
             "segments": [{"name": s.name, "choice": list(s.choice), "files": files[s.name],
                           "degraded": [bool(v.degrade) for v in s.variants],
@@ -726,5 +768,5 @@ def initializer_bytes(model) -> int:
     """Bytes of the distinct initializers of a model (views ``<name>@<dims>`` counted once)."""
     seen: Dict[str, int] = {}
     for t in model.graph.initializer:
-        seen.setdefault(t.name.split("@", 1)[0], _tensor_bytes(t))
+        seen.setdefault(t.name.split("@", 1)[0], tensor_bytes(t))
     return sum(seen.values())

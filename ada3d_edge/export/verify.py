@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -84,25 +84,32 @@ def verify_backbone(path: PathLike, backbone: Backbone, mask: str, num_frames: i
     return worst
 
 
-def verify_shared_backbone(path: PathLike, backbone: Backbone, masks: Sequence[str], num_frames: int, crop: int,
-                           batch_sizes: Sequence[int] = BATCH_SIZES, rtol: float = RTOL, seed: int = 0,
-                           progress=None) -> float:
-    """Compare the one backbone graph, fed each mask as ``stage_mask`` on ONE session, with
-    ``backbone(clip, mask)`` at every T' of ``frame_counts`` and every batch size; returns the worst
-    difference. ``progress``: optional callable run after each configuration."""
-    session = ort_session(path, enable_mem_pattern=False)
+def verify_shared_backbone(path: PathLike | Mapping[str, PathLike], backbone: Backbone, masks: Sequence[str],
+                           num_frames: int, crop: int, batch_sizes: Sequence[int] = BATCH_SIZES, rtol: float = RTOL,
+                           seed: int = 0, progress=None) -> float:
+    """Compare the one backbone graph, fed each mask as ``stage_mask`` on ONE session (or, given a
+    mapping mask -> file, each configuration's flat graph), with ``backbone(clip, mask)`` at every T'
+    of ``frame_counts`` and every batch size; returns the worst difference. ``progress``: optional
+    callable run after each configuration."""
+    flat = isinstance(path, Mapping)
+    session = None if flat else ort_session(path, enable_mem_pattern=False)
     gen = torch.Generator().manual_seed(seed)
     backbone.eval()
     worst = 0.0
     for mask in masks:
+        where = Path(path[mask] if flat else path)
+        if flat:
+            session = ort_session(where, enable_mem_pattern=False)
+        takes_mask = BACKBONE_MASK_INPUT in {i.name for i in session.get_inputs()}
         feed_mask = np.asarray([int(c) for c in mask], np.int64)
         for t in frame_counts(num_frames):
             for b in batch_sizes:
                 clip = torch.randn(b, 3, t, crop, crop, generator=gen)
                 with torch.no_grad():
                     ref = backbone(clip, mask).double().numpy()
-                got = session.run([BACKBONE_OUTPUT], {BACKBONE_INPUT: clip.numpy(), BACKBONE_MASK_INPUT: feed_mask})[0]
-                worst = max(worst, _check(f"configuration {mask} ({Path(path).name})", f"T'={t}, batch={b}",
+                feeds = {BACKBONE_INPUT: clip.numpy(), **({BACKBONE_MASK_INPUT: feed_mask} if takes_mask else {})}
+                got = session.run([BACKBONE_OUTPUT], feeds)[0]
+                worst = max(worst, _check(f"configuration {mask} ({where.name})", f"T'={t}, batch={b}",
                                           got, ref, rtol))
         if progress is not None:
             progress()

@@ -31,9 +31,10 @@ class RunOptions:
     backend: str = "ort"
     device: str | None = None
     threshold: float | None = None
+    cap: float | None = None  # the predictor's frame cap (x Upper's GFLOPs a clip; None: off)
     threads: int | None = None
     spinning: bool | None = None
-    ort_layout: str = "graph"
+    ort_layout: str = "auto"
     hop: int | None = None
     max_batch: int = 4
     queue_size: int = 4
@@ -117,7 +118,7 @@ def run_streams(bundle_path: str | os.PathLike | None, sources: Sequence[SourceL
     if o.overlay is not None:
         check_overlay_path(o.overlay)
     owned = predictor is None
-    if o.ort_layout != "graph" and o.backend != "ort":
+    if o.ort_layout != "auto" and o.backend != "ort":
         raise ValueError(f"ort_layout {o.ort_layout!r} is an option of the ort backend, not {o.backend!r}")
     if owned:
         from .predictor import AdaptivePredictor
@@ -125,7 +126,7 @@ def run_streams(bundle_path: str | os.PathLike | None, sources: Sequence[SourceL
         pool = ({"intra_op_threads": o.threads, "allow_spinning": o.spinning, "layout": o.ort_layout}
                 if o.backend == "ort" else {})
         predictor = AdaptivePredictor(bundle_path, backend=o.backend, device=o.device,
-                                      threshold=o.threshold, max_batch=o.max_batch, **pool)
+                                      threshold=o.threshold, max_batch=o.max_batch, cap=o.cap, **pool)
     geometry = getattr(predictor, "manifest", predictor)
     num_frames, stride = int(geometry.num_frames), int(geometry.stride)
 

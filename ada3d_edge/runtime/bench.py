@@ -73,6 +73,7 @@ class BenchOptions:
     frames: Sequence[int] | None = None  # T' subset (None: 1..T)
     masks: Sequence[str] | None = None  # stage masks subset (None: all)
     passes: int = 1
+    cap: float | None = None  # the predictor's frame cap (``frame_cap``; None: off)
     memory: bool = True
     seed: int = 0
     progress: bool = False
@@ -83,6 +84,8 @@ class BenchOptions:
                 raise ValueError(f"--{name} must be >= {low}, got {getattr(self, name)}")
         if self.data and not self.root:
             raise ValueError("--data needs --root (the folder the list's paths start from)")
+        if self.cap is not None and not self.cap > 0:
+            raise ValueError(f"--cap must be > 0 (a multiple of Upper's GFLOPs), got {self.cap}")
 
 
 def _short(exc: BaseException) -> str:
@@ -208,17 +211,18 @@ BackendFactory = Callable[[], Backend]
 
 
 def backend_factory(backend: str | Backend | BackendFactory, device: str | None,
-                    threads: int | None) -> BackendFactory:
+                    threads: int | None, **ort_options: Any) -> BackendFactory:
     """A picklable zero-argument factory for the backend the bench measures.
 
     A kind makes that backend (ort with ``threads`` intra-op threads); a Backend instance is re-made
-    by its kind (for the memory probes, which run in fresh processes); a factory is kept. The torch
+    by its kind (for the memory probes, which run in fresh processes); a factory is kept.
+    ``ort_options``: more ort backend options (``layout``). The torch
     backend needs its modules: pass ``ada3d_edge.bench_torch.torch_backend_factory(checkpoint)``.
     """
     if isinstance(backend, Backend):
         backend = backend.kind
     if isinstance(backend, str):
-        options = {"intra_op_threads": threads} if backend == "ort" else {}
+        options = {"intra_op_threads": threads, **ort_options} if backend == "ort" else {}
         return functools.partial(make_backend, backend, device, **options)
     return backend
 
@@ -287,6 +291,7 @@ def bench_adaptive(predictor: AdaptivePredictor, clips: Iterable[Clip], passes: 
     out["adaptive"]["mean_frames"] = sums["adaptive"]["frames"] / n
     out["adaptive"]["mean_3d_stages"] = sums["adaptive"]["stages"] / n
     out["adaptive"]["chosen"] = dict(chosen.most_common())
+    out["adaptive"]["cap"] = predictor.cap
     return out
 
 
@@ -349,7 +354,11 @@ def memory_probe(bundle_path: str, which: str, factory: BackendFactory) -> dict[
         bundle = open_bundle(bundle_path, verify=False)
         t = bundle.manifest.num_frames
         names = bundle_model_names(bundle) if which == "all" else [BACKBONE_NAME]
-        errors = load_models(be, bundle, names, {})
+        if which == "upper" and getattr(be, "loads_backbone_from_bundle", False):  # ort: Upper's graph only
+            be.load_bundle_backbone(bundle, masks=[bundle.upper_mask])
+            errors = {}
+        else:
+            errors = load_models(be, bundle, names, {})
         make = input_maker(bundle)
         masks = bundle.masks if which == "all" else [bundle.upper_mask]
         jobs = ([Job(POLICY_NAME, t, 1)] if POLICY_NAME in names else []) + [
@@ -373,11 +382,12 @@ def memory_probe(bundle_path: str, which: str, factory: BackendFactory) -> dict[
             "gpu_peak_mb": gpu}
 
 
-def measure_memory(bundle_path: str, factory: BackendFactory, timeout: float = 900) -> dict[str, Any]:
+def measure_memory(bundle_path: str, factory: BackendFactory, timeout: float = 900,
+                   which_probes: Sequence[str] = ("upper", "all")) -> dict[str, Any]:
     """`memory_probe` for ``upper`` and ``all``, each in its own fresh (spawned) Python process."""
     out: dict[str, Any] = {}
     ctx = multiprocessing.get_context("spawn")
-    for which in ("upper", "all"):
+    for which in which_probes:
         try:
             with ctx.Pool(1) as pool:
                 out[which] = pool.apply_async(memory_probe, (str(bundle_path), which, factory)).get(timeout)
@@ -425,7 +435,7 @@ def run_bench(bundle_path: str | os.PathLike, backend: str | Backend | BackendFa
             adaptive_error = "bundle files failed verification: " + ", ".join(sorted(corrupt))
         else:
             try:
-                predictor = AdaptivePredictor(bundle, backend=be, warmup=False)
+                predictor = AdaptivePredictor(bundle, backend=be, warmup=False, cap=o.cap)
             except Exception as exc:  # noqa: BLE001
                 adaptive_error = _short(exc)
         load_errors = load_models(be, bundle, bundle_model_names(bundle), corrupt)

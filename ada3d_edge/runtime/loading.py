@@ -29,7 +29,7 @@ def load_bundle_model(backend: Backend, bundle: Bundle, name: str) -> FileEntry:
     """
     if name not in (POLICY_NAME, BACKBONE_NAME):
         raise ValueError(f"unknown bundle model {name!r}; expected {POLICY_NAME!r} or {BACKBONE_NAME!r}")
-    if name == BACKBONE_NAME and getattr(backend, "chains_segments", False):  # ort --ort-layout segments
+    if name == BACKBONE_NAME and getattr(backend, "loads_backbone_from_bundle", False):  # ort: its layout decides
         return backend.load_bundle_backbone(bundle)
     if backend.file_kind != "plan":
         entry = bundle.manifest.policy if name == POLICY_NAME else bundle.manifest.backbone

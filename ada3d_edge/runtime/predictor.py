@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import preprocess
+from ..frame_cap import apply_frame_cap, max_frames_table
 from ..bundle import (BACKBONE_INPUT, BACKBONE_MASK_INPUT, BACKBONE_NAME, BACKBONE_OUTPUT, POLICY_FEATURES,
                       POLICY_FEATURES_NAME, POLICY_INPUT, POLICY_NAME, Bundle, open_bundle)
 from ..masks import mask_to_str
@@ -133,17 +134,23 @@ class AdaptivePredictor:
         split_policy: run the bundle's split selection network (per-frame features, then heads;
             needed to reuse features on streams). None: whenever the bundle has one and the backend
             loads ONNX files; False: the whole ``policy``.
+        cap: keep at most the frames that hold each clip's GFLOPs, selection network included,
+            within ``cap`` x Upper's (``frame_cap``); None: the greedy actions as they are.
         backend_options: passed to ``make_backend`` (e.g. ``intra_op_threads`` for "ort").
     """
 
     def __init__(self, bundle: Bundle | str, backend: str | Backend = "ort", device: str | None = None,
                  threshold: float | None = None, warmup: bool = True, max_batch: int | None = None,
-                 split_policy: bool | None = None, **backend_options: Any) -> None:
+                 split_policy: bool | None = None, cap: float | None = None, **backend_options: Any) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
         self.manifest = m = self.bundle.manifest
         self.threshold = m.threshold if threshold is None else float(threshold)
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.cap = None if cap is None else float(cap)
+        self.max_frames = None if cap is None else max_frames_table(
+            self.bundle.masks, m.num_frames, self.bundle.gflops, self.bundle.policy_gflops(),
+            self.bundle.gflops(self.bundle.upper_mask, m.num_frames), self.cap)
         if max_batch is not None and int(max_batch) < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._owns_backend = not isinstance(backend, Backend)
@@ -227,6 +234,8 @@ class AdaptivePredictor:
             sp = np.concatenate([o["stage_probs"] for o in outs])
             ms = {"preprocess": (t1 - t0) * 1e3, "policy": (time.perf_counter() - t1) * 1e3}
         u, v = greedy_actions(fp, sp, self.threshold)
+        if self.max_frames is not None:
+            u = apply_frame_cap(u, fp, [mask_to_str(row) for row in v], self.max_frames)
         return u, v, fp, sp, ms
 
     def _split_policy_probs(self, crops: Sequence[np.ndarray], streams: Sequence[StreamFrames | None] | None
@@ -404,7 +413,8 @@ class AdaptivePredictor:
         """One line: bundle, arch, backend."""
         m = self.manifest
         return (f"{self.bundle.root} ({m.arch}, K={m.num_stages}, T={m.num_frames}, {len(m.classes)} classes) "
-                f"on {self.backend.describe()}, threshold {self.threshold}")
+                f"on {self.backend.describe()}, threshold {self.threshold}"
+                + (f", frame cap {self.cap:g}x Upper's GFLOPs" if self.cap is not None else ""))
 
     def close(self) -> None:
         """Close the backend if this predictor created it."""

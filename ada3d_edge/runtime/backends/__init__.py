@@ -49,10 +49,12 @@ BACKEND_KINDS = tuple(BACKENDS)
 # (one per core, spinning), and spinning workers had the worse p95 with 2 threads, idle and loaded.
 ORT_RUN_THREADS = 1
 ORT_RUN_SPINNING = False
-# What the ort backend runs as the backbone (`--ort-layout`): the one graph with an `If` per segment
-# (memory: about Upper's), or the segment files chained (the speed of per-configuration graphs on
-# CPU, 1.5-1.7x the memory; docs/shared-weights.md section 5).
-ORT_LAYOUTS = ("graph", "segments")
+# What the ort backend runs as the backbone (`--ort-layout`): `auto`, the layout the exporter measured
+# best within the memory budget (the manifest's `ort_layout`); the one graph with an `If` per segment
+# (memory: about Upper's); the segment files chained; or a flat graph per configuration (both: the
+# speed of per-configuration graphs on CPU, for private copies of the 2D weights;
+# docs/shared-weights.md sections 5 and 10).
+ORT_LAYOUTS = ("auto", "graph", "segments", "configs")
 
 
 def backend_kinds(runs_bundle: bool = False) -> list[str]:
