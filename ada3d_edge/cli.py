@@ -179,6 +179,10 @@ _CAP_OPTION = click.option(
     "--cap", "cap", type=click.FloatRange(0.0, min_open=True), default=None,
     help="Frame cap: keep at most the frames that hold a clip's GFLOPs, selection net included, within "
          "CAP x Upper's (1 = never costlier than Upper), dropping the least probable kept frames. Default: off.")
+_CAP_LUT_OPTION = click.option(
+    "--cap-lut", "cap_lut", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="Latency table of this bundle on this machine (`ada3d bench BUNDLE --lut FILE`): --cap then bounds "
+         "measured latency, selection net included, instead of GFLOPs.")
 _ORT_LAYOUT_OPTION = click.option(
     "--ort-layout", "ort_layout", type=click.Choice(list(_backends.ORT_LAYOUTS)), default="auto", show_default=True,
     help="ONNX Runtime only: 'auto' runs the layout the export measured best within the memory budget; "
@@ -201,6 +205,7 @@ _ORT_LAYOUT_OPTION = click.option(
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Greedy policy threshold (default: the bundle's).")
 @_CAP_OPTION
+@_CAP_LUT_OPTION
 @click.option("--hop", type=click.IntRange(1), default=None, help="Sampled frames between windows (default: T).")
 @click.option("--max-batch", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--queue", "queue_size", type=click.IntRange(1), default=4, show_default=True,
@@ -315,6 +320,7 @@ def _command_line(ctx: click.Context) -> str:
               help="Passes over the clips for adaptive vs Upper end to end.")
 @click.option("--batch", type=click.IntRange(1), default=4, show_default=True, help="Larger batch besides 1.")
 @_CAP_OPTION
+@_CAP_LUT_OPTION
 @click.option("--frames", callback=_int_list, default=None, help="T' subset, e.g. 1,4,8 (default: 1..T).")
 @click.option("--masks", callback=_str_list, default=None, help="Stage masks subset, e.g. 11,00 (default: all).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="ORT intra-op (or torch) threads.")
@@ -326,7 +332,7 @@ def _command_line(ctx: click.Context) -> str:
               help="Write the latency table of every (mask, T') normalised to Upper, for policy.cost=latency.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, repeats: int, warmup: int,
-              passes: int, batch: int, cap, frames, masks, threads, ort_layout: str, no_memory: bool, json_out,
+              passes: int, batch: int, cap, cap_lut, frames, masks, threads, ort_layout: str, no_memory: bool, json_out,
               plot_out, lut_out, quiet: bool) -> None:
     """Latency of every configuration and of adaptive inference against Upper, in one process."""
     from .runtime.backends import BACKENDS
@@ -368,7 +374,7 @@ def bench_cmd(bundle: str, backend: str, device, checkpoint, data, root, clips, 
         runner = functools.partial(make_backend, "ort", device, intra_op_threads=threads, layout=ort_layout)
     try:
         options = BenchOptions(data=data, root=root, clips=clips, repeats=repeats, warmup=warmup, batch=batch,
-                               frames=frames, masks=masks, passes=passes, cap=cap, memory=not no_memory,
+                               frames=frames, masks=masks, passes=passes, cap=cap, cap_lut=cap_lut, memory=not no_memory,
                                progress=not quiet)
         result = run_bench(bundle, runner, options, device=device, threads=threads, command=command,
                            log=lambda msg: click.echo(msg, err=True))

@@ -31,6 +31,8 @@ class LatencyLut:
     Attributes:
         arch, num_frames, crop_size, stages: the bundle's identity (what the table is valid for).
         upper_gflops: the bundle's Upper backbone GFLOPs at T (tells another width or depth apart).
+        selection_cost: the selection network's p50 latency / Upper's in the same run (None: not
+            measured; tables written before it), what ``frame_cap`` adds to each clip's cost.
         cost: ``{(mask, T'): latency / Upper's latency at T}``; ``cost[(upper, T)] == 1.0``.
         latency_ms: the measured p50 (batch 1) behind each cost.
         machine, backend, threads: where and how it was measured.
@@ -48,6 +50,7 @@ class LatencyLut:
     threads: Any = None
     source: Dict[str, Any] = field(default_factory=dict)
     upper_gflops: Optional[float] = None
+    selection_cost: Optional[float] = None
 
     @property
     def upper_mask(self) -> str:
@@ -57,7 +60,7 @@ class LatencyLut:
         keys = sorted(self.cost, key=lambda k: (k[0], k[1]))
         return {"format": LUT_FORMAT, "version": LUT_VERSION, "arch": self.arch, "num_frames": self.num_frames,
                 "crop_size": self.crop_size, "stages": list(self.stages), "upper_mask": self.upper_mask,
-                "upper_gflops": self.upper_gflops,
+                "upper_gflops": self.upper_gflops, "selection_cost": self.selection_cost,
                 "statistic": "p50 latency at batch 1 / Upper's (all stages 3D, T frames) in the same run",
                 "machine": self.machine, "backend": self.backend, "threads": self.threads, "source": self.source,
                 "entries": [{"mask": m, "frames": f, "cost": self.cost[(m, f)],
@@ -84,7 +87,8 @@ def lut_from_bench(result: Mapping[str, Any]) -> LatencyLut:
                       cost={k: v / ref for k, v in p50.items()}, latency_ms=p50, machine=mc,
                       backend=str(mc.get("backend_detail") or mc.get("backend", "")), threads=mc.get("threads"),
                       source={"bundle": result.get("bundle"), "command": result.get("command")},
-                      upper_gflops=(result.get("upper") or {}).get("gflops"))
+                      upper_gflops=(result.get("upper") or {}).get("gflops"),
+                      selection_cost=(result.get("policy") or {}).get("fraction_of_upper"))
 
 
 def write_lut(lut: LatencyLut, path: Union[str, os.PathLike]) -> Path:
@@ -130,7 +134,8 @@ def read_lut(path: Union[str, os.PathLike]) -> LatencyLut:
                          crop_size=int(data["crop_size"]), stages=tuple(data["stages"]), cost=cost, latency_ms=lat,
                          machine=dict(data.get("machine") or {}), backend=str(data.get("backend", "")),
                          threads=data.get("threads"), source=dict(data.get("source") or {}),
-                         upper_gflops=None if data.get("upper_gflops") is None else float(data["upper_gflops"]))
+                         upper_gflops=None if data.get("upper_gflops") is None else float(data["upper_gflops"]),
+                         selection_cost=None if data.get("selection_cost") is None else float(data["selection_cost"]))
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"latency table {path} is malformed ({type(e).__name__}: {e}); "
                          "write it again with `ada3d bench BUNDLE --lut`") from None

@@ -1,6 +1,6 @@
 """The demo model's latency table: `ada3d bench` on the demo bundle, results in benchmarks/results/.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/latency_demo.py BUNDLE [--data LIST --root R] [--threads 2]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/latency_demo.py BUNDLE [--data LIST --root R] [--threads 2] [--cap 1 --cap-lut LUT]
 Writes latency_ort_cpu_demo.{json,md,png}: the `ada3d bench` console table, with the command and machine.
 """
 from __future__ import annotations
@@ -24,11 +24,14 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--cap", type=float, default=None, help="The predictor's frame cap (ada3d bench --cap).")
+    ap.add_argument("--cap-lut", default=None, help="Its latency table (ada3d bench --cap-lut).")
     ap.add_argument("--name", default="latency_ort_cpu_demo")
     args = ap.parse_args()
     cmd = command_line()
     options = BenchOptions(data=args.data, root=args.root, clips=args.clips, repeats=args.repeats,
-                           warmup=args.warmup, passes=args.passes, batch=args.batch)
+                           warmup=args.warmup, passes=args.passes, batch=args.batch, cap=args.cap,
+                           cap_lut=args.cap_lut)
     r = run_bench(args.bundle, "ort", options, threads=args.threads, command=cmd, log=print).to_json()
     out = RESULTS / args.name
     write_json(r, out.with_suffix(".json"))

@@ -59,3 +59,38 @@ def test_cli_cap_is_checked_and_reported(bundle, tmp_path):
                                "--frames", "1,4", "--no-memory", "--quiet"])
     assert res.exit_code == 0, res.output
     assert "frame cap: at most 1x Upper's GFLOPs a clip" in res.output
+
+
+def _lut(bundle, tmp_path, selection_cost=0.12, arch="fake_tiny"):
+    from ada3d_edge.latency_lut import LatencyLut, write_lut
+    from ada3d_edge.masks import all_masks
+
+    per_frame = {"00": 0.15, "01": 0.24, "10": 0.22, "11": 0.25}  # 11 at T=4 is 1.0
+    lut = LatencyLut(arch=arch, num_frames=4, crop_size=16, stages=("res4", "res5"),
+                     cost={(m, t): per_frame[m] * t for m in all_masks(2) for t in range(1, 5)},
+                     selection_cost=selection_cost)
+    return write_lut(lut, tmp_path / f"lut_{arch}_{selection_cost}.json")
+
+
+def test_cap_on_measured_latency_uses_the_table_and_its_selection_cost(bundle, tmp_path):
+    from ada3d_edge.latency_lut import read_lut
+
+    path = _lut(bundle, tmp_path)
+    assert read_lut(path).selection_cost == 0.12
+    with AdaptivePredictor(bundle, cap=1.0, cap_lut=str(path), warmup=False) as p:
+        # 0.12 + cost <= 1: 11 -> 3 frames (0.75), 01 -> 3 (0.72; 4 would be 0.96 + 0.12), 10 -> 4 (0.88), 00 -> 4
+        assert p.max_frames == {"00": 4, "01": 3, "10": 4, "11": 3}
+        assert "frame cap 1x Upper's measured latency" in p.describe()
+    with pytest.raises(ValueError, match="no selection_cost"):
+        AdaptivePredictor(bundle, cap=1.0, cap_lut=str(_lut(bundle, tmp_path, None)), warmup=False)
+    with pytest.raises(ValueError, match="arch other"):
+        AdaptivePredictor(bundle, cap=1.0, cap_lut=str(_lut(bundle, tmp_path, arch="other")), warmup=False)
+
+
+def test_cli_cap_lut_errors(bundle, tmp_path):
+    runner = CliRunner()
+    path = _lut(bundle, tmp_path, arch="other")
+    res = runner.invoke(main, ["bench", str(bundle), "--cap-lut", str(path), "--no-memory"])
+    assert res.exit_code == 1 and "--cap-lut is the latency table of --cap" in res.output
+    res = runner.invoke(main, ["bench", str(bundle), "--cap", "1", "--cap-lut", str(path), "--no-memory"])
+    assert res.exit_code == 1 and "the table is for arch other" in res.output and "Traceback" not in res.output

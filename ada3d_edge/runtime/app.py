@@ -32,6 +32,7 @@ class RunOptions:
     device: str | None = None
     threshold: float | None = None
     cap: float | None = None  # the predictor's frame cap (x Upper's GFLOPs a clip; None: off)
+    cap_lut: str | None = None  # a latency table for it (`ada3d bench --lut`): bound measured latency
     threads: int | None = None
     spinning: bool | None = None
     ort_layout: str = "auto"
@@ -118,6 +119,8 @@ def run_streams(bundle_path: str | os.PathLike | None, sources: Sequence[SourceL
     if o.overlay is not None:
         check_overlay_path(o.overlay)
     owned = predictor is None
+    if o.cap_lut and o.cap is None:
+        raise ValueError("cap_lut is the latency table of the frame cap: give cap (--cap) too")
     if o.ort_layout != "auto" and o.backend != "ort":
         raise ValueError(f"ort_layout {o.ort_layout!r} is an option of the ort backend, not {o.backend!r}")
     if owned:
@@ -126,7 +129,8 @@ def run_streams(bundle_path: str | os.PathLike | None, sources: Sequence[SourceL
         pool = ({"intra_op_threads": o.threads, "allow_spinning": o.spinning, "layout": o.ort_layout}
                 if o.backend == "ort" else {})
         predictor = AdaptivePredictor(bundle_path, backend=o.backend, device=o.device,
-                                      threshold=o.threshold, max_batch=o.max_batch, cap=o.cap, **pool)
+                                      threshold=o.threshold, max_batch=o.max_batch, cap=o.cap,
+                                      cap_lut=o.cap_lut, **pool)
     geometry = getattr(predictor, "manifest", predictor)
     num_frames, stride = int(geometry.num_frames), int(geometry.stride)
 

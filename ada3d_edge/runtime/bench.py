@@ -74,6 +74,7 @@ class BenchOptions:
     masks: Sequence[str] | None = None  # stage masks subset (None: all)
     passes: int = 1
     cap: float | None = None  # the predictor's frame cap (``frame_cap``; None: off)
+    cap_lut: str | None = None  # its latency table (None: the cap bounds GFLOPs)
     memory: bool = True
     seed: int = 0
     progress: bool = False
@@ -86,6 +87,8 @@ class BenchOptions:
             raise ValueError("--data needs --root (the folder the list's paths start from)")
         if self.cap is not None and not self.cap > 0:
             raise ValueError(f"--cap must be > 0 (a multiple of Upper's GFLOPs), got {self.cap}")
+        if self.cap_lut and self.cap is None:
+            raise ValueError("--cap-lut is the latency table of --cap: give --cap too")
 
 
 def _short(exc: BaseException) -> str:
@@ -291,7 +294,7 @@ def bench_adaptive(predictor: AdaptivePredictor, clips: Iterable[Clip], passes: 
     out["adaptive"]["mean_frames"] = sums["adaptive"]["frames"] / n
     out["adaptive"]["mean_3d_stages"] = sums["adaptive"]["stages"] / n
     out["adaptive"]["chosen"] = dict(chosen.most_common())
-    out["adaptive"]["cap"] = predictor.cap
+    out["adaptive"]["cap"], out["adaptive"]["cap_basis"] = predictor.cap, predictor.cap_basis
     return out
 
 
@@ -423,6 +426,11 @@ def run_bench(bundle_path: str | os.PathLike, backend: str | Backend | BackendFa
     t = bundle.manifest.num_frames
     masks = _subset(o.masks, bundle.masks, "--masks")
     frames = sorted(_subset(o.frames, list(range(1, t + 1)), "--frames"), reverse=True)
+    if o.cap_lut:  # a table of another model fails now, not as the adaptive section's status
+        from ..latency_lut import load_checked_lut
+
+        m = bundle.manifest
+        load_checked_lut(o.cap_lut, m.arch, m.num_frames, m.num_stages, m.crop_size)
     # clips first: a bad --data fails before minutes of timing
     clip_set = list_clips(bundle, o.data, o.root, o.clips, say) if o.data else generated_clips(bundle, o.clips or 16, o.seed)
     corrupt = check_files(bundle)
@@ -435,7 +443,7 @@ def run_bench(bundle_path: str | os.PathLike, backend: str | Backend | BackendFa
             adaptive_error = "bundle files failed verification: " + ", ".join(sorted(corrupt))
         else:
             try:
-                predictor = AdaptivePredictor(bundle, backend=be, warmup=False, cap=o.cap)
+                predictor = AdaptivePredictor(bundle, backend=be, warmup=False, cap=o.cap, cap_lut=o.cap_lut)
             except Exception as exc:  # noqa: BLE001
                 adaptive_error = _short(exc)
         load_errors = load_models(be, bundle, bundle_model_names(bundle), corrupt)

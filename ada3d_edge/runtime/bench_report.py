@@ -285,7 +285,8 @@ def format_table(result: ResultLike) -> str:
                   f"{_f(up['accuracy'], '.3f'):>6}",
                   f"{'adaptive':>9} {ad['gflops']:>8.3f} {a['mean']:>9.2f} {a['p50']:>9.2f} {a['p95']:>9.2f} "
                   f"{_f(ad['accuracy'], '.3f'):>6}"
-                  + (f"  (frame cap: at most {ad['cap']:g}x Upper's GFLOPs a clip)" if ad.get("cap") else ""),
+                  + (f"  (frame cap: at most {ad['cap']:g}x Upper's {ad.get('cap_basis') or 'GFLOPs'} a clip)"
+                     if ad.get("cap") else ""),
                   f"adaptive against Upper: latency {saving_phrase(ad['latency_saving'])}, GFLOPs "
                   f"{saving_phrase(ad['gflops_saving'])} (efficiency {_efficiency(ad['saving_efficiency'])}); "
                   f"mean frames {ad['mean_frames']:.2f}, mean 3D stages {ad['mean_3d_stages']:.2f}; adaptive parts ms "

@@ -16,7 +16,8 @@ from .app import RunOptions, StreamSource
 from .sources import SourceOptions
 
 # config key -> RunOptions field (the CLI's names, as in `ada3d run --help`)
-RUN_KEYS = {"backend": "backend", "device": "device", "threshold": "threshold", "cap": "cap", "threads": "threads",
+RUN_KEYS = {"backend": "backend", "device": "device", "threshold": "threshold", "cap": "cap", "cap_lut": "cap_lut",
+            "threads": "threads",
             "spin": "spinning", "ort_layout": "ort_layout", "hop": "hop", "max_batch": "max_batch", "queue": "queue_size",
             "jsonl": "jsonl", "overlay": "overlay", "show": "show", "topk": "topk",
             "max_windows": "max_windows", "duration": "duration"}

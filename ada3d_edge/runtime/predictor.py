@@ -136,21 +136,24 @@ class AdaptivePredictor:
             loads ONNX files; False: the whole ``policy``.
         cap: keep at most the frames that hold each clip's GFLOPs, selection network included,
             within ``cap`` x Upper's (``frame_cap``); None: the greedy actions as they are.
+        cap_lut: a latency table (``ada3d bench --lut``; path or ``LatencyLut``) measured on this
+            machine: the cap then bounds measured latency (the table's costs and selection cost)
+            instead of GFLOPs.
         backend_options: passed to ``make_backend`` (e.g. ``intra_op_threads`` for "ort").
     """
 
     def __init__(self, bundle: Bundle | str, backend: str | Backend = "ort", device: str | None = None,
                  threshold: float | None = None, warmup: bool = True, max_batch: int | None = None,
-                 split_policy: bool | None = None, cap: float | None = None, **backend_options: Any) -> None:
+                 split_policy: bool | None = None, cap: float | None = None, cap_lut: Any = None,
+                 **backend_options: Any) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
         self.manifest = m = self.bundle.manifest
         self.threshold = m.threshold if threshold is None else float(threshold)
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         self.cap = None if cap is None else float(cap)
-        self.max_frames = None if cap is None else max_frames_table(
-            self.bundle.masks, m.num_frames, self.bundle.gflops, self.bundle.policy_gflops(),
-            self.bundle.gflops(self.bundle.upper_mask, m.num_frames), self.cap)
+        self.cap_basis = None if cap is None else ("GFLOPs" if cap_lut is None else "measured latency")
+        self.max_frames = None if cap is None else self._cap_table(self.cap, cap_lut)
         if max_batch is not None and int(max_batch) < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._owns_backend = not isinstance(backend, Backend)
@@ -165,6 +168,22 @@ class AdaptivePredictor:
         except BaseException:
             self.close()
             raise
+
+    def _cap_table(self, cap: float, cap_lut: Any) -> dict[str, int]:
+        """``frame_cap.max_frames_table`` on the manifest's GFLOPs, or on a latency table of this bundle."""
+        m, b = self.manifest, self.bundle
+        if cap_lut is None:
+            return max_frames_table(b.masks, m.num_frames, b.gflops, b.policy_gflops(),
+                                    b.gflops(b.upper_mask, m.num_frames), cap)
+        from ..latency_lut import LatencyLut, check_lut, read_lut
+
+        lut = cap_lut if isinstance(cap_lut, LatencyLut) else read_lut(cap_lut)
+        check_lut(lut, m.arch, m.num_frames, m.num_stages, m.crop_size, where="cap_lut")
+        if lut.selection_cost is None:
+            raise ValueError("cap_lut: the latency table has no selection_cost (written before it); write it "
+                             "again with `ada3d bench BUNDLE --lut FILE`")
+        return max_frames_table(b.masks, m.num_frames, lambda mask, t: lut.cost[(mask, t)], lut.selection_cost,
+                                1.0, cap)
 
     # -- start-up -------------------------------------------------------------------------------
     def _load_all(self) -> None:
@@ -414,7 +433,7 @@ class AdaptivePredictor:
         m = self.manifest
         return (f"{self.bundle.root} ({m.arch}, K={m.num_stages}, T={m.num_frames}, {len(m.classes)} classes) "
                 f"on {self.backend.describe()}, threshold {self.threshold}"
-                + (f", frame cap {self.cap:g}x Upper's GFLOPs" if self.cap is not None else ""))
+                + (f", frame cap {self.cap:g}x Upper's {self.cap_basis}" if self.cap is not None else ""))
 
     def close(self) -> None:
         """Close the backend if this predictor created it."""
