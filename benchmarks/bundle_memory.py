@@ -38,7 +38,7 @@ def export_full_bundle(arch: str, out: Path, calibrated: bool, fold: str = "auto
     from ada3d_edge.bundle import Manifest, PolicyEntry, write_manifest
     from ada3d_edge.export.exporter import backbone_entry
     from ada3d_edge.export.onnx_export import export_backbone, export_policy
-    from ada3d_edge.export.shared_graph import build_shared_backbone, save_backbone_files
+    from ada3d_edge.export.shared_graph import build_shared_backbone, config_graphs, save_backbone_files
     from ada3d_edge.flops import selection_macs
     from ada3d_edge.models import SelectionNet, all_masks, build_backbone
 
@@ -63,7 +63,7 @@ def export_full_bundle(arch: str, out: Path, calibrated: bool, fold: str = "auto
 
     folds, layout_choice = resolve_folds(backbone, CROP, 17, T, fold)
     graph, segments = build_shared_backbone(backbone, CROP, 17, folds, num_frames=T)
-    info = save_backbone_files(graph, segments, out)
+    info = save_backbone_files(graph, segments, out, configs=config_graphs(segments, k, 400, CROP))
     export_s = time.time() - t0
     del graph, segments
     pol = selection_macs(sel.spec, frames=T, size=POLICY, num_stages=k, num_frames_out=T) / T / 1e9
