@@ -175,3 +175,14 @@ def test_export_measures_the_layout_by_default_and_cli_takes_it(ckpt, tmp_path):
     assert m.backbone.ort_layout == "graph" and m.layout_choice["ort_layout"]["method"] == "fixed"
     res = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(tmp_path / "x"), "--ort-layout", "tiles"])
     assert res.exit_code == 2 and "tiles" in res.output and not (tmp_path / "x").exists()
+
+
+def test_a_failed_memory_probe_keeps_the_one_graph_and_says_why(bundle):
+    b = open_bundle(bundle)
+    flat = {c.mask: bundle / c.file for c in b.manifest.backbone.config_graphs}
+
+    def broken(d, layout, which):
+        raise RuntimeError("memory probe of the graph layout (upper) failed: cannot spawn")
+
+    c = layout_measure.measure_layout(bundle, bundle / b.manifest.backbone.file, flat, 2, T, CROP, memory=broken)
+    assert c.layout == "graph" and "memory not measured" in c.reason and "cannot spawn" in c.reason

@@ -87,14 +87,22 @@ def measure_layout(bundle_dir: Path, graph: Path, flat: Mapping[str, Path], num_
 
     probe = memory or (lambda d, layout, which: _pss(d, layout, which, timeout))
     choice = LayoutChoice("graph", "", estimate_mib=round(flat_private_mib(flat), 3))
-    upper = probe(bundle_dir, "graph", "upper")
+    try:
+        upper = probe(bundle_dir, "graph", "upper")
+    except RuntimeError as exc:  # e.g. a script without `if __name__ == "__main__":` cannot spawn the probe
+        choice.reason = f"memory not measured ({exc}); the one graph kept"
+        return choice
     choice.pss_mib = {"graph_upper": upper}
     room = (MEMORY_BUDGET - 1.0) * upper
     if choice.estimate_mib > room:
         choice.reason = (f"flat graphs would hold about {choice.estimate_mib:.0f} MiB of private 2D weights, "
                          f"more than the {room:.0f} MiB that {MEMORY_BUDGET}x Upper's memory leaves")
         return choice
-    choice.pss_mib["configs_all"] = probe(bundle_dir, "configs", "all")
+    try:
+        choice.pss_mib["configs_all"] = probe(bundle_dir, "configs", "all")
+    except RuntimeError as exc:
+        choice.reason = f"memory of the flat graphs not measured ({exc}); the one graph kept"
+        return choice
     choice.memory_ratio = round(choice.pss_mib["configs_all"] / upper, 3)
     if choice.memory_ratio > MEMORY_BUDGET:
         choice.reason = f"flat graphs take {choice.memory_ratio:.2f}x Upper's memory (budget {MEMORY_BUDGET}x)"
