@@ -29,6 +29,9 @@ def main() -> None:
     ap.add_argument("--fold", default="measure")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--work", default="/tmp/ada3d_configs_layout")
+    ap.add_argument("--estimate-only", action="store_true",
+                    help="Stop where the exporter does when the estimate cannot fit: the estimate and the one "
+                         "graph's Upper-alone PSS only (i3d_r50's 32 flat graphs are not loaded)")
     args = ap.parse_args()
 
     from bundle_memory import export_full_bundle
@@ -50,6 +53,28 @@ def main() -> None:
            "disk_mib": {"graph": (out / m.backbone.file).stat().st_size / 2 ** 20,
                         "weights": (out / m.backbone.weights.file).stat().st_size / 2 ** 20,
                         "config_graphs": sum(p.stat().st_size for p in flat.values()) / 2 ** 20}}
+    if args.estimate_only:
+        upper_pss = lm._pss(out, "graph", "upper", 1800)
+        room = (lm.MEMORY_BUDGET - 1) * upper_pss
+        res.update({"pss_mib": {"graph_upper": upper_pss}, "room_mib": room,
+                    "choice": "graph" if res["estimate_mib"] > room else "measure further"})
+        info = machine_info(OrtBackend(intra_op_threads=1), 1)
+        cmd = command_line()
+        res.update({"command": cmd, "machine": info})
+        name = RESULTS / f"ort_configs_layout_{args.arch}_estimate"
+        name.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+        lines = [f"# ONNX Runtime layouts at full size, the exporter's first step ({args.arch})", "",
+                 f"Command: `{cmd}`", "", *machine_lines(info),
+                 f"- random-init `{args.arch}` @224, T=8, `--fold {args.fold}`; export {export_s:.0f} s; "
+                 f"{len(flat)} flat graphs, {res['disk_mib']['config_graphs']:.2f} MiB on disk beside "
+                 f"{res['disk_mib']['weights']:.1f} MiB of weights", "",
+                 f"- estimated private 2D weights of the flat graphs: {res['estimate_mib']:.1f} MiB",
+                 f"- PSS of the one graph running Upper alone (fresh process): {upper_pss:.1f} MiB; room within "
+                 f"{lm.MEMORY_BUDGET}x: {room:.1f} MiB",
+                 f"- the exporter's decision at this step: **{res['choice']}**"]
+        name.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     pss = {}
     for layout in ("graph", "configs"):
         for which in ("upper", "all"):
