@@ -285,10 +285,6 @@ class BackboneEntry(FileEntry):
                    configs=list(configs), segments=list(segments), bn_per_config=bool(bn_per_config),
                    ort_session=ort_session or OrtSessionOptions(), config_graphs=flat, ort_layout=ort_layout)
 
-    def config_graph(self, mask: str) -> ConfigGraphEntry | None:
-        """The flat graph of ``mask``, if the bundle has them."""
-        return next((c for c in self.config_graphs if c.mask == mask), None)
-
     @classmethod
     def from_dict(cls, data: Any, source: str) -> "BackboneEntry":
         if not isinstance(data, Mapping):

@@ -145,22 +145,37 @@ def read_lut(path: Union[str, os.PathLike]) -> LatencyLut:
     return lut
 
 
+# What the table is checked against, in the words of its errors: a training recipe (policy.cost_lut)
+# or the bundle it caps at run time (--cap-lut).
+_AGAINST = {
+    "recipe": {"model": "the recipe trains {arch} at T={t}",
+               "crop": "the recipe evaluates at data.test_crop={crop}; bench a bundle exported from this recipe",
+               "size": "the recipe builds one of {gflops:.4g} (other widths or depths); bench a bundle exported "
+                       "from this recipe"},
+    "bundle": {"model": "the bundle runs {arch} at T={t}",
+               "crop": "the bundle runs at crop {crop}; write the table with `ada3d bench` of this bundle",
+               "size": "the bundle's Upper is {gflops:.4g} (other widths or depths); write the table with "
+                       "`ada3d bench` of this bundle"},
+}
+
+
 def check_lut(lut: LatencyLut, arch: str, num_frames: int, num_stages: int, crop_size: Optional[int] = None,
-              upper_gflops: Optional[float] = None, where: str = "policy.cost_lut") -> None:
+              upper_gflops: Optional[float] = None, where: str = "policy.cost_lut", against: str = "recipe") -> None:
     """Refuse a table measured for another model: arch, T (crop, Upper's GFLOPs) must match, every (mask, T')
-    present."""
+    present. ``against``: "recipe" (training) or "bundle" (the runtime's frame cap), for the errors' words."""
     name = lut.source.get("path") or where
+    say = _AGAINST[against]
     if lut.arch != arch or lut.num_frames != int(num_frames):
-        raise ValueError(f"{where} {name}: the table is for arch {lut.arch} at T={lut.num_frames}, the recipe trains "
-                         f"{arch} at T={num_frames}; measure this model's bundle with `ada3d bench BUNDLE --lut FILE`")
+        raise ValueError(f"{where} {name}: the table is for arch {lut.arch} at T={lut.num_frames}, "
+                         f"{say['model'].format(arch=arch, t=num_frames)}; measure this model's bundle with "
+                         "`ada3d bench BUNDLE --lut FILE`")
     if crop_size is not None and lut.crop_size != int(crop_size):
-        raise ValueError(f"{where} {name}: the table was measured at crop {lut.crop_size}, the recipe evaluates at "
-                         f"data.test_crop={crop_size}; bench a bundle exported from this recipe")
+        raise ValueError(f"{where} {name}: the table was measured at crop {lut.crop_size}, "
+                         f"{say['crop'].format(crop=crop_size)}")
     if upper_gflops is not None and lut.upper_gflops is not None \
             and abs(lut.upper_gflops - upper_gflops) > 0.01 * upper_gflops:
         raise ValueError(f"{where} {name}: the table was measured on a {arch} of {lut.upper_gflops:.4g} GFLOPs (Upper), "
-                         f"the recipe builds one of {upper_gflops:.4g} (other widths or depths); bench a bundle "
-                         "exported from this recipe")
+                         f"{say['size'].format(gflops=upper_gflops)}")
     want = [(m, f) for m in all_masks(num_stages) for f in range(1, int(num_frames) + 1)]
     missing = [f"{m}/T'={f}" for m, f in want if (m, f) not in lut.cost]
     if missing:
@@ -173,9 +188,10 @@ def check_lut(lut: LatencyLut, arch: str, num_frames: int, num_stages: int, crop
 
 
 def load_checked_lut(path: Union[str, os.PathLike], arch: str, num_frames: int, num_stages: int,
-                     crop_size: Optional[int] = None, upper_gflops: Optional[float] = None) -> LatencyLut:
+                     crop_size: Optional[int] = None, upper_gflops: Optional[float] = None,
+                     where: str = "policy.cost_lut", against: str = "recipe") -> LatencyLut:
     """`read_lut` then `check_lut`, the error naming the file."""
     lut = read_lut(path)
     lut.source["path"] = str(path)
-    check_lut(lut, arch, num_frames, num_stages, crop_size, upper_gflops)
+    check_lut(lut, arch, num_frames, num_stages, crop_size, upper_gflops, where, against)
     return lut

@@ -90,3 +90,22 @@ def make_checkpoint(path: Path, arch: str = "slow_tiny", num_frames: int = 4, cr
     return save_checkpoint(path, {"model_config": cfg.to_dict(), "data": data, "stage": "joint", "epoch": 0,
                                   "step": 0, "model": model.state_dict(), "optimizer": None,
                                   "scheduler": None, "metrics": {}, "rng": None})
+
+
+def assert_backbone_equals(bundle, reference, backend, num_frames: int, crop: int, seed: int = 0) -> None:
+    """Every configuration of ``bundle`` at every T' of ``frame_counts`` and batch 1 and 2: the backbone
+    ``backend`` loaded (another ONNX Runtime layout) gives ``reference``'s logits (the one graph)."""
+    from ada3d_edge.bundle import BACKBONE_NAME
+    from ada3d_edge.export.verify import frame_counts
+    from ada3d_edge.runtime.predictor import stage_mask_feed
+
+    rng = np.random.default_rng(seed)
+    for mask in bundle.masks:
+        for t in frame_counts(num_frames):
+            for batch in (1, 2):
+                feeds = {"clip": rng.standard_normal((batch, 3, t, crop, crop)).astype(np.float32),
+                         "stage_mask": stage_mask_feed(mask)}
+                want = reference.run(BACKBONE_NAME, feeds)["logits"]
+                got = backend.run(BACKBONE_NAME, feeds)["logits"]
+                assert got.shape == want.shape == (batch, len(bundle.manifest.classes))
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{mask} T'={t} B={batch}")

@@ -19,8 +19,8 @@ from ada3d_edge.export.verify import frame_counts
 from ada3d_edge.runtime.backends import make_backend
 from ada3d_edge.runtime.backends.ort import OrtBackend
 from ada3d_edge.runtime.bench import memory_probe
-from ada3d_edge.runtime.predictor import AdaptivePredictor, stage_mask_feed
-from export_helpers import make_checkpoint, make_frames
+from ada3d_edge.runtime.predictor import AdaptivePredictor
+from export_helpers import assert_backbone_equals, make_checkpoint, make_frames
 
 T, CROP = 4, 32
 
@@ -50,16 +50,7 @@ def test_every_configuration_equals_the_one_graph(bundle):
     entry = b.manifest.backbone
     assert sorted(c.mask for c in entry.config_graphs) == b.masks and entry.ort_layout == "configs"
     assert all("stage_mask" in c.inputs for c in entry.config_graphs)
-    rng = np.random.default_rng(0)
-    for mask in b.masks:
-        for t in frame_counts(T):
-            for batch in (1, 2):
-                feeds = {"clip": rng.standard_normal((batch, 3, t, CROP, CROP)).astype(np.float32),
-                         "stage_mask": stage_mask_feed(mask)}
-                want = graph.run(BACKBONE_NAME, feeds)["logits"]
-                got = flat.run(BACKBONE_NAME, feeds)["logits"]
-                assert got.shape == want.shape == (batch, len(b.manifest.classes))
-                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{mask} T'={t} B={batch}")
+    assert_backbone_equals(b, graph, flat, T, CROP)
     assert "a graph per configuration" in flat.describe()
 
 

@@ -12,12 +12,11 @@ from click.testing import CliRunner
 from ada3d_edge.bundle import BACKBONE_NAME, open_bundle
 from ada3d_edge.cli import main
 from ada3d_edge.export.exporter import export_bundle
-from ada3d_edge.export.verify import frame_counts
 from ada3d_edge.runtime.app import RunOptions, run_streams
 from ada3d_edge.runtime.backends import make_backend
 from ada3d_edge.runtime.backends.ort import OrtBackend
 from ada3d_edge.runtime.predictor import AdaptivePredictor, stage_mask_feed
-from export_helpers import make_checkpoint, make_frames
+from export_helpers import assert_backbone_equals, make_checkpoint, make_frames
 
 T, CROP = 4, 32
 
@@ -41,16 +40,7 @@ def test_every_configuration_equals_the_one_graph(bundle):
     """Per-configuration BN tables included: the checkpoint is calibrated, so pieces take stage_mask."""
     b, graph, chain = _backends(bundle)
     assert any("stage_mask" in v.inputs for s in b.manifest.backbone.segments for v in s.variants)
-    rng = np.random.default_rng(0)
-    for mask in b.masks:
-        for t in frame_counts(T):
-            for batch in (1, 2):
-                feeds = {"clip": rng.standard_normal((batch, 3, t, CROP, CROP)).astype(np.float32),
-                         "stage_mask": stage_mask_feed(mask)}
-                want = graph.run(BACKBONE_NAME, feeds)["logits"]
-                got = chain.run(BACKBONE_NAME, feeds)["logits"]
-                assert got.shape == want.shape == (batch, len(b.manifest.classes))
-                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{mask} T'={t} B={batch}")
+    assert_backbone_equals(b, graph, chain, T, CROP)
     assert chain.input_names(BACKBONE_NAME) == ["clip", "stage_mask"]
     assert "segment files chained" in chain.describe()
     with pytest.raises(ValueError, match="takes inputs"):

@@ -174,7 +174,7 @@ def export_bundle(checkpoint: PathLike, out_dir: PathLike, opset: int = 17, veri
             backbone=backbone_entry(tmp, info, masks, spec, crop), policy_split=policy_split,
             versions=_versions(opset, fold_frames), layout_choice=layout_choice,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **fields)
-        write_manifest(tmp, manifest)
+        write_manifest(tmp, manifest)  # the layout's memory probes open the bundle: written first, then again
         if ort_layout == "measure":
             choice = measure_layout(tmp, tmp / info["graph"], flat_files, backbone.num_stages_3d, t, crop,
                                     threads_from_env(), measure_seconds, progress)

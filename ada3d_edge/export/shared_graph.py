@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..bundle import engine_name
 from ..models.backbone import Backbone, Bottleneck, Head
 from ..models.layers import TemporalConv
 from ..models.specs import all_masks
@@ -716,11 +717,6 @@ def save_segments(segments: Sequence[Segment], out_dir: PathLike,
         return _write_segments(segments, out, wf)
 
 
-def config_file_name(mask: str) -> str:
-    """The flat graph file of one configuration in a bundle."""
-    return f"backbone_{mask}.onnx"
-
-
 def save_backbone_files(model, segments: Sequence[Segment], out_dir: PathLike,
                         graph_name: str = "backbone_shared.onnx",
                         weights_name: str = "backbone.weights",
@@ -738,8 +734,9 @@ def save_backbone_files(model, segments: Sequence[Segment], out_dir: PathLike,
         onnx.save(_externalised_copy(model, wf), str(out / graph_name))
         files = _write_segments(segments, out, wf)
         for mask, flat in (configs or {}).items():
-            onnx.save(_externalised_copy(flat, wf), str(out / config_file_name(mask)))
-            config_files[mask] = {"file": config_file_name(mask), "inputs": [i.name for i in flat.graph.input]}
+            name = f"{engine_name(mask)}.onnx"
+            onnx.save(_externalised_copy(flat, wf), str(out / name))
+            config_files[mask] = {"file": name, "inputs": [i.name for i in flat.graph.input]}
     return {"graph": graph_name, "weights": weights_name, "configs": config_files,
             "per_config_bn": any(len(v.model.graph.input) > 1 for s in segments for v in s.variants),
             "segments": [{"name": s.name, "choice": list(s.choice), "files": files[s.name],

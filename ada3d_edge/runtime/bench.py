@@ -426,11 +426,13 @@ def run_bench(bundle_path: str | os.PathLike, backend: str | Backend | BackendFa
     t = bundle.manifest.num_frames
     masks = _subset(o.masks, bundle.masks, "--masks")
     frames = sorted(_subset(o.frames, list(range(1, t + 1)), "--frames"), reverse=True)
-    if o.cap_lut:  # a table of another model fails now, not as the adaptive section's status
+    cap_lut = None
+    if o.cap_lut:  # read once; a table of another model fails now, not as the adaptive section's status
         from ..latency_lut import load_checked_lut
 
         m = bundle.manifest
-        load_checked_lut(o.cap_lut, m.arch, m.num_frames, m.num_stages, m.crop_size)
+        cap_lut = load_checked_lut(o.cap_lut, m.arch, m.num_frames, m.num_stages, m.crop_size, where="--cap-lut",
+                                   against="bundle")
     # clips first: a bad --data fails before minutes of timing
     clip_set = list_clips(bundle, o.data, o.root, o.clips, say) if o.data else generated_clips(bundle, o.clips or 16, o.seed)
     corrupt = check_files(bundle)
@@ -443,7 +445,7 @@ def run_bench(bundle_path: str | os.PathLike, backend: str | Backend | BackendFa
             adaptive_error = "bundle files failed verification: " + ", ".join(sorted(corrupt))
         else:
             try:
-                predictor = AdaptivePredictor(bundle, backend=be, warmup=False, cap=o.cap, cap_lut=o.cap_lut)
+                predictor = AdaptivePredictor(bundle, backend=be, warmup=False, cap=o.cap, cap_lut=cap_lut)
             except Exception as exc:  # noqa: BLE001
                 adaptive_error = _short(exc)
         load_errors = load_models(be, bundle, bundle_model_names(bundle), corrupt)

@@ -175,12 +175,17 @@ class AdaptivePredictor:
         if cap_lut is None:
             return max_frames_table(b.masks, m.num_frames, b.gflops, b.policy_gflops(),
                                     b.gflops(b.upper_mask, m.num_frames), cap)
-        from ..latency_lut import LatencyLut, check_lut, read_lut
+        from ..latency_lut import LatencyLut, check_lut, load_checked_lut
 
-        lut = cap_lut if isinstance(cap_lut, LatencyLut) else read_lut(cap_lut)
-        check_lut(lut, m.arch, m.num_frames, m.num_stages, m.crop_size, where="cap_lut")
+        where = "--cap-lut"
+        if isinstance(cap_lut, LatencyLut):
+            lut = cap_lut
+            check_lut(lut, m.arch, m.num_frames, m.num_stages, m.crop_size, where=where, against="bundle")
+        else:
+            lut = load_checked_lut(cap_lut, m.arch, m.num_frames, m.num_stages, m.crop_size, where=where,
+                                   against="bundle")
         if lut.selection_cost is None:
-            raise ValueError("cap_lut: the latency table has no selection_cost (written before it); write it "
+            raise ValueError(f"{where}: the latency table has no selection_cost (written before it); write it "
                              "again with `ada3d bench BUNDLE --lut FILE`")
         return max_frames_table(b.masks, m.num_frames, lambda mask, t: lut.cost[(mask, t)], lut.selection_cost,
                                 1.0, cap)
