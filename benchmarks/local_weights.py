@@ -141,7 +141,8 @@ def main() -> None:
                 worst_up[lay] = max(worst_up[lay], (v / up, f"{m} T'={f}"))
             md.append(f"| {m} | {f} | " + " | ".join(cells) + " |")
     up_mem = mem["format 1, Upper alone"]["pss"]
-    md += ["", "| layout | worst / own format-1 graph | worst / Upper | PSS grown, all configs loaded and run (MiB) "
+    ran = "all configs" if len(masks) == 2 ** k else ", ".join(masks)
+    md += ["", f"| layout | worst / own format-1 graph | worst / Upper | PSS grown, graph loaded, {ran} run (MiB) "
            "| / format-1 Upper alone | USS (MiB) | disk / format-1 Upper file |", "|---|---|---|---|---|---|---|"]
     md.append(f"| format 1, Upper alone | 1.00 | 1.00 | {up_mem:.0f} | 1.00 | "
               f"{mem['format 1, Upper alone']['uss']:.0f} | 1.00 |")

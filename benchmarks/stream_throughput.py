@@ -14,9 +14,11 @@ what the scheduler could sustain with unlimited input. Servers are ours, started
 stopped by PID in ``finally``.
 
     OMP_NUM_THREADS=1 python benchmarks/stream_throughput.py --bundle runs/demo/bundle --streams 1,4 \
-        --duration 12 --out benchmarks/results/stream_throughput_cpu
+        --duration 12 --videos runs/demo/data/val.txt --out benchmarks/results/stream_throughput_cpu
 
 Without ``--bundle`` it writes the tiny fake bundle of the tests (tests/fake_bundle.py) to a temporary folder.
+With ``--videos`` the served clip is the data list's videos (``--per-class`` of each class, classes
+interleaved), so the adaptive policy sees the data's mix of classes; without it, a generated clip.
 """
 from __future__ import annotations
 
@@ -74,6 +76,35 @@ def write_clip(path: Path, frames: int, size: tuple[int, int], fps: float, seed:
     return path
 
 
+def clip_from_videos(path: Path, listing: Path, per_class: int, size: tuple[int, int], fps: float) -> tuple[Path, int]:
+    """An mp4 of ``per_class`` videos of every class in ``listing`` (``path label`` lines), classes
+    interleaved and each frame resized to ``size``, so a looped stream shows the data set's mix."""
+    by_class: dict[str, list[Path]] = {}
+    for line in listing.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rel, label = line.rsplit(maxsplit=1)
+            by_class.setdefault(label, []).append(listing.parent / rel)
+    order = [vids[i] for i in range(per_class) for vids in by_class.values() if i < len(vids)]
+    if not order:
+        raise SystemExit(f"Error: --videos {listing}: no 'path label' lines")
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    if not writer.isOpened():
+        raise RuntimeError(f"cv2.VideoWriter could not open {path}")
+    frames = 0
+    for video in order:
+        cap = cv2.VideoCapture(str(video))
+        ok, frame = cap.read()
+        if not ok:
+            raise SystemExit(f"Error: --videos: cannot read {video}")
+        while ok:
+            writer.write(cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR))
+            frames += 1
+            ok, frame = cap.read()
+        cap.release()
+    writer.release()
+    return path, frames
+
+
 def run_once(bundle: str, predictor: Any, clip: Path, streams: int, duration: float, hop: int,
              queue_size: int, max_batch: int) -> dict[str, Any]:
     """N fresh servers (``-listen 1`` serves one client each), one run_streams, servers stopped by PID."""
@@ -120,12 +151,12 @@ def report(res: dict[str, Any]) -> str:
              f"Written by `benchmarks/stream_throughput.py` (`{res['command']}`).", "",
              f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, no GPU; ONNX Runtime "
              f"{res['machine']['onnxruntime']}, 1 intra-op thread, OMP_NUM_THREADS={res['machine']['omp_num_threads']}. "
-             f"**The CPU was shared with other agents** (load average {res['machine']['load_start']} at the start, "
-             f"{res['machine']['load_end']} at the end); the stream servers (ffmpeg, libx264) and the decoding run on "
-             "the same 2 cores as inference.", "",
+             f"Load average {res['machine']['load_start']} at the start, {res['machine']['load_end']} at the end; the "
+             "stream servers (ffmpeg, libx264) and the decoding run on the same cores as inference.", "",
              f"Bundle: `{res['bundle']}` ({res['arch']}, T={res['num_frames']}, stride {res['stride']}, crop "
-             f"{res['crop_size']}). Each stream: ffmpeg serving a {s['clip_frames']}-frame {s['clip_size'][0]}x"
-             f"{s['clip_size'][1]} clip looped in real time at {s['fps']} fps over HTTP on 127.0.0.1; hop "
+             f"{res['crop_size']}). Each stream: ffmpeg serving a "
+             f"{s.get('clip', str(s['clip_frames']) + '-frame clip')} at {s['clip_size'][0]}x"
+             f"{s['clip_size'][1]}, looped in real time at {s['fps']} fps over HTTP on 127.0.0.1; hop "
              f"{s['hop']} sampled frames (T/2), so each stream offers {s['fps']:.0f} / ({res['stride']} x {s['hop']}) = "
              f"{s['fps'] / (res['stride'] * s['hop']):.2f} windows/s; queue {s['queue_size']} windows per stream "
              f"(oldest dropped when full), batches of up to {s['max_batch']}; {s['duration']} s per run.", "",
@@ -171,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--queue-size", type=int, default=4)
     ap.add_argument("--max-batch", type=int, default=4)
     ap.add_argument("--clip-size", default="96x72", help="WxH of the served clip (default 96x72).")
+    ap.add_argument("--videos", default=None, help="A data list (val.txt): serve its videos, --per-class of each "
+                    "class interleaved, instead of the generated clip.")
+    ap.add_argument("--per-class", type=int, default=2, help="Videos of each class in the --videos clip (default 2).")
     ap.add_argument("--out", default=None, help="Write OUT.md and OUT.json.")
     args = ap.parse_args(argv)
     if FFMPEG is None:
@@ -192,7 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictor = AdaptivePredictor(bundle, backend="ort", intra_op_threads=1, allow_spinning=False, max_batch=args.max_batch)
         m = predictor.manifest
         hop = args.hop or max(1, m.num_frames // 2)
-        clip = write_clip(Path(tmp) / "clip.mp4", frames=int(args.fps * 4), size=(w, h), fps=args.fps)
+        if args.videos:
+            clip, clip_frames = clip_from_videos(Path(tmp) / "clip.mp4", Path(args.videos), args.per_class, (w, h), args.fps)
+            clip_desc = f"{clip_frames}-frame clip of {args.per_class} videos per class of `{args.videos}`"
+        else:
+            clip_frames = int(args.fps * 4)
+            clip = write_clip(Path(tmp) / "clip.mp4", frames=clip_frames, size=(w, h), fps=args.fps)
+            clip_desc = f"{clip_frames}-frame generated clip (moving squares over noise)"
         rows = []
         try:
             for n in counts:
@@ -214,11 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
            "command": "OMP_NUM_THREADS=1 python benchmarks/stream_throughput.py " + " ".join(argv or sys.argv[1:]),
            "settings": {"streams": counts, "max_streams": max(counts), "duration": args.duration, "fps": args.fps,
                         "hop": hop, "queue_size": args.queue_size, "max_batch": args.max_batch,
-                        "clip_size": [w, h], "clip_frames": int(args.fps * 4)},
+                        "clip_size": [w, h], "clip_frames": clip_frames, "clip": clip_desc},
            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "os": platform.platform(),
                        "onnxruntime": onnxruntime.__version__, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                       "load_start": load_start, "load_end": " ".join(open("/proc/loadavg").read().split()[:3]),
-                       "shared": "the CPU was shared with other agents"},
+                       "load_start": load_start, "load_end": " ".join(open("/proc/loadavg").read().split()[:3])},
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
     text = report(res)
     print(text)

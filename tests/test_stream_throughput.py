@@ -49,4 +49,48 @@ def test_short_run_on_one_loopback_stream_counts_every_window(tmp_path: Path) ->
         r = row[mode]
         assert r["processed"] > 0 and r["processed"] + r["dropped"] + r["pending"] == r["offered"]
     assert set(row["upper"]["configurations"]) == {f"{'1' * len(STAGES)} T'={NUM_FRAMES}"}
-    assert "shared with other agents" in out.with_suffix(".md").read_text()
+    text = out.with_suffix(".md").read_text()
+    assert "Load average" in text and "generated clip" in text
+
+
+def _video(path: Path, colour: tuple[int, int, int], frames: int) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (32, 32))
+    for _ in range(frames):
+        writer.write(np.full((32, 32, 3), colour, np.uint8))
+    writer.release()
+
+
+def test_clip_from_videos_interleaves_the_classes_of_a_data_list(tmp_path: Path) -> None:
+    import cv2
+
+    mod = _module()
+    colours = {"a": (250, 0, 0), "b": (0, 0, 250)}  # BGR: a blue, b red
+    lines = []
+    for label, (name, colour) in enumerate(colours.items()):
+        for i in range(3):
+            rel = f"val/{name}/{name}_{i}.mp4"
+            _video(tmp_path / rel, colour, frames=4 + i)
+            lines.append(f"{rel} {label}")
+    listing = tmp_path / "val.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    clip, frames = mod.clip_from_videos(tmp_path / "clip.mp4", listing, per_class=2, size=(48, 40), fps=10)
+    assert frames == 4 + 4 + 5 + 5  # videos 0 and 1 of each class
+    cap = cv2.VideoCapture(str(clip))
+    blue = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        assert frame.shape == (40, 48, 3)
+        blue.append(bool(frame[..., 0].mean() > frame[..., 2].mean()))
+    assert blue == [True] * 4 + [False] * 4 + [True] * 5 + [False] * 5  # a0, b0, a1, b1
+
+
+def test_clip_from_videos_refuses_an_empty_list(tmp_path: Path) -> None:
+    listing = tmp_path / "val.txt"
+    listing.write_text("\n")
+    with pytest.raises(SystemExit, match="no 'path label' lines"):
+        _module().clip_from_videos(tmp_path / "clip.mp4", listing, 2, (32, 32), 10)
