@@ -120,7 +120,8 @@ class Timer:
 
 def demo_bundle(path: str | None, tmp: Path) -> tuple[Path, str]:
     if path and Path(path).is_dir():
-        return Path(path), f"`{path}`"
+        layout = open_bundle(path).manifest.backbone.ort_layout
+        return Path(path), f"`{path}` (ONNX Runtime layout `{layout}`)"
     import torch
 
     from ada3d_edge.export.exporter import export_bundle
@@ -151,6 +152,10 @@ def per_step(bundle: Path, clips: List[np.ndarray], rounds: int, warmup: int) ->
     t = m.num_frames
     upper = np.ones(t, bool)
     upper_mask = stage_mask_feed(pred.bundle.upper_mask)  # format 2: one backbone graph, the configuration is a feed
+    old_backbone, old_feeds = sessions["backbone"], {"stage_mask": upper_mask}
+    if hasattr(old_backbone, "sessions"):  # `--ort-layout configs`: Upper's own flat graph, no stage_mask input
+        old_backbone, takes_mask = old_backbone.sessions[pred.bundle.upper_mask]
+        old_feeds = old_feeds if takes_mask else {}
 
     def old(r: int) -> Dict[str, float]:
         frames = clips[r % len(clips)]
@@ -163,7 +168,7 @@ def per_step(bundle: Path, clips: List[np.ndarray], rounds: int, warmup: int) ->
         tm.lap("selection net")
         xc = np.stack([old_to_clip_tensor(crops[upper], m.mean, m.std)])
         tm.lap("backbone input")
-        logits = old_run(sessions["backbone"], {"clip": xc, "stage_mask": upper_mask})["logits"]
+        logits = old_run(old_backbone, {"clip": xc, **old_feeds})["logits"]
         tm.lap("backbone")
         logits_to_scores(logits)
         tm.lap("scores")

@@ -28,6 +28,7 @@ import io
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -145,6 +146,19 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def summary_line(streams: int, rows: list[dict[str, Any]]) -> str:
+    """Medians over the repeats of one stream count: capacity ratio, windows/s and drops of each mode."""
+    med = lambda mode, key: statistics.median(r[mode][key] or 0.0 for r in rows)
+    ratios = [r["adaptive"]["capacity_windows_per_s"] / r["upper"]["capacity_windows_per_s"] for r in rows
+              if r["adaptive"]["capacity_windows_per_s"] and r["upper"]["capacity_windows_per_s"]]
+    ratio = f"{statistics.median(ratios):.2f}x (runs: {', '.join(f'{x:.2f}' for x in ratios)})" if ratios else "-"
+    return (f"- {streams} stream(s), median of {len(rows)} run(s): adaptive capacity "
+            f"{med('adaptive', 'capacity_windows_per_s'):.1f} windows/s against Upper's "
+            f"{med('upper', 'capacity_windows_per_s'):.1f}, ratio {ratio}; processed {med('adaptive', 'windows_per_s'):.2f} "
+            f"vs {med('upper', 'windows_per_s'):.2f} windows/s, dropped {med('adaptive', 'dropped'):.0f} vs "
+            f"{med('upper', 'dropped'):.0f} windows per run.")
+
+
 def report(res: dict[str, Any]) -> str:
     s = res["settings"]
     lines = [f"# Stream throughput: adaptive vs Upper on {s['max_streams']} loopback stream(s) at most (CPU)", "",
@@ -163,28 +177,22 @@ def report(res: dict[str, Any]) -> str:
              "Upper = the same predictor forced to the all-3D mask on all T frames for every window (no selection "
              "network). Capacity = processed windows per second of busy inference (sum of batch times): what "
              "the scheduler sustains when input is unlimited.", "",
-             "| streams | mode | offered | processed | dropped | drop % | windows/s | busy % | capacity win/s | "
+             "Repeats alternate which mode runs first (repeat 0: adaptive first).", "",
+             "| streams | repeat | mode | offered | processed | dropped | drop % | windows/s | busy % | capacity win/s | "
              "latency p50 ms | p95 ms | configurations |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in res["rows"]:
         for mode in ("adaptive", "upper"):
             r = row[mode]
             lat = r["latency_ms"] or {}
             confs = ", ".join(f"{k}: {v}" for k, v in sorted(r["configurations"].items(), key=lambda kv: -kv[1])[:4])
-            lines.append(f"| {row['streams']} | {mode} | {r['offered']} | {r['processed']} | {r['dropped']} | "
+            lines.append(f"| {row['streams']} | {row.get('repeat', 0)} | {mode} | {r['offered']} | {r['processed']} | {r['dropped']} | "
                          f"{_fmt(r['drop_fraction'] and 100 * r['drop_fraction'], '.1f')} | {_fmt(r['windows_per_s'])} | "
                          f"{_fmt(r['busy_fraction'] and 100 * r['busy_fraction'], '.0f')} | "
                          f"{_fmt(r['capacity_windows_per_s'], '.1f')} | {_fmt(lat.get('p50'))} | {_fmt(lat.get('p95'))} | "
                          f"{confs} |")
     lines.append("")
-    for row in res["rows"]:
-        a, u = row["adaptive"], row["upper"]
-        if a["capacity_windows_per_s"] and u["capacity_windows_per_s"]:
-            lines.append(f"- {row['streams']} stream(s): adaptive capacity {a['capacity_windows_per_s']:.1f} windows/s "
-                         f"against Upper's {u['capacity_windows_per_s']:.1f} "
-                         f"({a['capacity_windows_per_s'] / u['capacity_windows_per_s']:.2f}x); processed "
-                         f"{a['windows_per_s']:.2f} vs {u['windows_per_s']:.2f} windows/s, dropped {a['dropped']} vs "
-                         f"{u['dropped']}.")
+    lines += [summary_line(n, [row for row in res["rows"] if row["streams"] == n]) for n in s["streams"]]
     errors = [e for row in res["rows"] for m in ("adaptive", "upper") for e in row[m]["errors"]]
     if errors:
         lines += ["", "Source errors: " + "; ".join(sorted(set(errors)))]
@@ -205,12 +213,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--videos", default=None, help="A data list (val.txt): serve its videos, --per-class of each "
                     "class interleaved, instead of the generated clip.")
     ap.add_argument("--per-class", type=int, default=2, help="Videos of each class in the --videos clip (default 2).")
+    ap.add_argument("--repeats", type=int, default=1, help="Runs of every stream count, the order of adaptive and "
+                    "Upper alternating (default 1); the summary takes medians over them.")
     ap.add_argument("--out", default=None, help="Write OUT.md and OUT.json.")
     args = ap.parse_args(argv)
     if FFMPEG is None:
         print("SKIPPED: ffmpeg not installed (apt-get install ffmpeg)")
         return 0
     counts = [int(c) for c in args.streams.split(",") if c.strip()]
+    if args.repeats < 1:
+        print(f"Error: --repeats {args.repeats}: give 1 or more", file=sys.stderr)
+        return 2
     if not counts or min(counts) < 1:
         print(f"Error: --streams {args.streams!r}: give counts >= 1 like 1,4", file=sys.stderr)
         return 2
@@ -235,13 +248,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             clip_desc = f"{clip_frames}-frame generated clip (moving squares over noise)"
         rows = []
         try:
-            for n in counts:
-                row = {"streams": n}
-                for mode in ("adaptive", "upper"):
+            for repeat, n in ((r, n) for r in range(args.repeats) for n in counts):
+                row = {"streams": n, "repeat": repeat}
+                for mode in (("adaptive", "upper") if repeat % 2 == 0 else ("upper", "adaptive")):
                     pred = predictor if mode == "adaptive" else UpperPredictor(predictor)
                     row[mode] = run_once(bundle, pred, clip, n, args.duration, hop, args.queue_size, args.max_batch)
                     r = row[mode]
-                    print(f"{n} stream(s) {mode:>8}: {r['processed']} of {r['offered']} windows, "
+                    print(f"repeat {repeat}, {n} stream(s) {mode:>8}: {r['processed']} of {r['offered']} windows, "
                           f"{r['windows_per_s']:.2f}/s, dropped {r['dropped']}, capacity "
                           f"{_fmt(r['capacity_windows_per_s'], '.1f')} windows/s", flush=True)
                 rows.append(row)
@@ -252,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = {"bundle": str(args.bundle or "tests/fake_bundle.py (temporary)"), "arch": m.arch, "num_frames": m.num_frames,
            "stride": m.stride, "crop_size": m.crop_size,
            "command": "OMP_NUM_THREADS=1 python benchmarks/stream_throughput.py " + " ".join(argv or sys.argv[1:]),
-           "settings": {"streams": counts, "max_streams": max(counts), "duration": args.duration, "fps": args.fps,
+           "settings": {"streams": counts, "max_streams": max(counts), "repeats": args.repeats, "duration": args.duration, "fps": args.fps,
                         "hop": hop, "queue_size": args.queue_size, "max_batch": args.max_batch,
                         "clip_size": [w, h], "clip_frames": clip_frames, "clip": clip_desc},
            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "os": platform.platform(),

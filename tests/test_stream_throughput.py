@@ -94,3 +94,22 @@ def test_clip_from_videos_refuses_an_empty_list(tmp_path: Path) -> None:
     listing.write_text("\n")
     with pytest.raises(SystemExit, match="no 'path label' lines"):
         _module().clip_from_videos(tmp_path / "clip.mp4", listing, 2, (32, 32), 10)
+
+
+def _row(streams: int, repeat: int, adaptive: float, upper: float, dropped: int = 0) -> dict:
+    mode = lambda cap, drop: {"capacity_windows_per_s": cap, "windows_per_s": 10.0, "dropped": drop}
+    return {"streams": streams, "repeat": repeat, "adaptive": mode(adaptive, dropped), "upper": mode(upper, 0)}
+
+
+def test_summary_takes_the_median_ratio_over_the_repeats() -> None:
+    line = _module().summary_line(4, [_row(4, 0, 60.0, 50.0), _row(4, 1, 90.0, 100.0, dropped=7),
+                                      _row(4, 2, 150.0, 100.0)])
+    assert "median of 3 run(s)" in line and "ratio 1.20x (runs: 1.20, 0.90, 1.50)" in line
+    assert "adaptive capacity 90.0 windows/s against Upper's 100.0" in line and "dropped 0 vs 0" in line
+
+
+def test_repeats_below_one_are_refused(capsys) -> None:
+    if FFMPEG is None:
+        pytest.skip("ffmpeg not installed")
+    assert _module().main(["--repeats", "0"]) == 2
+    assert "Error: --repeats 0" in capsys.readouterr().err
