@@ -257,6 +257,18 @@ def test_cache_reuse_and_eviction(predictor):
         predictor.predict_batch([windows[0].frames], [StreamFrames(cache, (1, 2))])
 
 
+def test_cached_features_are_read_only_rows_of_the_call_output(predictor):
+    """The cache keeps rows of the features call's own output without copying them: they must not
+    be writable, or a caller could change what later windows reuse."""
+    cache = FeatureCache()
+    (w,) = _windows(_frames(5, NUM_FRAMES), hop=1, reset_at=-1)
+    predictor.predict_batch([w.frames], [StreamFrames(cache, w.frame_ids)])
+    row = cache.get(w.frame_ids[0])
+    assert row is not None and not row.flags.writeable
+    with pytest.raises(ValueError):
+        row[0] = 0.0
+
+
 def test_run_streams_computes_hop_frames_per_window(split_bundle, tmp_path, capsys):
     clip = make_clip(tmp_path / "c.mp4", num_frames=40, size=32)  # stride 2 -> 20 sampled frames
     summary = run_streams(split_bundle, [str(clip)], RunOptions(hop=2, max_batch=2, queue_size=50, threads=1,

@@ -264,35 +264,40 @@ class AdaptivePredictor:
 
     def _split_policy_probs(self, crops: Sequence[np.ndarray], streams: Sequence[StreamFrames | None] | None
                             ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-        """Split policy: features of the frames no stream cache holds (each once), mean, heads."""
+        """Split policy: features of the frames no stream cache holds (each once), mean, heads.
+
+        Each clip's T rows of frame terms are gathered as arrays (cached ones, or rows of this call's
+        own output block, which the cache then keeps without a copy) and stacked once: on a demo-size
+        window the per-frame copies and assignments cost as much as several frames of the network.
+        """
         m = self.manifest
         t = m.num_frames
-        terms = np.empty((len(crops), t, m.policy_split.num_features), np.float32)
-        todo: dict[int, list[int]] = defaultdict(list)  # clip -> frames to compute
+        rows: list[list[np.ndarray | None]] = []  # per clip, its T rows of terms (None: to compute)
+        todo: dict[int, list[int]] = {}  # clip -> frames to compute
         shared: list[tuple[int, int, int, int]] = []  # (clip, frame) that reuse (clip, frame) of this batch
         first: dict[tuple[int, int], tuple[int, int]] = {}
         for i in range(len(crops)):
             stream = streams[i] if streams else None
             if stream is None:
+                rows.append([None] * t)
                 todo[i] = list(range(t))
                 continue
             if len(stream.ids) != t:
                 raise ValueError(f"streams[{i}] has {len(stream.ids)} frame ids for a clip of T={t} frames")
             cache = stream.cache
-            for j, frame_id in enumerate(stream.ids):
-                cached = cache.get(frame_id)
-                if cached is not None:
-                    terms[i, j] = cached
-                    cache.reused += 1
-                    continue
-                key = (id(cache), frame_id)
+            clip_rows = [cache.get(frame_id) for frame_id in stream.ids]
+            rows.append(clip_rows)
+            missing = [j for j, row in enumerate(clip_rows) if row is None]
+            cache.reused += t - len(missing)
+            for j in missing:
+                key = (id(cache), stream.ids[j])
                 if key in first:
                     shared.append((i, j, *first[key]))
                     cache.reused += 1
-                    continue
-                first[key] = (i, j)
-                cache.computed += 1
-                todo[i].append(j)
+                else:
+                    first[key] = (i, j)
+                    cache.computed += 1
+                    todo.setdefault(i, []).append(j)
         t0 = time.perf_counter()
         x = None
         if todo:
@@ -302,18 +307,21 @@ class AdaptivePredictor:
         t1 = time.perf_counter()
         if x is not None:
             step = len(x) if self.max_batch is None else self.max_batch * t
-            out = np.concatenate([self.backend.run(POLICY_FEATURES_NAME, {POLICY_INPUT: x[k:k + step]})[POLICY_FEATURES]
-                                  for k in range(0, len(x), step)])
+            outs = [self.backend.run(POLICY_FEATURES_NAME, {POLICY_INPUT: x[k:k + step]})[POLICY_FEATURES]
+                    for k in range(0, len(x), step)]
+            out = np.concatenate(outs) if len(outs) > 1 else np.array(outs[0])  # our own block
+            out.setflags(write=False)  # its rows live on in the stream caches
             k = 0
             for i, js in todo.items():
-                terms[i, js] = out[k:k + len(js)]
                 stream = streams[i] if streams else None
-                if stream is not None:
-                    for j in js:
-                        stream.cache.put(stream.ids[j], terms[i, j].copy())
-                k += len(js)
+                for j in js:
+                    rows[i][j] = out[k]
+                    if stream is not None:
+                        stream.cache.put(stream.ids[j], out[k])
+                    k += 1
         for i, j, i0, j0 in shared:
-            terms[i, j] = terms[i0, j0]
+            rows[i][j] = rows[i0][j0]
+        terms = np.array(rows, dtype=np.float32)  # (B, T, T+K)
         clip_feats = np.add.reduce(terms, axis=1) / np.float32(t)  # the mean; np.mean's wrapper costs more here
         if self._heads.in_numpy:
             fp, sp = self._heads(self.backend, clip_feats)
