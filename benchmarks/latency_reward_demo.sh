@@ -12,6 +12,7 @@
 #   TOY=1 WORK=runs/lut/toy OUT_MD=benchmarks/results/latency_reward_toy.md benchmarks/latency_reward_demo.sh
 #       # a few minutes: a small synthetic set and a toy Upper trained here first
 #   GAMMA=4 CLIPS=100 REPEATS=10 ...           # reward gamma (default: the recipe's), bench clips, LUT rounds
+#   SEED=1 WORK=... OUT_MD=...                 # another seed for both trainings (run-to-run spread)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -40,7 +41,9 @@ CLIPS=${CLIPS:-200}
 REPEATS=${REPEATS:-20}
 GAMMA_SETS=()
 [ -n "${GAMMA:-}" ] && GAMMA_SETS=(--set "policy.gamma=$GAMMA")
-SETS=(--set "data.root=$DATA" "${SIZE_SETS[@]}" "${GAMMA_SETS[@]}")
+SEED_SETS=()
+[ -n "${SEED:-}" ] && SEED_SETS=(--set "seed=$SEED")   # SEED=N: another run of both stage-1 trainings
+SETS=(--set "data.root=$DATA" "${SIZE_SETS[@]}" "${GAMMA_SETS[@]}" "${SEED_SETS[@]}")
 mkdir -p "$WORK" "$(dirname "$OUT_MD")"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(date +%s)
@@ -82,7 +85,7 @@ echo "$(( $(date +%s) - T_START ))" > "$WORK/wall_seconds.txt"
 echo "$LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end" > "$WORK/load.txt"
 fi
 
-ENV_SHOWN="CLIPS=$CLIPS REPEATS=$REPEATS${GAMMA:+ GAMMA=$GAMMA}"
+ENV_SHOWN="CLIPS=$CLIPS REPEATS=$REPEATS${GAMMA:+ GAMMA=$GAMMA}${SEED:+ SEED=$SEED}"
 [ "$TOY" = 1 ] && ENV_SHOWN="TOY=1 UPPER_EPOCHS=${UPPER_EPOCHS:-6} POLICY_EPOCHS=${POLICY_EPOCHS:-3} $ENV_SHOWN"
 [ "$TOY" = 1 ] || ENV_SHOWN="UPPER=$UPPER DATA=$DATA $ENV_SHOWN"
 "$PY" - "$WORK" "$OUT_MD" "$LOAD_START" "$ENV_SHOWN" "$RECIPE" "$UPPER" "$DATA" "$TOY" "${SETS[*]}" <<'EOF'
